@@ -1,0 +1,141 @@
+"""Training and inference throughput of NanoPET on the built-in EMT data (32-atom Cu-Au cells).
+
+    python benchmarks/bench_train.py                 # defaults and the metatrain-matched config
+    python benchmarks/bench_train.py --steps 3 --configs default
+
+Prints one table row per configuration: parameters, mean neighbours, training and inference
+(energy + forces) structures/s, FLOPs per training step (torch.utils.flop_counter), achieved
+GFLOP/s as a fraction of this machine's fp32 matmul rate (2048^3, measured in the same run), and
+peak resident memory. Each configuration runs in its own process so peak memory is its own.
+Not a test: numbers depend on the machine; see README "Benchmarks" for measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # NanoPET defaults (spec section 1), float32
+    "default": {"cutoff": 5.0, "d_pet": 128, "num_heads": 4, "num_attention_layers": 2, "num_gnn_layers": 2},
+    # matched to metatrain 2026.4.1's `pet` defaults used as the yardstick in the issue
+    "matched-4.5": {"cutoff": 4.5, "d_pet": 128, "num_heads": 4, "num_attention_layers": 2, "num_gnn_layers": 2},
+    "small": {"cutoff": 4.0, "d_pet": 64, "num_heads": 4, "num_attention_layers": 1, "num_gnn_layers": 2},
+}
+
+# measured on this kind of machine (2 cores) with metatrain 2026.4.1 `pet` at its defaults, cutoff 4.5,
+# float32, batch 16, EMT Cu-Au 32-atom cells, energy+forces+stress (figures given in issue #2)
+METATRAIN = {"train_structures_per_s": 3.5, "inference_structures_per_s": "10-16", "peak_memory_gb": 6.1}
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def measure(name: str, n_structures: int, batch_size: int, steps: int, precision: int) -> dict:
+    """Runs in a child process: one configuration, returns its row."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nanopet.data.batch import GraphDataset
+    from nanopet.data.emt import builtin_dataset
+    from nanopet.model import NanoPET, count_parameters, default_hypers
+    from nanopet.train import Loss, keep_freed_memory, loss_terms
+
+    keep_freed_memory()
+    dtype = torch.float64 if precision == 64 else torch.float32
+    hypers = {**default_hypers()["model"], **CONFIGS[name]}
+    structures = builtin_dataset("emt-alloy", n_structures, seed=0)
+    dataset = GraphDataset(structures, hypers["cutoff"])
+    torch.manual_seed(0)
+    model = NanoPET(hypers, sorted({int(z) for s in structures for z in s.numbers})).to(dtype)
+    model.energy_scale.fill_(1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss = Loss(default_hypers()["training"]["loss"], ("energy", "forces", "virial"))
+    batches = [dataset.batch(range(k, k + batch_size), dtype=dtype) for k in range(0, n_structures - batch_size + 1, batch_size)]
+
+    def train_step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        predictions = model(batch, forces=True, stress=True, create_graph=True, with_composition=False)
+        loss(loss_terms(predictions, batch, False)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    train_step(batches[0])  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        train_step(batches[0])
+    flops = counter.get_total_flops()
+    matmul = matmul_rate()
+
+    start = time.perf_counter()
+    for k in range(steps):
+        train_step(batches[(k + 1) % len(batches)])
+    train_time = (time.perf_counter() - start) / steps
+
+    model(batches[0], forces=True)
+    start = time.perf_counter()
+    for k in range(steps):
+        model(batches[k % len(batches)], forces=True)
+    inference_time = (time.perf_counter() - start) / steps
+
+    neighbours = np.mean([g.num_edges / len(s) for g, s in zip(dataset.graphs, structures)])
+    return {
+        "config": name,
+        "params": count_parameters(model),
+        "neighbours": round(float(neighbours), 1),
+        "train_struct_s": batch_size / train_time,
+        "infer_struct_s": batch_size / inference_time,
+        "gflop_step": flops / 1e9,
+        "gflop_s": flops / 1e9 / train_time,
+        "matmul_gflop_s": matmul,
+        "fraction": flops / 1e9 / train_time / matmul,
+        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["default", "matched-4.5"], choices=list(CONFIGS))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--structures", type=int, default=96)
+    parser.add_argument("--precision", type=int, default=32, choices=[32, 64])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.structures, args.batch_size, args.steps, args.precision)))
+        return
+
+    rows = []
+    for name in args.configs:
+        command = [sys.executable, __file__, "--child", name, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--structures", str(args.structures), "--precision", str(args.precision)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+
+    header = ("config", "params", "neighbours", "train_struct_s", "infer_struct_s", "gflop_step", "gflop_s",
+              "matmul_gflop_s", "fraction", "peak_gb")
+    print(f"NanoPET float{args.precision}, batch {args.batch_size}, EMT Cu-Au 32-atom cells, energy+forces+stress")
+    print(" | ".join(f"{h:>14}" for h in header))
+    for row in rows:
+        cells = [f"{row[h]:>14.3g}" if isinstance(row[h], float) else f"{row[h]:>14}" for h in header]
+        print(" | ".join(cells))
+    print(f"metatrain 2026.4.1 `pet` yardstick (cutoff 4.5, same data and machine kind): "
+          f"train {METATRAIN['train_structures_per_s']} struct/s, inference {METATRAIN['inference_structures_per_s']} "
+          f"struct/s, peak {METATRAIN['peak_memory_gb']} GB")
+
+
+if __name__ == "__main__":
+    main()

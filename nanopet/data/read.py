@@ -1,0 +1,451 @@
+"""Read datasets described metatrain-style (``training_set:`` in ``options.yaml``) into Structures.
+
+A dataset is a path, a list of datasets, or a dict::
+
+    systems: {read_from: data.xyz, length_unit: angstrom}   # or `systems: data.xyz`
+                                                             # or {builtin: emt-alloy, n: 200, seed: 0}
+    targets:
+      energy: {key: energy, unit: eV, forces: {key: forces}, stress: {key: stress}}
+      # or `virial: {key: virial}` instead of stress; `forces: false` to ignore forces
+
+Any file ``ase.io.read`` understands works. Labels are looked up in ``atoms.info``,
+``atoms.arrays`` and then ``atoms.calc.results`` (where extxyz puts energy/forces/stress).
+Every problem is reported as a one-line ``InputError`` naming the file, the frame and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, did_you_mean
+from .structure import Structure
+
+
+def _energy_units() -> dict:
+    from ase import units
+
+    return {
+        "eV": 1.0,
+        "meV": 1e-3,
+        "Hartree": units.Hartree,
+        "kcal/mol": units.kcal / units.mol,
+        "kJ/mol": units.kJ / units.mol,
+        "Ry": units.Ry,
+    }
+
+
+def _length_units() -> dict:
+    from ase import units
+
+    return {"angstrom": 1.0, "bohr": units.Bohr, "nm": units.nm}
+
+
+SYSTEMS_KEYS = ("read_from", "reader", "length_unit")
+BUILTIN_KEYS = ("builtin", "n", "seed")
+DATASET_KEYS = ("systems", "targets")
+ENERGY_KEYS = ("quantity", "read_from", "reader", "key", "unit", "forces", "stress", "virial")
+GRADIENT_KEYS = ("read_from", "reader", "key")
+DEFAULT_BUILTIN_SIZE = 1000
+
+
+@dataclass
+class LabelSpec:
+    """Where one label lives: its key, its file, and whether the user asked for it explicitly."""
+
+    key: str
+    path: Path
+    explicit: bool
+
+
+@dataclass
+class DatasetSpec:
+    """A dataset config resolved to files, keys and unit factors (to eV and Angstrom)."""
+
+    systems_path: Path
+    energy: LabelSpec
+    forces: LabelSpec | None
+    stress: LabelSpec | None
+    virial: LabelSpec | None
+    energy_factor: float = 1.0
+    length_factor: float = 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def read_structures(dataset, base_dir=".", name: str = "training_set") -> list[Structure]:
+    """Read one dataset config (a path, a list of configs, or a dict) into Structures in eV and A.
+
+    Relative paths resolve against ``base_dir`` (the directory of the options file); ``name`` is
+    the key path used in error messages (e.g. ``training_set``).
+    """
+    if isinstance(dataset, list):
+        if not dataset:
+            raise InputError(f"{name}: empty list of datasets")
+        return [s for i, part in enumerate(dataset) for s in read_structures(part, base_dir, f"{name}[{i}]")]
+    spec = _parse_dataset(dataset, Path(base_dir), name)
+    return _read_dataset(spec)
+
+
+def load_splits(options: dict, base_dir=".", seed: int = 0):
+    """``(train, validation, test)`` Structures from ``training_set``/``validation_set``/``test_set``.
+
+    ``validation_set`` and ``test_set`` are either datasets or fractions of the training set,
+    taken out by a permutation seeded with ``seed`` (defaults: 0.1 and 0.0). A non-zero fraction
+    always takes at least one structure.
+    """
+    if not isinstance(options, dict) or options.get("training_set") is None:
+        raise InputError("options: 'training_set' is required (a file path or a dataset dict)")
+    train = read_structures(options["training_set"], base_dir, "training_set")
+    defaults = {"validation_set": 0.1, "test_set": 0.0}
+    # An absent key takes its default; an explicit null means no such split.
+    configs = {key: options.get(key, default) for key, default in defaults.items()}
+    configs = {key: 0.0 if value is None else value for key, value in configs.items()}
+    fractions = {key: _fraction(key, value) for key, value in configs.items() if _is_number(value)}
+    if sum(fractions.values()) >= 1.0:
+        raise InputError(
+            "validation_set + test_set fractions must sum to less than 1, got "
+            + " + ".join(f"{fractions[k]:g}" for k in fractions)
+        )
+    sizes = {key: _split_size(fraction, len(train)) for key, fraction in fractions.items()}
+    if sum(sizes.values()) >= len(train):
+        raise InputError(
+            f"training_set has {len(train)} structure(s): nothing is left for training after taking out "
+            + ", ".join(f"{sizes[k]} for {k}" for k in sizes)
+        )
+    permutation = np.random.default_rng(seed).permutation(len(train))
+    splits, start = {}, 0
+    for key in defaults:
+        if key in sizes:
+            chosen = np.sort(permutation[start : start + sizes[key]])
+            splits[key] = [train[i] for i in chosen]
+            start += sizes[key]
+        else:
+            splits[key] = read_structures(configs[key], base_dir, key)
+    remaining = np.sort(permutation[start:])
+    train = [train[i] for i in remaining]
+    return train, splits["validation_set"], splits["test_set"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fraction(key: str, value) -> float:
+    if not 0.0 <= value < 1.0:
+        raise InputError(f"{key}: a fraction must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _split_size(fraction: float, total: int) -> int:
+    return max(1, round(fraction * total)) if fraction > 0 else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing the dataset config
+
+
+def _parse_dataset(dataset, base_dir: Path, name: str) -> DatasetSpec:
+    if isinstance(dataset, (str, Path)):
+        dataset = {"systems": str(dataset)}
+    if not isinstance(dataset, dict):
+        raise InputError(
+            f"{name}: expected a file path or a dict with 'systems' and 'targets', got {dataset!r}"
+        )
+    _check_keys(dataset, DATASET_KEYS, name)
+    if "systems" not in dataset:
+        raise InputError(f"{name}: missing 'systems' (the structure file, e.g. systems: data.xyz)")
+    systems_path, length_unit = _parse_systems(dataset["systems"], base_dir, f"{name}.systems")
+    targets = dataset.get("targets") or {}
+    if not isinstance(targets, dict):
+        raise InputError(f"{name}.targets: expected a dict like {{energy: {{key: energy}}}}, got {targets!r}")
+    _check_keys(targets, ("energy",), f"{name}.targets")
+    spec = _parse_energy(targets.get("energy") or {}, systems_path, base_dir, f"{name}.targets.energy")
+    spec.length_factor = _unit_factor(length_unit, _length_units(), f"{name}.systems.length_unit")
+    return spec
+
+
+def _parse_systems(systems, base_dir: Path, where: str) -> tuple[Path, str]:
+    """The structure file (generating a built-in dataset if asked) and its length unit."""
+    if isinstance(systems, (str, Path)):
+        return _resolve(systems, base_dir), "angstrom"
+    if not isinstance(systems, dict):
+        raise InputError(f"{where}: expected a file path or a dict with 'read_from', got {systems!r}")
+    if "builtin" in systems:
+        return _builtin_path(systems, where), "angstrom"
+    _check_keys(systems, SYSTEMS_KEYS, where)
+    if not systems.get("read_from"):
+        raise InputError(f"{where}: missing 'read_from' (the structure file)")
+    _check_reader(systems, where)
+    return _resolve(systems["read_from"], base_dir), str(systems.get("length_unit") or "angstrom")
+
+
+def _builtin_path(systems: dict, where: str) -> Path:
+    from .emt import builtin_dataset_path
+
+    _check_keys(systems, BUILTIN_KEYS, where)
+    n = _integer(systems.get("n", DEFAULT_BUILTIN_SIZE), f"{where}.n", minimum=1)
+    seed = _integer(systems.get("seed", 0), f"{where}.seed", minimum=0)
+    try:
+        return builtin_dataset_path(str(systems["builtin"]), n, seed)
+    except InputError as error:
+        raise InputError(f"{where}.builtin: {error}") from None
+
+
+def _parse_energy(energy, systems_path: Path, base_dir: Path, where: str) -> DatasetSpec:
+    if not isinstance(energy, dict):
+        raise InputError(f"{where}: expected a dict like {{key: energy, unit: eV}}, got {energy!r}")
+    _check_keys(energy, ENERGY_KEYS, where)
+    if energy.get("quantity", "energy") != "energy":
+        raise InputError(f"{where}.quantity: only 'energy' is supported, got {energy['quantity']!r}")
+    _check_reader(energy, where)
+    energy_path = _resolve(energy["read_from"], base_dir) if energy.get("read_from") else systems_path
+    if energy.get("stress") and energy.get("virial"):
+        raise InputError(f"{where}: give either 'stress' or 'virial', not both")
+    stress_default = None if energy.get("virial") else True  # a virial replaces the stress
+
+    def gradient(name: str, default):
+        return _parse_gradient(energy.get(name, default), name, energy_path, base_dir, f"{where}.{name}")
+
+    return DatasetSpec(
+        systems_path=systems_path,
+        energy=LabelSpec(str(energy.get("key") or "energy"), energy_path, explicit=True),
+        forces=gradient("forces", True),
+        stress=gradient("stress", stress_default),
+        virial=gradient("virial", None),
+        energy_factor=_unit_factor(str(energy.get("unit") or "eV"), _energy_units(), f"{where}.unit"),
+    )
+
+
+def _parse_gradient(value, default_key: str, energy_path: Path, base_dir: Path, where: str):
+    """``forces``/``stress``/``virial``: false/None (off), true (default key), a key, or a dict.
+
+    Returns a LabelSpec, or None when the label is off.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        # The default key of forces and stress is used only if present; virial must be there.
+        return LabelSpec(default_key, energy_path, explicit=default_key == "virial")
+    if isinstance(value, str):
+        return LabelSpec(value, energy_path, explicit=True)
+    if not isinstance(value, dict):
+        raise InputError(
+            f"{where}: expected true/false, a key, or a dict like {{key: {default_key}}}, got {value!r}"
+        )
+    _check_keys(value, GRADIENT_KEYS, where)
+    _check_reader(value, where)
+    path = _resolve(value["read_from"], base_dir) if value.get("read_from") else energy_path
+    return LabelSpec(str(value.get("key") or default_key), path, explicit=True)
+
+
+def _check_keys(config: dict, allowed, where: str) -> None:
+    for key in config:
+        if key not in allowed:
+            raise InputError(
+                f"{where}.{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
+            )
+
+
+def _check_reader(config: dict, where: str) -> None:
+    reader = config.get("reader")
+    if reader not in (None, "ase"):
+        raise InputError(f"{where}.reader: only the 'ase' reader is supported, got {reader!r}")
+
+
+def _unit_factor(unit: str, units: dict, where: str) -> float:
+    by_lowercase = {name.lower(): factor for name, factor in units.items()}
+    if unit.lower() not in by_lowercase:
+        raise InputError(
+            f"{where}: unknown unit '{unit}'{did_you_mean(unit, units)}; allowed: {', '.join(units)}"
+        )
+    return by_lowercase[unit.lower()]
+
+
+def _integer(value, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _resolve(path, base_dir: Path) -> Path:
+    path = Path(str(path)).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files and labels
+
+
+def _read_frames(path: Path) -> list:
+    """All frames of an ASE-readable file, with file-level problems as one-line InputErrors."""
+    import ase.io
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (no frames)")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as error:  # ase raises many types; all mean "cannot read"
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"{path}: cannot read the file ({type(error).__name__}: {message})") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise InputError(f"{path}: empty file (no frames)")
+    return frames
+
+
+def _read_dataset(spec: DatasetSpec) -> list[Structure]:
+    """Read the files of ``spec`` and turn every frame into a validated Structure in eV and A.
+
+    An implicit (default-key) forces/stress label is read when any frame of its file has it,
+    and then every frame must have it (except stress on structures that are not fully periodic).
+    """
+    frames = {spec.systems_path: _read_frames(spec.systems_path)}
+    for label in (spec.energy, spec.forces, spec.stress, spec.virial):
+        if label is not None and label.path not in frames:
+            frames[label.path] = _read_frames(label.path)
+            _check_same_length(frames, spec.systems_path, label.path)
+
+    systems = frames[spec.systems_path]
+    present = {
+        name: label is not None and (label.explicit or _present_anywhere(frames[label.path], label.key))
+        for name, label in (("forces", spec.forces), ("stress", spec.stress), ("virial", spec.virial))
+    }
+    structures = []
+    for index, atoms in enumerate(systems):
+        source = f"{spec.systems_path}:{index}"
+        if len(atoms) == 0:
+            raise InputError(f"{source}: structure has no atoms")
+        _check_finite(atoms.positions, source, "positions")
+        _check_finite(atoms.cell.array, source, "cell")
+        labels = {"energy": _energy(frames, spec, index)}
+        if present["forces"]:
+            labels["forces"] = _forces(frames, spec, index, len(atoms))
+        for what in ("stress", "virial"):
+            if present[what]:
+                labels["stress"] = _stress(frames, spec, index, what, atoms)
+        structures.append(_to_structure(atoms, labels, spec.length_factor, source))
+    return structures
+
+
+def _to_structure(atoms, labels: dict, length_factor: float, source: str) -> Structure:
+    structure = Structure.from_atoms(atoms, source=source, **labels)
+    structure.positions = structure.positions * length_factor
+    structure.cell = structure.cell * length_factor
+    structure.info = {k: v for k, v in atoms.info.items() if np.isscalar(v)}
+    return structure
+
+
+def _check_same_length(frames: dict, systems_path: Path, labels_path: Path) -> None:
+    n_systems, n_labels = len(frames[systems_path]), len(frames[labels_path])
+    if n_systems != n_labels:
+        raise InputError(f"{labels_path}: has {n_labels} frames but {systems_path} has {n_systems}")
+
+
+def _present_anywhere(frames: list, key: str) -> bool:
+    return any(_lookup(atoms, key) is not None for atoms in frames)
+
+
+def _lookup(atoms, key: str):
+    """A label from ``atoms.info``, ``atoms.arrays`` or the attached calculator's results."""
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays and key not in ("numbers", "positions"):
+        return atoms.arrays[key]
+    results = getattr(atoms.calc, "results", None) or {}
+    return results.get(key)
+
+
+def _available_keys(atoms) -> list[str]:
+    arrays = [k for k in atoms.arrays if k not in ("numbers", "positions")]
+    results = list(getattr(atoms.calc, "results", None) or {})
+    return sorted(set(atoms.info) | set(arrays) | set(results))
+
+
+def _label(frames: dict, label: LabelSpec, index: int, what: str) -> np.ndarray:
+    """The value of ``label`` in frame ``index`` as a float array; a one-line error if absent."""
+    atoms = frames[label.path][index]
+    value = _lookup(atoms, label.key)
+    where = f"{label.path}:{index}: {what} key '{label.key}'"
+    if value is None:
+        keys = _available_keys(atoms)
+        hint = "" if label.explicit else f" (other frames have it; set {what}: false to ignore it)"
+        raise InputError(
+            f"{where} not found{did_you_mean(label.key, keys)}{hint}; "
+            f"available keys: {', '.join(keys) or 'none'}"
+        )
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{where} is not numeric: {value!r}") from None
+
+
+def _energy(frames: dict, spec: DatasetSpec, index: int) -> float:
+    """Energy in eV."""
+    label = spec.energy
+    energy = _label(frames, label, index, "energy")
+    if energy.size != 1:
+        raise InputError(
+            f"{label.path}:{index}: energy key '{label.key}' must be one number, got shape {energy.shape}"
+        )
+    _check_finite(energy, f"{label.path}:{index}", f"energy key '{label.key}'")
+    return float(energy.reshape(())) * spec.energy_factor
+
+
+def _forces(frames: dict, spec: DatasetSpec, index: int, n_atoms: int) -> np.ndarray:
+    """Forces in eV/A."""
+    label = spec.forces
+    forces = _label(frames, label, index, "forces")
+    if forces.shape != (n_atoms, 3):
+        raise InputError(
+            f"{label.path}:{index}: forces key '{label.key}' has shape {forces.shape}, expected ({n_atoms}, 3)"
+        )
+    _check_finite(forces, f"{label.path}:{index}", f"forces key '{label.key}'")
+    return forces * spec.energy_factor / spec.length_factor
+
+
+def _stress(frames: dict, spec: DatasetSpec, index: int, what: str, atoms):
+    """Stress in eV/A^3 (ASE sign) from the ``stress`` or the ``virial`` label, or None.
+
+    A structure that is not periodic in all directions may lack an implicit (default-key) stress.
+    """
+    label = spec.stress if what == "stress" else spec.virial
+    where = f"{label.path}:{index}"
+    if not label.explicit and not atoms.pbc.all() and _lookup(frames[label.path][index], label.key) is None:
+        return None
+    tensor = _full_tensor(_label(frames, label, index, what), where, what, label.key)
+    _check_finite(tensor, where, f"{what} key '{label.key}'")
+    if what == "stress":
+        return tensor * spec.energy_factor / spec.length_factor**3
+    volume = abs(np.linalg.det(atoms.cell.array)) * spec.length_factor**3
+    if volume <= 0.0:
+        raise InputError(f"{where}: virial key '{label.key}' needs a cell with a volume, but the volume is 0")
+    return -tensor * spec.energy_factor / volume  # virial = -stress * volume
+
+
+def _full_tensor(values: np.ndarray, where: str, what: str, key: str) -> np.ndarray:
+    """3x3 tensor from 6 Voigt values (xx yy zz yz xz xy), 9 values, or a 3x3 array."""
+    if values.size == 9:
+        return values.reshape(3, 3)
+    if values.size == 6:
+        xx, yy, zz, yz, xz, xy = values.reshape(6)
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise InputError(
+        f"{where}: {what} key '{key}' has {values.size} values, expected 6 (Voigt), 9 or 3x3"
+    )
+
+
+def _check_finite(values, where: str, what: str) -> None:
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{where}: {what} contains NaN or inf")

@@ -1,0 +1,414 @@
+"""NanoPET, top to bottom, in the order of ../shared/nanopet-spec.md section 2.
+
+Shapes: B structures, N atoms, E directed edges, M edge slots per centre (max neighbours in the
+batch), d = d_pet, H = num_heads. Tokens live in the NEF layout (N, M, d): one sequence of
+neighbour tokens per centre atom; attention runs within each centre's sequence.
+
+Deliberate deviations from the reference code (each also noted where it happens):
+- the cutoff enters attention as an additive log-weight on the keys, softmax(QK^T/sqrt(dh) + log f_k),
+  which equals the reference "multiply by f after softmax and renormalise" without its +1e-6.
+  Written that way, one function serves the fused kernel (inference) and the explicit
+  double-differentiable one (force training), so both compute the same model;
+- readout-head MLPs are bias-free (as upstream after #467): an isolated atom predicts exactly 0;
+- per-atom energies are multiplied by a fixed ``energy_scale`` fitted on the training set
+  (upstream's later Scaler), so the network's outputs are O(1);
+- ZBL is part of the model's energy in both training and inference (it has no parameters, so
+  adding it to predictions equals subtracting it from targets) and uses the model's own
+  neighbour list, which must therefore reach every ZBL pair (cutoff >= the largest pair radius);
+- stress is the symmetrised strain derivative divided by the volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from nanopet.data.batch import Batch
+from nanopet.errors import InputError
+
+DEFAULT_HYPERS_FILE = Path(__file__).with_name("default-hypers.yaml")
+
+
+def default_hypers() -> dict:
+    """The documented defaults (``default-hypers.yaml`` beside this file): {"model": ..., "training": ...}."""
+    with open(DEFAULT_HYPERS_FILE) as f:
+        return yaml.safe_load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2.5 Cutoff function: 1 below r_c - w, then a cosine switch to 0 at r_c.
+# ½(1 + cos(pi x)) is written as cos²(pi x / 2): same function, no cancellation near r_c.
+
+
+def cutoff_function(r: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
+    x = ((r - (cutoff - width)) / width).clamp(0.0, 1.0)
+    return torch.cos(0.5 * math.pi * x) ** 2
+
+# ---------------------------------------------------------------------------------------------
+# Activations with a cheap second derivative. Force training differentiates every activation
+# twice; autograd's generic double backward of SiLU/GELU costs dozens of elementwise passes over
+# (N*M, 4d) tensors, these closed forms a handful. Same functions, same derivatives.
+
+_aten = torch.ops.aten
+
+
+class _ActivationGrad(torch.autograd.Function):
+    """g * f'(x), differentiable once more: d/dg = f'(x), d/dx = g * f''(x)."""
+
+    @staticmethod
+    def forward(ctx, grad, x, kind):
+        ctx.save_for_backward(grad, x)
+        ctx.kind = kind
+        return _aten.silu_backward(grad, x) if kind == "silu" else _aten.gelu_backward(grad, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, outer):
+        grad, x = ctx.saved_tensors
+        d_grad = d_x = None
+        if ctx.needs_input_grad[0]:
+            d_grad = _aten.silu_backward(outer, x) if ctx.kind == "silu" else _aten.gelu_backward(outer, x)
+        if ctx.needs_input_grad[1]:
+            if ctx.kind == "silu":  # f'' = s(1-s)(2 + x(1-2s)), s = sigmoid(x)
+                s = torch.sigmoid(x)
+                second = s * (1 - s) * (2 + x * (1 - 2 * s))
+            else:  # f'' = phi(x)(2 - x^2), phi the standard normal density
+                square = x * x
+                second = torch.exp(-0.5 * square) * (2 - square) * (2 * math.pi) ** -0.5
+            d_x = outer * grad * second
+        return d_grad, d_x, None
+
+
+class _Activation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kind):
+        ctx.save_for_backward(x)
+        ctx.kind = kind
+        return F.silu(x) if kind == "silu" else F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _ActivationGrad.apply(grad, x, ctx.kind), None
+
+
+class SiLU(nn.Module):
+    def forward(self, x):
+        return _Activation.apply(x, "silu")
+
+
+def gelu(x):
+    """Exact (erf) GELU."""
+    return _Activation.apply(x, "gelu")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2.6 Encoder: raw Cartesian edge vector + centre species + neighbour species -> edge token.
+
+
+class Encoder(nn.Module):
+    def __init__(self, n_species: int, d: int):
+        super().__init__()
+        self.vector_mlp = nn.Sequential(
+            nn.Linear(3, 4 * d, bias=False), SiLU(),
+            nn.Linear(4 * d, 4 * d, bias=False), SiLU(),
+            nn.Linear(4 * d, d, bias=False),
+        )
+        self.center_embedding = nn.Embedding(n_species, d)
+        self.neighbor_embedding = nn.Embedding(n_species, d)
+        self.compress = nn.Linear(3 * d, d, bias=False)
+
+    def forward(self, vectors, nef_edge, center_species, neighbor_species):
+        # vectors (E, 3) -> MLP on real edges only, then into NEF slots; species (N, M) -> tokens (N, M, d)
+        features = torch.cat(
+            [self.vector_mlp(vectors)[nef_edge], self.center_embedding(center_species), self.neighbor_embedding(neighbor_species)],
+            dim=-1,
+        )
+        return self.compress(features)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2.7 Transformer: pre-LayerNorm attention and feed-forward blocks with residuals scaled by 1/sqrt(2).
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, num_heads: int):
+        super().__init__()
+        if d % num_heads:
+            raise InputError(f"d_pet ({d}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, log_cutoff, double_backward: bool):
+        # x (N, M, d); log_cutoff (N, 1, 1, M) added to the logits of every query over the keys
+        n, m, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(n, m, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if double_backward:  # force training differentiates through the attention twice
+            # logits = log_cutoff + scale * q k^T in one batched GEMM, (N*H, M, M)
+            h, dh = self.num_heads, d // self.num_heads
+            logits = torch.baddbmm(
+                log_cutoff.expand(n, h, 1, m).reshape(n * h, 1, m),
+                q.reshape(n * h, m, dh), k.reshape(n * h, m, dh).transpose(1, 2), alpha=dh**-0.5,
+            )
+            attended = torch.bmm(torch.softmax(logits, dim=-1), v.reshape(n * h, m, dh)).view(n, h, m, dh)
+        else:  # the fused kernel has no second derivative, but is faster for inference
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=log_cutoff)
+        attended = attended.transpose(1, 2).reshape(n, m, d)
+        return (self.out(attended) + x) * 0.5**0.5
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.up = nn.Linear(d, 4 * d, bias=False)
+        self.down = nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):
+        return (self.down(gelu(self.up(self.norm(x)))) + x) * 0.5**0.5
+
+
+class Transformer(nn.Module):
+    def __init__(self, d: int, num_heads: int, num_layers: int):
+        super().__init__()
+        self.attention = nn.ModuleList(Attention(d, num_heads) for _ in range(num_layers))
+        self.feed_forward = nn.ModuleList(FeedForward(d) for _ in range(num_layers))
+
+    def forward(self, x, log_cutoff, double_backward: bool):
+        for attention, feed_forward in zip(self.attention, self.feed_forward):
+            x = feed_forward(attention(x, log_cutoff, double_backward))
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# 2.10 Readout heads: bias-free MLP (or identity), then a bias-free linear to one number per atom.
+
+
+def readout_head(kind: str, d: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Identity()
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(d, 4 * d, bias=False), SiLU(), nn.Linear(4 * d, d, bias=False), SiLU())
+    raise InputError(f"architecture.model.heads: unknown head type '{kind}' (use linear or mlp)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2.11 ZBL: universal screened nuclear repulsion, switched off smoothly (E, E', E'' -> 0) at
+# r_c,ij = covalent radius(Z_i) + covalent radius(Z_j).
+
+ZBL_COULOMB = 14.399645  # e^2 / (4 pi eps0) in eV A
+ZBL_SCREENING = ((0.18175, 3.19980), (0.50986, 0.94229), (0.28022, 0.40290), (0.02817, 0.20162))
+
+
+def _zbl_unswitched(r, zi, zj):
+    a = 0.46850 / (zi**0.23 + zj**0.23)
+    phi = sum(c * torch.exp(-k * r / a) for c, k in ZBL_SCREENING)
+    return ZBL_COULOMB * zi * zj / r * phi
+
+
+class ZBL(nn.Module):
+    """Pair repulsion; the switch polynomial S(r) = A r^3/3 + B r^4/4 + C cancels E, E', E'' at r_c."""
+
+    def __init__(self, atomic_types: list[int]):
+        super().__init__()
+        from ase.data import covalent_radii
+
+        z = torch.tensor(atomic_types, dtype=torch.float64)
+        zi, zj = z[:, None].expand(-1, len(z)), z[None, :].expand(len(z), -1)
+        radii = torch.tensor([covalent_radii[t] for t in atomic_types], dtype=torch.float64)
+        rc = (radii[:, None] + radii[None, :]).clone().requires_grad_(True)
+        energy = _zbl_unswitched(rc, zi, zj)
+        (d1,) = torch.autograd.grad(energy.sum(), rc, create_graph=True)
+        (d2,) = torch.autograd.grad(d1.sum(), rc)
+        e0, d1, rc = energy.detach(), d1.detach(), rc.detach()
+        self.register_buffer("pair_cutoff", rc)
+        self.register_buffer("z_i", zi.clone())
+        self.register_buffer("z_j", zj.clone())
+        self.register_buffer("switch_a", (-3 * d1 + rc * d2) / rc**2)
+        self.register_buffer("switch_b", (2 * d1 - rc * d2) / rc**3)
+        self.register_buffer("switch_c", -e0 + rc * d1 / 2 - rc**2 * d2 / 12)
+
+    @property
+    def max_cutoff(self) -> float:
+        return float(self.pair_cutoff.max())
+
+    def forward(self, distances, center_species, neighbor_species):
+        # distances (E,), species indices (E,) -> energy per directed edge (E,), halved (full list)
+        rc = self.pair_cutoff[center_species, neighbor_species]
+        inside = distances < rc
+        r = torch.where(inside, distances, rc)  # keeps the unused branch finite
+        zi, zj = self.z_i[center_species, neighbor_species], self.z_j[center_species, neighbor_species]
+        a, b, c = (t[center_species, neighbor_species] for t in (self.switch_a, self.switch_b, self.switch_c))
+        pair = _zbl_unswitched(r, zi, zj) + a * r**3 / 3 + b * r**4 / 4 + c
+        return 0.5 * torch.where(inside, pair, torch.zeros_like(pair))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+class NanoPET(nn.Module):
+    """Energy = sum over atoms of (energy_scale * head(h_i) + ZBL_i) [+ composition baseline]."""
+
+    def __init__(self, hypers: dict, atomic_types: list[int]):
+        super().__init__()
+        self.hypers = dict(hypers)
+        self.atomic_types = sorted(int(t) for t in atomic_types)
+        d = int(hypers["d_pet"])
+        self.cutoff = float(hypers["cutoff"])
+        self.cutoff_width = float(hypers["cutoff_width"])
+        if not 0 < self.cutoff_width <= self.cutoff:
+            raise InputError(f"architecture.model.cutoff_width must be in (0, cutoff]; got {self.cutoff_width}")
+        if int(hypers["num_gnn_layers"]) < 1 or int(hypers["num_attention_layers"]) < 1:
+            raise InputError("architecture.model: num_gnn_layers and num_attention_layers must be >= 1")
+
+        # 2.1 species lookup: atomic number -> 0..S-1 (-1 for unknown)
+        lookup = torch.full((max(self.atomic_types) + 1,), -1, dtype=torch.long)
+        lookup[self.atomic_types] = torch.arange(len(self.atomic_types))
+        self.register_buffer("species_index", lookup)
+
+        self.encoder = Encoder(len(self.atomic_types), d)
+        self.gnn = nn.ModuleList(
+            Transformer(d, int(hypers["num_heads"]), int(hypers["num_attention_layers"]))
+            for _ in range(int(hypers["num_gnn_layers"]))
+        )
+        self.messages = nn.ModuleList(nn.Linear(2 * d, d, bias=False) for _ in range(int(hypers["num_gnn_layers"]) - 1))
+
+        heads = dict(hypers.get("heads") or {})
+        unknown = set(heads) - {"energy"}
+        if unknown:
+            raise InputError(f"architecture.model.heads: unknown target(s) {sorted(unknown)}; only 'energy' is trained")
+        self.head = readout_head(heads.get("energy", "mlp"), d)
+        self.last_layer = nn.Linear(d, 1, bias=False)
+
+        self.register_buffer("energy_scale", torch.tensor(1.0))
+        self.register_buffer("composition_weights", torch.zeros(len(self.atomic_types)))
+        self.zbl = ZBL(self.atomic_types) if hypers.get("zbl") else None
+        if self.zbl is not None and self.zbl.max_cutoff > self.cutoff:
+            raise InputError(
+                f"architecture.model.zbl needs cutoff >= {self.zbl.max_cutoff:.2f} A (the largest covalent-radius "
+                f"pair of {self.atomic_types}); got cutoff {self.cutoff}"
+            )
+
+    @property
+    def interaction_range(self) -> float:
+        return len(self.gnn) * self.cutoff
+
+    def species(self, numbers: torch.Tensor) -> torch.Tensor:
+        if int(numbers.max()) >= len(self.species_index) or bool((self.species_index[numbers] < 0).any()):
+            unknown = sorted(set(numbers.tolist()) - set(self.atomic_types))
+            raise InputError(f"atomic number(s) {unknown} unknown to this model (trained on {self.atomic_types})")
+        return self.species_index[numbers]
+
+    # 2.3-2.10: per-atom energies of the network (and ZBL) from positions and cells
+    def atomic_energies(self, positions, cells, batch: Batch, double_backward: bool = False):
+        species = self.species(batch.numbers)  # (N,)
+        n_atoms = positions.shape[0]
+        # 2.3 edge vectors recomputed from positions (keeps the force/stress gradient path)
+        edge_cells = cells[batch.structure_index[batch.centers]]  # (E, 3, 3)
+        vectors = positions[batch.neighbors] - positions[batch.centers] + torch.einsum("ei,eij->ej", batch.shifts, edge_cells)
+        distances = vectors.norm(dim=-1)  # (E,)
+
+        energies = torch.zeros(n_atoms, dtype=positions.dtype, device=positions.device)
+        if self.zbl is not None and len(distances):
+            zbl = self.zbl(distances, species[batch.centers], species[batch.neighbors])
+            energies = energies.index_add(0, batch.centers, zbl)
+        if batch.nef_edge.shape[1] == 0:  # no edges anywhere: every atom is isolated, network energy 0
+            return energies + 0.0 * self.last_layer.weight.sum()  # (kept on the autograd graph)
+
+        # 2.4 NEF layout; 2.5 cutoff weights, 0 in padding slots
+        mask = batch.nef_mask
+        cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)[batch.nef_edge] * mask  # (N, M)
+        log_cutoff = torch.log(cutoff_weights.clamp_min(1e-30))[:, None, None, :]  # (N, 1, 1, M)
+        neighbor_species = species[batch.neighbors][batch.nef_edge]  # (N, M)
+        center_species = species[:, None].expand_as(neighbor_species)  # (N, M)
+
+        # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
+        tokens = self.encoder(vectors, batch.nef_edge, center_species, neighbor_species)  # (N, M, d)
+        features = self.gnn[0](tokens, log_cutoff, double_backward)
+        reverse = batch.nef_reverse.reshape(-1)
+        for message, transformer in zip(self.messages, self.gnn[1:]):
+            flat = features.reshape(-1, features.shape[-1])  # (N*M, d)
+            messages = message(torch.cat([flat, flat[reverse]], dim=-1)).view_as(features)
+            features = (features + transformer(messages, log_cutoff, double_backward)) * 0.5**0.5
+
+        # 2.9 per-atom features: cutoff-weighted sum over slots; 2.10 readout
+        atom_features = (features * cutoff_weights[..., None]).sum(dim=1)  # (N, d)
+        network = self.last_layer(self.head(atom_features)).squeeze(-1) * self.energy_scale  # (N,)
+        return energies + network
+
+    def composition_energy(self, batch: Batch) -> torch.Tensor:
+        """Per-structure composition baseline sum_i w[species_i], (B,)."""
+        per_atom = self.composition_weights[self.species(batch.numbers)]
+        return torch.zeros(batch.num_structures, dtype=per_atom.dtype, device=per_atom.device).index_add(
+            0, batch.structure_index, per_atom
+        )
+
+    # 2.12 energies, forces and stress by automatic differentiation
+    def forward(self, batch: Batch, forces: bool = True, stress: bool = False, create_graph: bool = False,
+                with_composition: bool = True) -> dict:
+        """Returns {"energy": (B,), "forces": (N, 3), "stress": (B, 3, 3)} as requested.
+
+        ``create_graph=True`` keeps the graph of the forces for training on them (double backward).
+        ``with_composition=False`` leaves out the composition baseline (the trainer subtracts it
+        from the targets instead, in float64).
+        """
+        positions, cells = batch.positions, batch.cells
+        inputs = []
+        if forces:
+            positions = positions.detach().requires_grad_(True)
+            inputs.append(positions)
+        if stress:
+            strain = torch.eye(3, dtype=cells.dtype, device=cells.device).repeat(batch.num_structures, 1, 1)
+            strain.requires_grad_(True)
+            inputs.append(strain)
+            positions = torch.einsum("ni,nij->nj", positions, strain[batch.structure_index])
+            cells = cells @ strain
+
+        with torch.enable_grad() if inputs else contextlib.nullcontext():
+            per_atom = self.atomic_energies(positions, cells, batch, double_backward=create_graph and bool(inputs))
+            energy = torch.zeros(batch.num_structures, dtype=per_atom.dtype, device=per_atom.device)
+            energy = energy.index_add(0, batch.structure_index, per_atom)
+            results = {"energy": energy}
+            if inputs:
+                # materialize_grads: a structure without edges has an energy independent of positions
+                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True,
+                                            materialize_grads=True)
+                if forces:
+                    results["forces"] = -grads[0]
+                if stress:
+                    strain_gradient = grads[-1]  # dE/d(strain), (B, 3, 3)
+                    volume = torch.det(batch.cells).abs().clamp_min(1e-12)
+                    results["stress"] = 0.5 * (strain_gradient + strain_gradient.transpose(1, 2)) / volume[:, None, None]
+        if with_composition:
+            results["energy"] = results["energy"] + self.composition_energy(batch).to(energy.dtype)
+        if not create_graph:
+            results = {key: value.detach() for key, value in results.items()}
+        return results
+
+    # Checkpoints hold plain data and tensors only, so torch.load(weights_only=True) reads them.
+    def init_kwargs(self) -> dict:
+        return {"hypers": self.hypers, "atomic_types": self.atomic_types}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def composition_features(numbers_per_structure, atomic_types) -> np.ndarray:
+    """Species counts per structure, (n_structures, S): the design matrix of the composition fit."""
+    index = {t: k for k, t in enumerate(atomic_types)}
+    counts = np.zeros((len(numbers_per_structure), len(atomic_types)))
+    for row, numbers in enumerate(numbers_per_structure):
+        for z, c in zip(*np.unique(numbers, return_counts=True)):
+            counts[row, index[int(z)]] = c
+    return counts

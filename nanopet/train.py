@@ -1,0 +1,622 @@
+"""The NanoPET trainer (spec section 3): ``train(options, on_epoch=...) -> TrainResult``.
+
+A plain function that knows nothing about Optuna or Ray: the search drivers pass ``on_epoch``,
+which receives ``(epoch, metrics)`` after every epoch and returns True to stop training
+cleanly (or raises, e.g. ``optuna.TrialPruned``, which propagates after cleanup).
+
+Deliberate deviations from the reference trainer, for a tuning workbench:
+- the validation loss is computed over the whole validation set as one batch would be (sum or
+  mean over all elements of each term), so it does not depend on batch_size or on the number of
+  batches: trials with different batch sizes are compared and pruned on the same scale;
+- every training batch is kept (no drop_last), so a training set smaller than batch_size trains;
+- batches are drawn from buckets of similar neighbour count (less padding, same distribution);
+- ``num_epochs`` counts total epochs: a resumed run continues up to it, not num_epochs more;
+- the saved model (``model.ckpt``) carries the best-validation weights used by the calculator.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import ctypes
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nanopet.data.batch import Batch, GraphDataset
+from nanopet.errors import InputError, NonFiniteLossError
+from nanopet.model import NanoPET, composition_features
+from nanopet.options import LOSS_TERMS, loss_type, resolve_options
+
+CHECKPOINT_FORMAT = "nanopet-tune/1"
+MIN_LEARNING_RATE = 1e-7
+GRADIENT_CLIP_NORM = 1.0
+BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
+EV_PER_A3_IN_GPA = 160.21766208
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines fitted on the training set (spec 2.11)
+
+
+def fit_composition_weights(structures, atomic_types) -> np.ndarray:
+    """Least-squares energy per species (float64), with the spec's escalating ridge for stability."""
+    counts = composition_features([s.numbers for s in structures], atomic_types)
+    energies = np.array([s.energy for s in structures], dtype=np.float64)
+    gram, rhs = counts.T @ counts, counts.T @ energies
+    ridge = 1e-20
+    while ridge <= 1e5:
+        try:
+            weights = np.linalg.solve(gram + ridge * np.eye(len(atomic_types)), rhs)
+            if np.all(np.isfinite(weights)):
+                return weights
+        except np.linalg.LinAlgError:
+            pass
+        ridge *= 10
+    raise InputError("composition baseline: the least-squares fit failed; check the training energies")
+
+
+def fixed_composition(fixed: dict, atomic_types) -> np.ndarray | None:
+    """``fixed_composition_weights: {energy: {29: -3.5, Au: -3.2}}`` -> weights, or None if not given."""
+    from ase.data import atomic_numbers
+
+    if not fixed:
+        return None
+    unknown = set(fixed) - {"energy"}
+    if unknown:
+        raise InputError(f"architecture.training.fixed_composition_weights: unknown target(s) {sorted(unknown)}; use energy")
+    given = {}
+    for key, value in (fixed["energy"] or {}).items():
+        z = atomic_numbers.get(key) if isinstance(key, str) and not key.isdigit() else int(key)
+        if z is None or z not in atomic_types:
+            raise InputError(
+                f"architecture.training.fixed_composition_weights.energy.{key}: element not in the dataset "
+                f"(atomic numbers present: {list(atomic_types)})"
+            )
+        given[z] = float(value)
+    missing = [z for z in atomic_types if z not in given]
+    if missing:
+        raise InputError(f"architecture.training.fixed_composition_weights.energy: missing atomic number(s) {missing}; list every species")
+    return np.array([given[z] for z in atomic_types])
+
+
+def energy_scale(structures, offsets: np.ndarray) -> float:
+    """Typical size of the learned signal: RMS force component, else RMS residual energy per atom."""
+    if all(s.forces is not None for s in structures):
+        forces = np.concatenate([s.forces.ravel() for s in structures])
+        scale = float(np.sqrt(np.mean(forces**2)))
+    else:
+        residual = np.array([(s.energy - o) / len(s) for s, o in zip(structures, offsets)])
+        scale = float(np.sqrt(np.mean(residual**2)))
+    return scale if scale > 1e-8 else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and metrics (spec 3.5, 3.7): energy and virial per atom unless per_structure_targets
+
+
+@dataclass
+class Terms:
+    """Predictions and targets of each loss term, normalised as the loss sees them."""
+
+    pairs: dict  # term -> (prediction, target)
+    stress: tuple | None = None  # (prediction, target) in eV/A^3 for the stress metric
+
+
+def loss_terms(predictions: dict, batch: Batch, per_structure: bool) -> Terms:
+    atoms = batch.n_atoms.to(predictions["energy"].dtype)
+    norm = torch.ones_like(atoms) if per_structure else atoms
+    pairs = {"energy": (predictions["energy"] / norm, batch.energy / norm)}
+    if "forces" in predictions:
+        pairs["forces"] = (predictions["forces"], batch.forces)
+    stress = None
+    if "stress" in predictions:
+        mask = batch.stress_mask
+        scale = (batch.volume / norm)[mask][:, None, None]  # virial per atom = stress * V / N
+        pairs["virial"] = (predictions["stress"][mask] * scale, batch.stress[mask] * scale)
+        stress = (predictions["stress"][mask], batch.stress[mask])
+    return Terms(pairs, stress)
+
+
+class Loss:
+    """Sum over terms of weight * l(prediction, target), l = mse | mae | huber, reduced by mean | sum."""
+
+    def __init__(self, config: dict, terms: tuple[str, ...]):
+        self.kind, deltas = loss_type(config)
+        self.reduction = config["reduction"]
+        self.weights = {t: float(config["weights"].get(t, 1.0)) for t in terms}
+        self.deltas = {}
+        if self.kind == "huber":
+            missing = [t for t in terms if t not in deltas]
+            if missing:
+                raise InputError(
+                    f"architecture.training.loss.deltas: huber needs a delta for every loss term; missing {missing} "
+                    f"(e.g. deltas: {{energy: 0.01, forces: 0.1, virial: 0.01}})"
+                )
+            self.deltas = {t: float(deltas[t]) for t in terms}
+
+    def elementwise(self, term: str, prediction, target):
+        if self.kind == "mse":
+            return F.mse_loss(prediction, target, reduction="none")
+        if self.kind == "mae":
+            return F.l1_loss(prediction, target, reduction="none")
+        return F.huber_loss(prediction, target, reduction="none", delta=self.deltas[term])
+
+    def __call__(self, terms: Terms) -> torch.Tensor:
+        total = 0.0
+        for term, (prediction, target) in terms.pairs.items():
+            if not self.weights[term] or prediction.numel() == 0:
+                continue
+            values = self.elementwise(term, prediction, target)
+            total = total + self.weights[term] * (values.mean() if self.reduction == "mean" else values.sum())
+        return total
+
+
+class Accumulator:
+    """Epoch sums (loss, squared and absolute errors, counts) per term; all-reduced in DDP."""
+
+    def __init__(self, loss: Loss):
+        self.loss = loss
+        self.sums: dict[str, float] = {}
+
+    def add(self, terms: Terms) -> None:
+        with torch.no_grad():
+            pairs = dict(terms.pairs)
+            if terms.stress is not None:
+                pairs["stress"] = terms.stress
+            for term, (prediction, target) in pairs.items():
+                error = (prediction - target).double()
+                values = {"sse": (error**2).sum(), "sae": error.abs().sum(), "count": float(error.numel())}
+                if term in self.loss.weights:
+                    values["loss"] = self.loss.elementwise(term, prediction, target).double().sum()
+                for name, value in values.items():
+                    key = f"{term}.{name}"
+                    self.sums[key] = self.sums.get(key, 0.0) + float(value)
+
+    def all_reduce(self) -> None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        keys = sorted(self.sums)
+        values = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        self.sums = dict(zip(keys, values.tolist()))
+
+    def whole_set_loss(self) -> float:
+        """The loss of the whole set as one batch: sum or mean over all elements of each term."""
+        total = 0.0
+        for term, weight in self.loss.weights.items():
+            count = self.sums.get(f"{term}.count", 0.0)
+            if weight and count:
+                value = self.sums[f"{term}.loss"]
+                total += weight * (value / count if self.loss.reduction == "mean" else value)
+        return total
+
+    def metrics(self, prefix: str) -> dict:
+        out = {}
+        for term in ("energy", "forces", "virial", "stress"):
+            count = self.sums.get(f"{term}.count", 0.0)
+            if count:
+                scale = EV_PER_A3_IN_GPA if term == "stress" else 1.0  # stress metrics in GPa
+                out[f"{prefix}_{term}_rmse"] = math.sqrt(self.sums[f"{term}.sse"] / count) * scale
+                out[f"{prefix}_{term}_mae"] = self.sums[f"{term}.sae"] / count * scale
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches, augmentation, distribution
+
+
+def epoch_batches(dataset: GraphDataset, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+    """Index batches for one epoch. Shuffled (with ``generator``) in buckets of similar neighbour count,
+    or, without a generator, in a fixed order sorted by neighbour count (validation)."""
+    n = len(dataset)
+    if generator is None:
+        order = np.argsort(dataset.max_neighbors, kind="stable")
+        return [order[k : k + batch_size] for k in range(0, n, batch_size)]
+    order = torch.randperm(n, generator=generator).numpy()
+    batches = []
+    bucket = batch_size * BUCKET_BATCHES
+    for start in range(0, n, bucket):
+        chunk = order[start : start + bucket]
+        chunk = chunk[np.argsort(dataset.max_neighbors[chunk], kind="stable")]
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    permutation = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[k] for k in permutation]
+
+
+def shard(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
+    """Rank's share of an epoch's batches; every rank gets the same count (wrapping around)."""
+    if world_size == 1:
+        return batches
+    per_rank = math.ceil(len(batches) / world_size)
+    padded = [batches[k % len(batches)] for k in range(per_rank * world_size)]
+    return padded[rank::world_size]
+
+
+def random_rotations(n: int, generator: torch.Generator, dtype) -> torch.Tensor:
+    """n uniform random rotations, each times -1 (inversion) with probability 1/2: (n, 3, 3)."""
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar-uniform on O(3)
+    q[:, :, 0] *= torch.sign(torch.det(q))[:, None]  # -> SO(3)
+    inversion = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(torch.float64)
+    return (q * inversion[:, None, None]).to(dtype)
+
+
+def rotate(batch: Batch, rotations: torch.Tensor) -> Batch:
+    """Rotate positions, cells and the vector/tensor targets consistently (row vectors: x -> x R^T)."""
+    per_atom = rotations[batch.structure_index]
+    rotated = copy.copy(batch)
+    rotated.positions = torch.einsum("ni,nji->nj", batch.positions, per_atom)
+    rotated.cells = batch.cells @ rotations.transpose(1, 2)
+    if batch.forces is not None:
+        rotated.forces = torch.einsum("ni,nji->nj", batch.forces, per_atom)
+    if batch.stress is not None:
+        rotated.stress = rotations @ batch.stress @ rotations.transpose(1, 2)
+    return rotated
+
+
+@dataclass
+class Distribution:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start_distributed(training: dict, device: torch.device) -> Distribution:
+    """Join the process group described by torchrun (RANK/WORLD_SIZE) or SLURM (SLURM_PROCID/NTASKS)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"]))
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    else:
+        raise InputError(
+            "architecture.training.distributed: true needs a process launcher; run under torchrun "
+            "(torchrun --nproc-per-node N -m nanopet.cli train options.yaml) or srun"
+        )
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env["MASTER_PORT"] = str(training["distributed_port"])
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+    return Distribution(rank, world, local)
+
+
+def select_device(name: str, distribution_local_rank: int | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device: {name} requested but no CUDA device is visible; use device: cpu or auto")
+        if name == "cuda" and distribution_local_rank is not None:
+            name = f"cuda:{distribution_local_rank % torch.cuda.device_count()}"
+    elif name != "cpu":
+        raise InputError(f"device: must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return torch.device(name)
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc from returning large freed blocks to the OS after every step (the biggest CPU loss
+    measured on force training: each step re-faults hundreds of MB). No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+
+
+@dataclass
+class TrainResult:
+    model: NanoPET  # with the best-validation weights
+    history: list[dict]  # one row of metrics per epoch
+    best_epoch: int
+    best_val_loss: float
+    stopped: str  # "completed" | "callback" | "learning_rate"
+    output_dir: Path | None = None
+    test_metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class Data:
+    """The splits as neighbour-listed datasets; a search worker builds it once and passes it to every trial."""
+
+    train: GraphDataset
+    val: GraphDataset
+    test: GraphDataset
+
+    def at_cutoff(self, cutoff: float) -> "Data":
+        def restricted(dataset):
+            if cutoff > dataset.cutoff + 1e-9:
+                return GraphDataset(dataset.structures, cutoff)
+            return dataset if math.isclose(dataset.cutoff, cutoff) else dataset.restrict(cutoff)
+
+        return Data(restricted(self.train), restricted(self.val), restricted(self.test))
+
+
+def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None) -> Data:
+    """Read the splits named in ``options`` and compute neighbour lists once, at ``cutoff``."""
+    from nanopet.data.read import load_splits
+
+    options = resolve_options(options)
+    cutoff = cutoff or options["architecture"]["model"]["cutoff"]
+    train_set, val_set, test_set = load_splits(options, base_dir=base_dir, seed=options["seed"])
+    return Data(GraphDataset(train_set, cutoff), GraphDataset(val_set, cutoff), GraphDataset(test_set, cutoff))
+
+
+def evaluate(model: NanoPET, dataset: GraphDataset, batch_size: int, loss: Loss, offsets: np.ndarray,
+             per_structure: bool, device, dtype, distribution: Distribution = Distribution()) -> Accumulator:
+    """Errors and loss over a whole set, without parameter gradients (forces still by autograd)."""
+    accumulator = Accumulator(loss)
+    for indices in shard(epoch_batches(dataset, batch_size, None), distribution.rank, distribution.world_size):
+        batch = dataset.batch(indices, dtype=dtype, energy_offsets=offsets).to(device)
+        predictions = model(batch, forces=dataset.has_forces, stress=batch.stress is not None, with_composition=False)
+        accumulator.add(loss_terms(predictions, batch, per_structure))
+    accumulator.all_reduce()
+    return accumulator
+
+
+def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = None, output_dir: str | Path | None = None,
+          resume: str | Path | None = None, data: Data | None = None, base_dir: str | Path = ".",
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train NanoPET as ``options`` say; see the module docstring for ``on_epoch``.
+
+    ``output_dir`` receives checkpoints/, model.ckpt and metrics.csv (nothing is written without it).
+    ``resume`` continues from a checkpoint exactly (model, optimizer, scheduler, epoch, RNG).
+    ``data`` reuses already neighbour-listed splits (restricted to this run's cutoff).
+    """
+    options = resolve_options(options)
+    hypers, training = options["architecture"]["model"], options["architecture"]["training"]
+    dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
+    log = log or print_flush
+    keep_freed_memory()
+
+    distribution = Distribution()
+    device = select_device(str(options["device"]))
+    if training["distributed"]:
+        distribution = start_distributed(training, device)
+        device = select_device(str(options["device"]), distribution.local_rank)
+    if not distribution.is_main:
+        log = lambda message: None  # noqa: E731
+
+    data = (data or load_data(options, base_dir)).at_cutoff(hypers["cutoff"])
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise InputError("training_set/validation_set: both need at least one structure")
+    all_structures = data.train.structures + data.val.structures + data.test.structures
+    atomic_types = sorted({int(z) for s in all_structures for z in s.numbers})
+
+    torch.manual_seed(options["seed"])
+    model = NanoPET(hypers, atomic_types)
+    composition = fixed_composition(training["fixed_composition_weights"], atomic_types)
+    if composition is None:
+        composition = fit_composition_weights(data.train.structures, atomic_types)
+    index = {z: k for k, z in enumerate(atomic_types)}
+
+    def offsets_of(dataset):
+        return np.array([composition[[index[int(z)] for z in s.numbers]].sum() for s in dataset.structures])
+
+    offsets = {name: offsets_of(getattr(data, name)) for name in ("train", "val", "test")}
+    model.energy_scale.fill_(energy_scale(data.train.structures, offsets["train"]))
+    model.to(device=device, dtype=dtype)
+    model.composition_weights.copy_(torch.from_numpy(composition))  # after .to(): no float32 round trip in float64 runs
+    network = model
+    if distribution.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
+    loss = Loss(training["loss"], terms)
+    per_structure = "energy" in training["per_structure_targets"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=training["learning_rate"])
+
+    def new_scheduler():
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=training["scheduler_factor"], patience=training["scheduler_patience"]
+        )
+
+    scheduler = new_scheduler()
+    generator = torch.Generator().manual_seed(options["seed"])
+    history: list[dict] = []
+    best = {"loss": math.inf, "epoch": -1, "model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+        generator.set_state(state["rng_state"])
+        best = {"loss": state["best_val_loss"], "epoch": state["best_epoch"],
+                "model": state["best_model_state_dict"], "optimizer": state["best_optimizer_state_dict"]}
+        history = list(state["history"])
+        start_epoch = state["epoch"] + 1
+        log(f"resumed from {resume} at epoch {start_epoch}")
+
+    output_dir = Path(output_dir) if output_dir is not None else None
+    if output_dir is not None and distribution.is_main:
+        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": {"hypers": hypers, "atomic_types": atomic_types, "dtype": str(dtype).removeprefix("torch.")},
+            "options": options,
+            "epoch": epoch,
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "scheduler_state_dict": scheduler.state_dict(),
+            "rng_state": generator.get_state(),
+            "best_val_loss": best["loss"],
+            "best_epoch": best["epoch"],
+            "best_model_state_dict": best["model"],
+            "best_optimizer_state_dict": best["optimizer"],
+            "history": history,
+        }
+
+    def check_finite(value: float, where: str, epoch: int):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"non-finite {where} loss ({value}) at epoch {epoch} with learning_rate "
+                f"{optimizer.param_groups[0]['lr']:.3g}; lower learning_rate or check the data", epoch
+            )
+
+    log(f"training NanoPET: {sum(p.numel() for p in model.parameters()):,} parameters, {len(data.train)} train / "
+        f"{len(data.val)} val structures, cutoff {hypers['cutoff']} A, {str(dtype).removeprefix('torch.')} on {device}")
+    stopped, epoch = "completed", start_epoch - 1
+    try:
+        for epoch in range(start_epoch, training["num_epochs"]):
+            started = time.perf_counter()
+            model.train()
+            train_accumulator, batch_losses = Accumulator(loss), []
+            batches = shard(epoch_batches(data.train, training["batch_size"], generator), distribution.rank, distribution.world_size)
+            for indices in batches:
+                batch = data.train.batch(indices, dtype=dtype, energy_offsets=offsets["train"])
+                if training["rotational_augmentation"]:
+                    batch = rotate(batch, random_rotations(batch.num_structures, generator, dtype))
+                batch = batch.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                predictions = network(batch, forces=data.train.has_forces, stress=batch.stress is not None, create_graph=True,
+                                      with_composition=False)
+                batch_terms = loss_terms(predictions, batch, per_structure)
+                batch_loss = loss(batch_terms)
+                if loss.reduction == "sum" and distribution.world_size > 1:
+                    batch_loss = batch_loss * distribution.world_size  # DDP averages gradients; sum means sum
+                check_finite(float(batch_loss.detach()), "training", epoch)
+                batch_loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
+                optimizer.step()
+                batch_losses.append(float(batch_loss.detach()))
+                train_accumulator.add(batch_terms)
+            train_accumulator.all_reduce()
+
+            validation = evaluate(model, data.val, training["batch_size"], loss, offsets["val"], per_structure, device, dtype, distribution)
+            val_loss = validation.whole_set_loss()
+            check_finite(val_loss, "validation", epoch)
+
+            # 3.6: plateau schedule; on every LR drop reload the best state and restart the patience
+            lr_before = optimizer.param_groups[0]["lr"]
+            scheduler.step(val_loss)
+            lr_after = optimizer.param_groups[0]["lr"]
+            if val_loss < best["loss"]:
+                best = {"loss": val_loss, "epoch": epoch, "model": copy.deepcopy(model.state_dict()),
+                        "optimizer": copy.deepcopy(optimizer.state_dict())}
+            if lr_after < lr_before:
+                model.load_state_dict(best["model"])
+                optimizer.load_state_dict(best["optimizer"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_after
+                scheduler = new_scheduler()
+
+            metrics = {"epoch": epoch, "learning_rate": lr_before, "train_loss": float(np.mean(batch_losses)) if batch_losses else math.nan,
+                       "val_loss": val_loss, **train_accumulator.metrics("train"), **validation.metrics("val"),
+                       "epoch_time": time.perf_counter() - started}
+            history.append(metrics)
+            last = epoch == training["num_epochs"] - 1
+            if epoch % training["log_interval"] == 0 or last:
+                log(progress_line(metrics, training["num_epochs"], training["log_mae"]))
+                if output_dir is not None and distribution.is_main:
+                    append_csv(output_dir / "metrics.csv", metrics, training["log_mae"])
+            if output_dir is not None and distribution.is_main and epoch % training["checkpoint_interval"] == 0:
+                save_checkpoint(checkpoint(epoch), output_dir / "checkpoints" / f"model_{epoch}.ckpt")
+
+            stop = bool(on_epoch(epoch, metrics)) if (on_epoch is not None and distribution.is_main) else False
+            if distribution.world_size > 1:
+                flag = torch.tensor([float(stop)])
+                torch.distributed.broadcast(flag, src=0)
+                stop = bool(flag.item())
+            if stop:
+                stopped = "callback"
+                break
+            if lr_after < MIN_LEARNING_RATE:
+                stopped = "learning_rate"
+                log(f"learning rate fell below {MIN_LEARNING_RATE:g}: stopping at epoch {epoch}")
+                break
+    finally:
+        if training["distributed"] and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    final = checkpoint(epoch)
+    if output_dir is not None and distribution.is_main:
+        save_checkpoint(final, output_dir / "model.ckpt")
+    model.load_state_dict(best["model"])
+    result = TrainResult(model, history, best["epoch"], best["loss"], stopped, output_dir)
+    if len(data.test):
+        result.test_metrics = evaluate(model, data.test, training["batch_size"], loss, offsets["test"], per_structure,
+                                       device, dtype).metrics("test")
+        log("test: " + ", ".join(f"{k.removeprefix('test_')} {v:.4g}" for k, v in result.test_metrics.items()))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, logging
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomic write: a killed process never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise InputError(f"{path}: not a readable nanopet-tune checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a nanopet-tune checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def model_from_checkpoint(path: str | Path, best: bool = True) -> NanoPET:
+    """Rebuild the model of a checkpoint (best-validation weights by default)."""
+    state = load_checkpoint(path)
+    model = NanoPET(state["model"]["hypers"], state["model"]["atomic_types"])
+    model.to(getattr(torch, state["model"]["dtype"]))
+    model.load_state_dict(state["best_model_state_dict"] if best else state["model_state_dict"])
+    return model
+
+
+def print_flush(message: str) -> None:
+    print(message, flush=True)
+
+
+def progress_line(metrics: dict, num_epochs: int, log_mae: bool) -> str:
+    parts = [f"epoch {metrics['epoch']:>{len(str(num_epochs))}}/{num_epochs}", f"lr {metrics['learning_rate']:.2e}",
+             f"train loss {metrics['train_loss']:.4e}", f"val loss {metrics['val_loss']:.4e}"]
+    units = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
+    for term, (unit, factor) in units.items():
+        if f"val_{term}_rmse" in metrics:
+            text = f"val {term} RMSE {metrics[f'val_{term}_rmse'] * factor:.4g}"
+            if log_mae:
+                text += f" MAE {metrics[f'val_{term}_mae'] * factor:.4g}"
+            parts.append(f"{text} {unit}")
+    parts.append(f"{metrics['epoch_time']:.1f} s")
+    return ", ".join(parts)
+
+
+def append_csv(path: Path, metrics: dict, log_mae: bool) -> None:
+    row = {k: v for k, v in metrics.items() if log_mae or not k.endswith("_mae")}
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
