@@ -125,13 +125,18 @@ class Encoder(nn.Module):
         self.neighbor_embedding = nn.Embedding(n_species, d)
         self.compress = nn.Linear(3 * d, d, bias=False)
 
-    def forward(self, vectors, nef_edge, center_species, neighbor_species):
-        # vectors (E, 3) -> MLP on real edges only, then into NEF slots; species (N, M) -> tokens (N, M, d)
-        features = torch.cat(
-            [self.vector_mlp(vectors)[nef_edge], self.center_embedding(center_species), self.neighbor_embedding(neighbor_species)],
-            dim=-1,
-        )
-        return self.compress(features)
+    def forward(self, vectors, nef_edge, species, neighbor_species):
+        # vectors (E, 3); nef_edge (N, M); species (N,); neighbor_species (N, M) -> tokens (N, M, d)
+        # compress(cat[mlp(r), center, neighbour]) = mlp(r) W_r^T + center W_c^T + neighbour W_n^T: the first
+        # term folds into the MLP's last linear (run on real edges only, then moved into NEF slots), the
+        # species terms into per-species tables. Same function and gradients, no (N, M, 3d) tensor.
+        d = self.compress.weight.shape[0]
+        w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
+        hidden = self.vector_mlp[:-1](vectors)  # (E, 4d)
+        edge_tokens = hidden @ (w_vector @ self.vector_mlp[-1].weight).T  # (E, d)
+        center = (self.center_embedding.weight @ w_center.T)[species]  # (N, d)
+        neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (N, M, d)
+        return edge_tokens[nef_edge] + neighbor + center[:, None, :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +167,9 @@ class Attention(nn.Module):
             attended = torch.bmm(torch.softmax(logits, dim=-1), v.reshape(n * h, m, dh)).view(n, h, m, dh)
         else:  # the fused kernel has no second derivative, but is faster for inference
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=log_cutoff)
-        attended = attended.transpose(1, 2).reshape(n, m, d)
-        return (self.out(attended) + x) * 0.5**0.5
+        attended = attended.transpose(1, 2).reshape(n * m, d)
+        # (out(attended) + x) / sqrt(2), the residual and its scale fused into one GEMM
+        return torch.addmm(x.reshape(n * m, d), attended, self.out.weight.T, beta=0.5**0.5, alpha=0.5**0.5).view(n, m, d)
 
 
 class FeedForward(nn.Module):
@@ -174,7 +180,11 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(4 * d, d, bias=False)
 
     def forward(self, x):
-        return (self.down(gelu(self.up(self.norm(x)))) + x) * 0.5**0.5
+        # (down(gelu(up(LN(x)))) + x) / sqrt(2), the residual fused into the second GEMM
+        hidden = gelu(self.up(self.norm(x)))
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(flat, hidden.reshape(len(flat), -1), self.down.weight.T, beta=0.5**0.5, alpha=0.5**0.5)
+        return out.view_as(x)
 
 
 class Transformer(nn.Module):
@@ -330,15 +340,17 @@ class NanoPET(nn.Module):
         cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)[batch.nef_edge] * mask  # (N, M)
         log_cutoff = torch.log(cutoff_weights.clamp_min(1e-30))[:, None, None, :]  # (N, 1, 1, M)
         neighbor_species = species[batch.neighbors][batch.nef_edge]  # (N, M)
-        center_species = species[:, None].expand_as(neighbor_species)  # (N, M)
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
-        tokens = self.encoder(vectors, batch.nef_edge, center_species, neighbor_species)  # (N, M, d)
+        tokens = self.encoder(vectors, batch.nef_edge, species, neighbor_species)  # (N, M, d)
         features = self.gnn[0](tokens, log_cutoff, double_backward)
         reverse = batch.nef_reverse.reshape(-1)
+        d = features.shape[-1]
         for message, transformer in zip(self.messages, self.gnn[1:]):
-            flat = features.reshape(-1, features.shape[-1])  # (N*M, d)
-            messages = message(torch.cat([flat, flat[reverse]], dim=-1)).view_as(features)
+            # message(cat[F_ij, F_ji]) = F_ij W_1^T + F_ji W_2^T, F_ji gathered through the reverse-slot index
+            flat = features.reshape(-1, d)  # (N*M, d)
+            w_self, w_reverse = message.weight.split(d, dim=1)
+            messages = torch.addmm((flat @ w_reverse.T)[reverse], flat, w_self.T).view_as(features)
             features = (features + transformer(messages, log_cutoff, double_backward)) * 0.5**0.5
 
         # 2.9 per-atom features: cutoff-weighted sum over slots; 2.10 readout
