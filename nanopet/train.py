@@ -69,6 +69,8 @@ def fixed_composition(fixed: dict, atomic_types) -> np.ndarray | None:
 
     if not fixed:
         return None
+    if not isinstance(fixed, dict) or not isinstance(fixed.get("energy") or {}, dict):
+        raise InputError("architecture.training.fixed_composition_weights: expected {energy: {atomic number or symbol: eV}}")
     unknown = set(fixed) - {"energy"}
     if unknown:
         raise InputError(f"architecture.training.fixed_composition_weights: unknown target(s) {sorted(unknown)}; use energy")
@@ -80,6 +82,8 @@ def fixed_composition(fixed: dict, atomic_types) -> np.ndarray | None:
                 f"architecture.training.fixed_composition_weights.energy.{key}: element not in the dataset "
                 f"(atomic numbers present: {list(atomic_types)})"
             )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"architecture.training.fixed_composition_weights.energy.{key}: must be a number (eV), got {value!r}")
         given[z] = float(value)
     missing = [z for z in atomic_types if z not in given]
     if missing:
@@ -363,7 +367,8 @@ def evaluate(model: NanoPET, dataset: GraphDataset, batch_size: int, loss: Loss,
              per_structure: bool, device, dtype, distribution: Distribution = Distribution()) -> Accumulator:
     """Errors and loss over a whole set, without parameter gradients (forces still by autograd)."""
     accumulator = Accumulator(loss)
-    for indices in shard(epoch_batches(dataset, batch_size, None), distribution.rank, distribution.world_size):
+    # every batch on exactly one rank: shard()'s wrap-around padding would count structures twice
+    for indices in epoch_batches(dataset, batch_size, None)[distribution.rank :: distribution.world_size]:
         batch = dataset.batch(indices, dtype=dtype, energy_offsets=offsets).to(device)
         predictions = model(batch, forces=dataset.has_forces, stress=batch.stress is not None, with_composition=False)
         accumulator.add(loss_terms(predictions, batch, per_structure))
