@@ -32,6 +32,12 @@ CONFIGS = {
 METATRAIN = {"train_structures_per_s": 3.5, "inference_structures_per_s": "10-16", "peak_memory_gb": 6.1}
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     import torch
 
@@ -43,7 +49,7 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def measure(name: str, n_structures: int, batch_size: int, steps: int, precision: int) -> dict:
+def measure(name: str, n_structures: int, batch_size: int, steps: int, precision: int, atoms_per_pass) -> dict:
     """Runs in a child process: one configuration, returns its row."""
     import numpy as np
     import torch
@@ -52,7 +58,7 @@ def measure(name: str, n_structures: int, batch_size: int, steps: int, precision
     from nanopet.data.batch import GraphDataset
     from nanopet.data.emt import builtin_dataset
     from nanopet.model import NanoPET, count_parameters, default_hypers
-    from nanopet.train import Loss, keep_freed_memory, loss_terms
+    from nanopet.train import Loss, keep_freed_memory, resolve_atoms_per_pass, training_step
 
     keep_freed_memory()
     dtype = torch.float64 if precision == 64 else torch.float32
@@ -64,14 +70,14 @@ def measure(name: str, n_structures: int, batch_size: int, steps: int, precision
     model.energy_scale.fill_(1.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss = Loss(default_hypers()["training"]["loss"], ("energy", "forces", "virial"))
-    batches = [dataset.batch(range(k, k + batch_size), dtype=dtype) for k in range(0, n_structures - batch_size + 1, batch_size)]
+    per_pass = resolve_atoms_per_pass(atoms_per_pass, torch.device("cpu"))
+    batches = [list(range(k, k + batch_size)) for k in range(0, n_structures - batch_size + 1, batch_size)]
+    offsets = np.zeros(n_structures)
 
-    def train_step(batch):
-        optimizer.zero_grad(set_to_none=True)
-        predictions = model(batch, forces=True, stress=True, create_graph=True, with_composition=False)
-        loss(loss_terms(predictions, batch, False)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+    def train_step(indices):  # exactly the trainer's step (augmentation included)
+        rotations = torch.linalg.qr(torch.randn(len(indices), 3, 3, dtype=torch.float64))[0].to(dtype)
+        training_step(model, model, dataset, indices, rotations, loss=loss, optimizer=optimizer, offsets=offsets,
+                      per_structure=False, device="cpu", dtype=dtype, atoms_per_pass=per_pass)
 
     train_step(batches[0])  # warm-up
     with FlopCounterMode(display=False) as counter:
@@ -84,10 +90,11 @@ def measure(name: str, n_structures: int, batch_size: int, steps: int, precision
         train_step(batches[(k + 1) % len(batches)])
     train_time = (time.perf_counter() - start) / steps
 
-    model(batches[0], forces=True)
+    inference_batches = [dataset.batch(b, dtype=dtype) for b in batches]
+    model(inference_batches[0], forces=True)
     start = time.perf_counter()
     for k in range(steps):
-        model(batches[k % len(batches)], forces=True)
+        model(inference_batches[k % len(batches)], forces=True)
     inference_time = (time.perf_counter() - start) / steps
 
     neighbours = np.mean([g.num_edges / len(s) for g, s in zip(dataset.graphs, structures)])
@@ -112,22 +119,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--structures", type=int, default=96)
     parser.add_argument("--precision", type=int, default=32, choices=[32, 64])
+    parser.add_argument("--atoms-per-pass", default="auto", help="as the training option (auto = 256 on CPU)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.structures, args.batch_size, args.steps, args.precision)))
+        print(json.dumps(measure(args.child, args.structures, args.batch_size, args.steps, args.precision, args.atoms_per_pass)))
         return
 
     rows = []
     for name in args.configs:
         command = [sys.executable, __file__, "--child", name, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                   "--structures", str(args.structures), "--precision", str(args.precision)]
+                   "--structures", str(args.structures), "--precision", str(args.precision),
+                   "--atoms-per-pass", str(args.atoms_per_pass)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
 
     header = ("config", "params", "neighbours", "train_struct_s", "infer_struct_s", "gflop_step", "gflop_s",
               "matmul_gflop_s", "fraction", "peak_gb")
-    print(f"NanoPET float{args.precision}, batch {args.batch_size}, EMT Cu-Au 32-atom cells, energy+forces+stress")
+    print(f"NanoPET float{args.precision}, batch {args.batch_size}, atoms_per_pass {args.atoms_per_pass}, "
+          f"EMT Cu-Au 32-atom cells, energy+forces+stress, {torch_threads()} threads")
     print(" | ".join(f"{h:>14}" for h in header))
     for row in rows:
         cells = [f"{row[h]:>14.3g}" if isinstance(row[h], float) else f"{row[h]:>14}" for h in header]

@@ -113,6 +113,8 @@ def check_values(options: dict) -> None:
              f"architecture.training.learning_rate: must be a positive number, got {training['learning_rate']!r}")
     _require(isinstance(training["scheduler_factor"], (int, float)) and 0 < training["scheduler_factor"] < 1,
              f"architecture.training.scheduler_factor: must be in (0, 1), got {training['scheduler_factor']!r}")
+    _require(training["atoms_per_pass"] == "auto" or (isinstance(training["atoms_per_pass"], int) and training["atoms_per_pass"] >= 1),
+             f"architecture.training.atoms_per_pass: must be auto or a positive integer, got {training['atoms_per_pass']!r}")
     _require(isinstance(training["per_structure_targets"], list),
              "architecture.training.per_structure_targets: expected a list of target names, e.g. [energy]")
     check_loss(training["loss"])

@@ -16,6 +16,7 @@ Deliberate deviations from the reference trainer, for a tuning workbench:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import ctypes
@@ -40,6 +41,7 @@ MIN_LEARNING_RATE = 1e-7
 GRADIENT_CLIP_NORM = 1.0
 BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
 EV_PER_A3_IN_GPA = 160.21766208
+CPU_ATOMS_PER_PASS = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,14 +155,43 @@ class Loss:
             return F.l1_loss(prediction, target, reduction="none")
         return F.huber_loss(prediction, target, reduction="none", delta=self.deltas[term])
 
-    def __call__(self, terms: Terms) -> torch.Tensor:
+    def __call__(self, terms: Terms, counts: dict | None = None) -> torch.Tensor:
+        """The loss of ``terms``; with ``counts`` (elements per term of the whole batch) a "mean" divides
+        by those instead, so the losses of a batch's parts add up to the loss of the batch."""
         total = 0.0
         for term, (prediction, target) in terms.pairs.items():
-            if not self.weights[term] or prediction.numel() == 0:
+            if not self.weights.get(term) or prediction.numel() == 0:
                 continue
             values = self.elementwise(term, prediction, target)
-            total = total + self.weights[term] * (values.mean() if self.reduction == "mean" else values.sum())
+            if self.reduction == "sum":
+                reduced = values.sum()
+            else:
+                reduced = values.sum() / counts[term] if counts is not None else values.mean()
+            total = total + self.weights[term] * reduced
         return total
+
+
+def term_counts(dataset: GraphDataset, indices) -> dict:
+    """Elements of each loss term in a batch: energies, force components, virial components."""
+    structures = [dataset.structures[k] for k in indices]
+    return {
+        "energy": len(structures),
+        "forces": 3 * sum(len(s) for s in structures),
+        "virial": 9 * sum(s.stress is not None and bool(s.pbc.all()) for s in structures),
+    }
+
+
+def split_by_atoms(indices, dataset: GraphDataset, atoms_per_pass: int) -> list[list[int]]:
+    """Consecutive parts of a batch with at most ``atoms_per_pass`` atoms each (at least one structure)."""
+    parts, current, atoms = [], [], 0
+    for k in indices:
+        n = len(dataset.structures[k])
+        if current and atoms + n > atoms_per_pass:
+            parts.append(current)
+            current, atoms = [], 0
+        current.append(int(k))
+        atoms += n
+    return parts + [current] if current else parts
 
 
 class Accumulator:
@@ -191,6 +222,10 @@ class Accumulator:
         values = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64)
         torch.distributed.all_reduce(values)
         self.sums = dict(zip(keys, values.tolist()))
+
+    def mean_batch_loss(self) -> float:
+        count = self.sums.get("batch_loss.count", 0.0)
+        return self.sums["batch_loss.sum"] / count if count else math.nan
 
     def whole_set_loss(self) -> float:
         """The loss of the whole set as one batch: sum or mean over all elements of each term."""
@@ -291,6 +326,9 @@ def start_distributed(training: dict, device: torch.device) -> Distribution:
         )
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env["MASTER_PORT"] = str(training["distributed_port"])
+    if device.type == "cpu":  # oversubscribed OpenMP threads make CPU training many times slower
+        local_processes = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", world)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend, rank=rank, world_size=world)
@@ -308,6 +346,14 @@ def select_device(name: str, distribution_local_rank: int | None = None) -> torc
     elif name != "cpu":
         raise InputError(f"device: must be auto, cpu, cuda or cuda:N, got {name!r}")
     return torch.device(name)
+
+
+def resolve_atoms_per_pass(value, device: torch.device) -> int:
+    """``auto``: 256 atoms per pass on CPU (peak memory halves at the default batch, speed unchanged),
+    the whole batch on GPU."""
+    if value == "auto":
+        return CPU_ATOMS_PER_PASS if device.type == "cpu" else 2**62
+    return int(value)
 
 
 def keep_freed_memory() -> None:
@@ -361,6 +407,41 @@ def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = 
     cutoff = cutoff or options["architecture"]["model"]["cutoff"]
     train_set, val_set, test_set = load_splits(options, base_dir=base_dir, seed=options["seed"])
     return Data(GraphDataset(train_set, cutoff), GraphDataset(val_set, cutoff), GraphDataset(test_set, cutoff))
+
+
+def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
+                  optimizer, offsets, per_structure: bool, device, dtype, atoms_per_pass: int, world_size: int = 1,
+                  accumulator: Accumulator | None = None) -> float:
+    """One optimizer step on the batch ``indices``: forward and double backward in parts of at most
+    ``atoms_per_pass`` atoms with gradients accumulated (the same step as one pass, less memory),
+    gradient clipping, Adam. Returns the batch loss; a non-finite loss skips the update."""
+    counts = term_counts(dataset, indices)
+    parts = split_by_atoms(indices, dataset, atoms_per_pass)
+    optimizer.zero_grad(set_to_none=True)
+    total, start = 0.0, 0
+    for number, part in enumerate(parts):
+        batch = dataset.batch(part, dtype=dtype, energy_offsets=offsets)
+        if rotations is not None:
+            batch = rotate(batch, rotations[start : start + len(part)])
+        start += len(part)
+        batch = batch.to(device)
+        last = number == len(parts) - 1
+        # in DDP, gradients are all-reduced once, on the last part
+        with contextlib.nullcontext() if (last or world_size == 1) else network.no_sync():
+            predictions = network(batch, forces=dataset.has_forces, stress=batch.stress is not None, create_graph=True,
+                                  with_composition=False)
+            terms = loss_terms(predictions, batch, per_structure)
+            part_loss = loss(terms, counts)
+            if loss.reduction == "sum" and world_size > 1:
+                part_loss = part_loss * world_size  # DDP averages gradients; "sum" must stay a sum
+            part_loss.backward()
+        total += float(part_loss.detach()) / (world_size if loss.reduction == "sum" else 1)
+        if accumulator is not None:
+            accumulator.add(terms)
+    if math.isfinite(total):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
+        optimizer.step()
+    return total
 
 
 def evaluate(model: NanoPET, dataset: GraphDataset, batch_size: int, loss: Loss, offsets: np.ndarray,
@@ -423,6 +504,7 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
     if distribution.world_size > 1:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    atoms_per_pass = resolve_atoms_per_pass(training["atoms_per_pass"], device)
     terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
     loss = Loss(training["loss"], terms)
     per_structure = "energy" in training["per_structure_targets"]
@@ -485,26 +567,17 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
         for epoch in range(start_epoch, training["num_epochs"]):
             started = time.perf_counter()
             model.train()
-            train_accumulator, batch_losses = Accumulator(loss), []
+            train_accumulator = Accumulator(loss)
             batches = shard(epoch_batches(data.train, training["batch_size"], generator), distribution.rank, distribution.world_size)
             for indices in batches:
-                batch = data.train.batch(indices, dtype=dtype, energy_offsets=offsets["train"])
-                if training["rotational_augmentation"]:
-                    batch = rotate(batch, random_rotations(batch.num_structures, generator, dtype))
-                batch = batch.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                predictions = network(batch, forces=data.train.has_forces, stress=batch.stress is not None, create_graph=True,
-                                      with_composition=False)
-                batch_terms = loss_terms(predictions, batch, per_structure)
-                batch_loss = loss(batch_terms)
-                if loss.reduction == "sum" and distribution.world_size > 1:
-                    batch_loss = batch_loss * distribution.world_size  # DDP averages gradients; sum means sum
-                check_finite(float(batch_loss.detach()), "training", epoch)
-                batch_loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
-                optimizer.step()
-                batch_losses.append(float(batch_loss.detach()))
-                train_accumulator.add(batch_terms)
+                rotations = random_rotations(len(indices), generator, dtype) if training["rotational_augmentation"] else None
+                batch_loss = training_step(network, model, data.train, indices, rotations, loss=loss, optimizer=optimizer,
+                                           offsets=offsets["train"], per_structure=per_structure, device=device, dtype=dtype,
+                                           atoms_per_pass=atoms_per_pass, world_size=distribution.world_size,
+                                           accumulator=train_accumulator)
+                check_finite(batch_loss, "training", epoch)
+                train_accumulator.sums["batch_loss.sum"] = train_accumulator.sums.get("batch_loss.sum", 0.0) + batch_loss
+                train_accumulator.sums["batch_loss.count"] = train_accumulator.sums.get("batch_loss.count", 0.0) + 1
             train_accumulator.all_reduce()
 
             validation = evaluate(model, data.val, training["batch_size"], loss, offsets["val"], per_structure, device, dtype, distribution)
@@ -525,7 +598,7 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
                     group["lr"] = lr_after
                 scheduler = new_scheduler()
 
-            metrics = {"epoch": epoch, "learning_rate": lr_before, "train_loss": float(np.mean(batch_losses)) if batch_losses else math.nan,
+            metrics = {"epoch": epoch, "learning_rate": lr_before, "train_loss": train_accumulator.mean_batch_loss(),
                        "val_loss": val_loss, **train_accumulator.metrics("train"), **validation.metrics("val"),
                        "epoch_time": time.perf_counter() - started}
             history.append(metrics)
@@ -537,11 +610,18 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
             if output_dir is not None and distribution.is_main and epoch % training["checkpoint_interval"] == 0:
                 save_checkpoint(checkpoint(epoch), output_dir / "checkpoints" / f"model_{epoch}.ckpt")
 
-            stop = bool(on_epoch(epoch, metrics)) if (on_epoch is not None and distribution.is_main) else False
+            stop, callback_error = False, None
+            if on_epoch is not None and distribution.is_main:
+                try:
+                    stop = bool(on_epoch(epoch, metrics))
+                except BaseException as error:  # noqa: BLE001 - re-raised below, after the other ranks are told
+                    stop, callback_error = True, error
             if distribution.world_size > 1:
                 flag = torch.tensor([float(stop)])
                 torch.distributed.broadcast(flag, src=0)
                 stop = bool(flag.item())
+            if callback_error is not None:
+                raise callback_error
             if stop:
                 stopped = "callback"
                 break

@@ -669,3 +669,31 @@ def test_a_small_model_overfits_twenty_structures(emt_options, emt_data):
     energies = np.array([s.energy for s in structures])
     residual = (energies - counts @ np.linalg.lstsq(counts, energies, rcond=None)[0]) / 32
     assert final["val_energy_rmse"] < 0.5 * np.sqrt(np.mean(residual**2)), (final, residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# atoms_per_pass: a batch split into passes is the same optimizer step as one pass
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_atoms_per_pass_splits_passes_but_not_the_step(emt_options, no_test_data, reduction):
+    def run(atoms_per_pass):
+        options = emt_options(base_precision=64, num_epochs=2, atoms_per_pass=atoms_per_pass, rotational_augmentation=True,
+                              loss={"reduction": reduction})
+        return quiet_train(options, no_test_data)
+
+    whole, split = run(10_000), run(32)  # 32 atoms: one structure per pass
+    for a, b in zip(whole.history, split.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-9)
+    for (name, p), q in zip(whole.model.state_dict().items(), split.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_split_by_atoms_respects_the_limit(emt_data):
+    from nanopet.train import split_by_atoms
+
+    parts = split_by_atoms(list(range(10)), emt_data.train, 100)
+    assert [len(p) for p in parts] == [3, 3, 3, 1]  # 32-atom structures, at most 96 atoms per pass
+    assert sum(parts, []) == list(range(10))
+    assert split_by_atoms([4], emt_data.train, 1) == [[4]]  # a structure larger than the limit still runs
