@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
-from nanopet.errors import NanoPETError
+from nanopet.errors import InputError, NanoPETError
 
-SUBCOMMANDS = ("train", "make-data")
+SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +22,83 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue exactly from a checkpoint written by an earlier run")
     train.add_argument("--device", help="override the options' device (auto, cpu, cuda, cuda:N)")
 
+    search = commands.add_parser("search", help="run or resume a hyperparameter search (also: nanopet-tune SPACE.yaml)")
+    search.add_argument("space", help="search-space file, e.g. search_spaces/default.yaml (see README)")
+    search.add_argument("--workers", type=int, help="worker processes sharing the study (default: one per GPU, else 1)")
+    search.add_argument("--gpus", type=gpu_list, help="GPUs to use, one worker each, e.g. 0,1 (default: all visible)")
+    search.add_argument("--storage", help="study storage: a journal file, sqlite:///file.db or postgresql://user:pw@host/db "
+                        "(default: studies/<name>/journal.log)")
+    search.add_argument("--n-trials", type=int, help="override budget.n_trials")
+    search.add_argument("--timeout", type=duration, help="override budget.timeout: seconds, or 30m, 2h")
+    search.add_argument("--study-name", help="override study.name (default: the file name)")
+    search.add_argument("--directory", help="override study.directory (default: studies)")
+
+    dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on a study's storage")
+    dashboard.add_argument("study", help="study name (folder under studies/), a journal file, or a storage URL")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    dashboard.add_argument("--storage", help="storage URL (needed for a PostgreSQL study with a password)")
+    dashboard.add_argument("--directory", default="studies", help="where studies live (default: studies)")
+
+    studies = commands.add_parser("studies", help="list studies with trial counts by state and best value")
+    studies.add_argument("--storage", help="list the studies of this storage URL instead of studies/*/")
+    studies.add_argument("--directory", default="studies", help="where studies live (default: studies)")
+
     data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
     data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
     data.add_argument("output", help="output .xyz file")
     data.add_argument("--n", type=int, default=1000, help="number of structures (default 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
+
+
+def gpu_list(text: str) -> list[int]:
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU numbers like 0,1, got {text!r}") from None
+    if not gpus or min(gpus) < 0:
+        raise argparse.ArgumentTypeError(f"expected GPU numbers like 0,1, got {text!r}")
+    return gpus
+
+
+def duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or a duration like 30m, 2h, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def run_search(args, argv: list[str]) -> int:
+    from nanopet.tune import run
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers: must be at least 1, got {args.workers}")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise InputError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    result = run(args.space, workers=args.workers, gpus=args.gpus, storage=args.storage, n_trials=args.n_trials,
+                 timeout=args.timeout, study_name=args.study_name, directory=args.directory,
+                 out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv))
+    return 130 if result.status == "interrupted" else 0
+
+
+def run_dashboard(args) -> int:
+    from nanopet.tune import serve_dashboard
+
+    serve_dashboard(args.study, args.host, args.port, args.directory, args.storage, out=lambda m: print(m, flush=True))
+    return 0
+
+
+def run_studies(args) -> int:
+    from nanopet.tune.dashboard import format_rows, list_studies
+
+    for line in format_rows(list_studies(args.directory, args.storage)):
+        print(line)
+    return 0
 
 
 def run_train(args) -> int:
@@ -57,8 +129,12 @@ def run_make_data(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0].lower().endswith((".yaml", ".yml")):
+        argv = ["search"] + argv  # nanopet-tune SPACE.yaml means search
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "make-data": run_make_data}
+    handlers = {"train": run_train, "make-data": run_make_data, "search": lambda a: run_search(a, argv),
+                "dashboard": run_dashboard, "studies": run_studies}
     try:
         return handlers[args.command](args)
     except NanoPETError as error:

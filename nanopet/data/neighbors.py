@@ -46,13 +46,27 @@ def neighbor_list(structure: Structure, cutoff: float) -> HalfNeighborList:
         points=structure.positions, box=box, periodic=structure.pbc.tolist(), quantities="ijSd"
     )
     keep = distances < cutoff  # strict, as the spec asks
-    return HalfNeighborList(
+    return canonical(HalfNeighborList(
         float(cutoff),
         i[keep].astype(np.int64),
         j[keep].astype(np.int64),
         shifts[keep].astype(np.int64),
         distances[keep].astype(np.float64),
-    )
+    ))
+
+
+def canonical(half: HalfNeighborList) -> HalfNeighborList:
+    """Each pair oriented i < j (or i == j with the first non-zero shift positive) and the list sorted by
+    (i, j, shift). vesin's order and orientation depend on the cutoff; in this form a list restricted
+    from a larger cutoff is identical, element by element, to one computed at the smaller cutoff, so a
+    search trial trains exactly like a plain run (same floating-point summation order)."""
+    shifts = half.shifts
+    first_nonzero = np.where(shifts[:, 0] != 0, shifts[:, 0], np.where(shifts[:, 1] != 0, shifts[:, 1], shifts[:, 2]))
+    swap = (half.j < half.i) | ((half.i == half.j) & (first_nonzero < 0))
+    i, j = np.where(swap, half.j, half.i), np.where(swap, half.i, half.j)
+    shifts = np.where(swap[:, None], -shifts, shifts)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
+    return HalfNeighborList(half.cutoff, i[order], j[order], shifts[order], half.distances[order])
 
 
 @dataclass

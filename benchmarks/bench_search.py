@@ -1,0 +1,225 @@
+"""Search-driver benchmark: pruning savings, per-trial overhead, parallel efficiency. Prints a table.
+
+    python benchmarks/bench_search.py                      # a few minutes on a 2-core CPU
+    python benchmarks/bench_search.py --structures 400 --d-pet 64 --epochs 27 --trials 40 --workers 4 --device cuda
+
+1. Pruning savings: the same joint search (same TPE seed) without a pruner and with one
+   (successive halving by default); epochs computed and wall time, in total and until the
+   pruned study first reaches the unpruned study's best validation loss. Goal: <= 1/3 of the epochs.
+2. Per-trial overhead: everything that is not an epoch (worker start, data loading and neighbour
+   lists once per worker, neighbour filtering to the trial's cutoff, model build, storage) as a
+   share of the trial wall time. Goal: <= 5%.
+3. Parallel efficiency: trials per hour with 1 worker and with N workers (processes; on a CPU a
+   "device" is a core: one torch thread per worker; on GPUs one GPU each). Goal: >= 0.9 N.
+
+Not a test: the numbers depend on the machine and on what else runs on it (load average printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def base_space(args, directory: Path, name: str) -> dict:
+    return {
+        "seed": 0, "device": args.device, "base_precision": 32,
+        "training_set": {"systems": {"builtin": "emt-alloy", "n": args.structures, "seed": 0}},
+        "validation_set": 0.2, "test_set": 0.0,
+        "architecture": {"model": {"cutoff": 4.0, "d_pet": args.d_pet, "num_heads": 2, "num_gnn_layers": 1,
+                                   "num_attention_layers": 1},
+                         "training": {"batch_size": 4, "learning_rate": 3.0e-3, "scheduler_patience": 1000}},
+        "study": {"name": name, "directory": str(directory), "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 4},
+                  "pruner": {"type": "none"}},
+        "objective": {"metric": "val_loss"},
+        "budget": {"n_trials": args.trials, "epochs": args.epochs},
+        "strategy": "joint",
+        "parameters": {
+            "learning_rate": {"type": "float", "low": 3.0e-4, "high": 3.0e-2, "log": True},
+            "cutoff": {"type": "float", "low": 3.0, "high": 4.5, "step": 0.5},
+            "d_pet": {"type": "categorical", "choices": [args.d_pet // 2, args.d_pet, args.d_pet * 2]},
+        },
+    }
+
+
+def trained(trials):
+    """Trials that trained (not carried in, not copied duplicates), in order of completion."""
+    from optuna.trial import TrialState
+
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            and "duplicate_of" not in t.user_attrs and t.user_attrs.get("role") != "carried"]
+    return sorted(done, key=lambda t: t.datetime_complete)
+
+
+def study_trials(directory: Path, name: str):
+    import optuna
+
+    from nanopet.tune.study import open_storage
+
+    storage = open_storage(str(directory / name / "journal.log"), create=False)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def until(trials, target: float | None):
+    """Epochs and trial wall time spent until a completed trial reaches ``target`` (None: never)."""
+    epochs = wall = 0.0
+    for t in trials:
+        epochs += len(t.intermediate_values)
+        wall += t.user_attrs.get("timing", {}).get("wall", 0.0)
+        if target is not None and t.value is not None and t.state.name == "COMPLETE" and t.value <= target * (1 + 1e-9):
+            return epochs, wall
+    return None, None
+
+
+def run_search(raw: dict, threads: int, workers: int = 0):
+    """Run a search; workers = 0: in this process, else that many worker processes. Returns wall seconds."""
+    from nanopet.tune import load_search_space
+    from nanopet.tune.study import check_resumable
+    from nanopet.tune.workers import in_process, processes
+
+    space = load_search_space(raw)
+    check_resumable(space)
+    started = time.perf_counter()
+    if workers:
+        processes(space, workers, [], threads, None, out=lambda line: None, stdout=subprocess.DEVNULL)
+    else:
+        in_process(space, None, threads, out=lambda line: None, launched=time.time())
+    return time.perf_counter() - started
+
+
+def pruning_rows(args, directory: Path) -> tuple[list, list]:
+    raw = base_space(args, directory, "unpruned")
+    wall_a = run_search(raw, args.threads)
+    pruned = copy.deepcopy(raw)
+    pruned["study"]["name"] = "pruned"
+    # first rung after ~1/9 of the epochs: earlier rungs rank trials by their first few hundred steps only
+    first_rung = args.min_resource or max(1, args.epochs // 9)
+    pruned["study"]["pruner"] = {"type": args.pruner, **({"min_resource": first_rung, "reduction_factor": 3}
+                                                       if args.pruner in ("successive_halving", "hyperband") else
+                                                       {"n_startup_trials": 4, "n_warmup_steps": first_rung})}
+    wall_b = run_search(pruned, args.threads)
+    a, b = trained(study_trials(directory, "unpruned")), trained(study_trials(directory, "pruned"))
+    best_a = min(t.value for t in a if t.state.name == "COMPLETE")
+    best_b = min(t.value for t in b if t.state.name == "COMPLETE")
+    epochs_a, epochs_b = sum(len(t.intermediate_values) for t in a), sum(len(t.intermediate_values) for t in b)
+    reach_a, reach_wall_a = until(a, best_a)
+    reach_b, reach_wall_b = until(b, best_a)
+    rows = [
+        ("pruning", "epochs computed, whole study", f"{epochs_a:.0f}", f"{epochs_b:.0f}", f"{epochs_b / epochs_a:.2f}", "<= 0.33"),
+        ("pruning", "study wall time (s)", f"{wall_a:.1f}", f"{wall_b:.1f}", f"{wall_b / wall_a:.2f}", ""),
+        ("pruning", "best val_loss", f"{best_a:.4g}", f"{best_b:.4g}", f"{best_b / best_a:.3f}", ""),
+        ("pruning", "epochs to reach unpruned best", f"{reach_a:.0f}",
+         f"{reach_b:.0f}" if reach_b is not None else "not reached",
+         f"{reach_b / reach_a:.2f}" if reach_b is not None else "-", "<= 0.33"),
+        ("pruning", "trial wall to reach unpruned best (s)", f"{reach_wall_a:.1f}",
+         f"{reach_wall_b:.1f}" if reach_wall_b is not None else "not reached",
+         f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
+    ]
+    pruned_count = sum(t.state.name == "PRUNED" for t in b)
+    notes = [f"pruning: {len(a)} vs {len(b)} trials trained, {pruned_count} pruned by {args.pruner} "
+             f"({pruned['study']['pruner']}); {args.trials} trials x {args.epochs} epochs, TPE seed 0"]
+    return rows, notes
+
+
+def overhead_rows(directory: Path, name: str, workers: int) -> tuple[list, list]:
+    """Shares of one run's trial time that are not epochs (run with worker processes)."""
+    trials = [t for t in trained(study_trials(directory, name)) if "timing" in t.user_attrs]
+    records = [json.loads(p.read_text()) for p in (directory / name / "workers").glob("*.json")]
+    wall = sum(t.user_attrs["timing"]["wall"] for t in trials)
+    epochs = sum(t.user_attrs["timing"]["epochs"] for t in trials)
+    filtering = sum(t.user_attrs["timing"].get("filter", 0.0) for t in trials)
+    setup = sum(t.user_attrs["timing"]["setup"] for t in trials) - filtering
+    start = sum(r["startup_s"] - r["data_s"] for r in records)
+    data = sum(r["data_s"] for r in records)
+    other = wall - epochs - setup - filtering
+    total = wall + start + data
+    n = len(trials)
+    share = lambda x: f"{100 * x / total:.1f}%"  # noqa: E731
+    rows = [
+        ("overhead", "worker start (process, imports), per worker", f"{start / max(1, len(records)):.2f} s", "", share(start), ""),
+        ("overhead", "data + neighbour lists, once per worker", f"{data / max(1, len(records)):.2f} s", "", share(data), ""),
+        ("overhead", "neighbour filtering to the trial cutoff", f"{filtering / n:.3f} s/trial", "", share(filtering), ""),
+        ("overhead", "model build, baseline fit, options", f"{setup / n:.3f} s/trial", "", share(setup), ""),
+        ("overhead", "storage, checkpoint, bookkeeping", f"{other / n:.3f} s/trial", "", share(other), ""),
+        ("overhead", "total not-epoch share of trial time", f"{(total - epochs) / n:.2f} s/trial", "",
+         share(total - epochs), "<= 5%"),
+        ("overhead", "  of which per trial (excluding once-per-worker)", f"{(wall - epochs) / n:.3f} s/trial", "",
+         f"{100 * (wall - epochs) / wall:.1f}%", ""),
+    ]
+    return rows, [f"overhead: {n} trials of {epochs / n:.1f} s of epochs each, {len(records)} worker(s)"]
+
+
+def parallel_rows(args, directory: Path) -> tuple[list, list]:
+    walls = {}
+    for workers in (1, args.workers):
+        raw = base_space(args, directory, f"parallel{workers}")
+        raw["parameters"] = {"learning_rate": raw["parameters"]["learning_rate"]}  # same cost for every trial
+        raw["study"]["sampler"] = {"type": "random", "seed": 0}
+        raw["budget"] = {"n_trials": args.parallel_trials, "epochs": args.parallel_epochs}
+        walls[workers] = run_search(raw, 1 if args.device == "cpu" else args.threads, workers=workers)
+    rate = {w: 3600 * args.parallel_trials / s for w, s in walls.items()}
+    steady = {}
+    for workers in walls:  # first trial start to last trial end: worker start-up excluded
+        done = study_trials(directory, f"parallel{workers}")
+        span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+        steady[workers] = 3600 * len(done) / span
+    n = args.workers
+    rows = [("parallel", f"trials/hour, 1 vs {n} workers, whole run", f"{rate[1]:.0f}", f"{rate[n]:.0f}",
+             f"{rate[n] / rate[1]:.2f} x", f">= {0.9 * n:.1f} x"),
+            ("parallel", f"trials/hour, 1 vs {n} workers, steady state", f"{steady[1]:.0f}", f"{steady[n]:.0f}",
+             f"{steady[n] / steady[1]:.2f} x", f">= {0.9 * n:.1f} x")]
+    return rows, [f"parallel: {args.parallel_trials} trials x {args.parallel_epochs} epochs, one "
+                  f"{'CPU thread' if args.device == 'cpu' else 'GPU'} per worker, walls {walls[1]:.1f} s vs {walls[n]:.1f} s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--structures", type=int, default=100, help="built-in EMT structures (default 100)")
+    parser.add_argument("--d-pet", type=int, default=16, help="base d_pet; the search picks d/2, d, 2d (default 16)")
+    parser.add_argument("--trials", type=int, default=30, help="trials of each pruning study (default 30)")
+    parser.add_argument("--epochs", type=int, default=9, help="epochs per trial in the pruning studies (default 9)")
+    parser.add_argument("--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median"])
+    parser.add_argument("--min-resource", type=int, help="first rung / warm-up epochs of the pruner (default epochs // 9)")
+    parser.add_argument("--workers", type=int, default=2, help="N of the parallel comparison (default 2)")
+    parser.add_argument("--parallel-trials", type=int, default=12, help="trials of each parallel run (default 12)")
+    parser.add_argument("--parallel-epochs", type=int, default=6, help="epochs per trial in the parallel runs (default 6)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process studies (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    parser.add_argument("--keep", help="keep the studies in this folder (default: a temporary one)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    directory = Path(args.keep or tempfile.mkdtemp(prefix="bench-search-"))
+    started = time.perf_counter()
+    rows, notes = [], []
+    for part in (pruning_rows(args, directory), parallel_rows(args, directory),
+                 overhead_rows(directory, f"parallel{args.workers}", args.workers)):
+        rows += part[0]
+        notes += part[1]
+    header = ("part", "measure", "baseline", "with", "ratio", "goal")
+    widths = [max(len(str(r[k])) for r in rows + [header]) for k in range(len(header))]
+    print(f"nanopet-tune search benchmark: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at the end, "
+          f"device {args.device}, {args.structures} structures, d_pet {args.d_pet}")
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    for note in notes:
+        print("  " + note)
+    print(f"  (baseline = no pruning / 1 worker; with = {args.pruner} / {args.workers} workers); "
+          f"total {time.perf_counter() - started:.0f} s; studies in {directory}")
+
+
+if __name__ == "__main__":
+    main()

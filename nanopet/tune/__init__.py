@@ -1,0 +1,66 @@
+"""Hyperparameter search for NanoPET with Optuna: ``nanopet-tune search_spaces/default.yaml``.
+
+Public API (everything else is internal):
+
+- ``run(search_space, workers=None, gpus=None, ...) -> SearchResult``: run (or resume) a study
+- ``load_search_space(path) -> SearchSpace``: read and validate a search-space file (shared with
+  other drivers); ``SearchSpace``, ``Parameter``
+- ``list_studies(directory)``: studies with trial counts by state and best value
+- ``serve_dashboard(study, host, port)``: optuna-dashboard on a study's storage
+
+Modules: ``space`` (the file), ``study`` (storage, sampler, pruner, stages), ``objective`` (one
+trial), ``lease`` (stale trials), ``workers`` (the trial loop, processes), ``results``, ``dashboard``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from nanopet.tune.space import Parameter, SearchSpace, load_search_space
+
+
+def run(search_space: str | Path | dict | SearchSpace, workers: int | None = None, gpus: list[int] | None = None,
+        storage: str | None = None, n_trials: int | None = None, timeout: float | None = None,
+        study_name: str | None = None, directory: str | Path | None = None, threads: int | None = None,
+        out: Callable[[str], None] = print, resume_command: str | None = None):
+    """Run a search to its budget (``n_trials`` / ``timeout``), resuming the study if it exists.
+
+    ``workers`` processes share the study (default: one per visible GPU, else one, in this
+    process); ``gpus`` picks the GPUs. Returns a ``SearchResult`` (also printed through ``out``).
+    """
+    from nanopet.tune.results import report_lines, summarize
+    from nanopet.tune.study import check_resumable, record_storage
+    from nanopet.tune.workers import launch
+
+    space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)
+    if any(v is not None for v in (storage, n_trials, timeout, study_name, directory)):
+        space = space.replace(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, directory=directory)
+    check_resumable(space)
+    record_storage(space)
+    outcome = launch(space, workers=workers, gpus=gpus, threads=threads, out=out)
+    result = summarize(space, outcome.status)
+    for line in report_lines(result, space):
+        out(line)
+    if outcome.status == "interrupted":
+        again = resume_command or "nanopet.tune.run(...) again with the same search space"
+        out(f"interrupted: completed trials are kept in {result.storage}; resume with: {again}")
+    elif outcome.status == "timeout":
+        out(f"timeout reached; to continue the study run: {resume_command or 'the same search again'}")
+    return result
+
+
+def list_studies(directory: str | Path = "studies", storage: str | None = None) -> list[dict]:
+    from nanopet.tune.dashboard import list_studies as _list
+
+    return _list(directory, storage)
+
+
+def serve_dashboard(study: str, host: str = "127.0.0.1", port: int = 8080, directory: str | Path = "studies",
+                    storage: str | None = None, out: Callable[[str], None] = print) -> None:
+    from nanopet.tune.dashboard import serve
+
+    serve(study, host, port, directory, storage, out)
+
+
+__all__ = ["run", "load_search_space", "SearchSpace", "Parameter", "list_studies", "serve_dashboard"]

@@ -1,0 +1,324 @@
+"""Optuna studies of a search space: storage, sampler, pruner, the stage plan, and opening a stage.
+
+- Storage: a journal file ``studies/<name>/journal.log`` by default (safe for many local processes),
+  ``sqlite:///...`` (with a long lock timeout), or ``postgresql://...`` for several machines.
+- Strategy ``joint`` is one study named ``<name>``; ``staged`` is one study per stage, named
+  ``<name>.stage<k>-<parameters>``, each carrying user attributes ``stage``, ``parameters`` and
+  ``fixed`` (the values earlier stages chose), so every stage is visible in the storage.
+- The first trial of a study is the default hypers (enqueued); a later stage starts instead from
+  the previous stage's best trial, added as an already-completed trial (role ``carried``) so it
+  is not trained twice. Either way each study reports its gain over where it started.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from nanopet.errors import InputError
+from nanopet.tune.space import Parameter, SearchSpace
+
+JOURNAL_FILE = "journal.log"
+STORAGE_FILE = "storage.url"  # the storage a study used, for `dashboard` and `studies` (password masked)
+JOURNAL_LOCK_GRACE = 10  # s after which a journal lock left by a killed process is broken
+SCALARS = (type(None), bool, int, float, str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+
+
+def storage_url(space: SearchSpace) -> str:
+    return space.study.storage or str(space.study.path / JOURNAL_FILE)
+
+
+def is_rdb(url: str) -> bool:
+    return bool(re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", url))
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; use psycopg2 when only it is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL or a journal-file path; connection problems are one-line errors."""
+    if is_rdb(url):
+        url = postgres_driver(url.replace("postgres://", "postgresql://", 1))
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except Exception as error:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"storage {masked(url)}: cannot open ({type(error).__name__}: {first})") from None
+    if "://" in url:
+        raise InputError(f"storage {masked(url)}: unsupported; use a journal file path, sqlite:///file.db or postgresql://...")
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+
+    path = Path(url)
+    if not path.exists():
+        if not create:
+            raise InputError(f"{path}: no such study storage")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    lock = JournalFileSymlinkLock(str(path), grace_period=JOURNAL_LOCK_GRACE)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def record_storage(space: SearchSpace) -> None:
+    """Remember which storage this study uses (``studies/<name>/storage.url``), password masked."""
+    space.study.path.mkdir(parents=True, exist_ok=True)
+    if space.study.storage:
+        (space.study.path / STORAGE_FILE).write_text(masked(space.study.storage) + "\n")
+
+
+def find_storage(study: str, directory: str | Path = "studies", storage: str | None = None) -> str:
+    """The storage URL of a study given by name (``studies/<name>/``), by a path, or explicitly."""
+    if storage:
+        return storage
+    if "://" in study:
+        return study
+    path = Path(study)
+    if path.is_file():
+        return f"sqlite:///{path}" if path.suffix in (".db", ".sqlite", ".sqlite3") else str(path)
+    folder = path if path.is_dir() else Path(directory) / study
+    if (folder / STORAGE_FILE).is_file():
+        url = (folder / STORAGE_FILE).read_text().strip()
+        if "***" in url:
+            raise InputError(f"study {study}: its storage {url} needs a password; pass --storage with the full URL")
+        return url
+    if (folder / JOURNAL_FILE).is_file():
+        return str(folder / JOURNAL_FILE)
+    known = sorted(p.name for p in Path(directory).glob("*/") if (p / JOURNAL_FILE).is_file() or (p / STORAGE_FILE).is_file())
+    raise InputError(f"study {study!r}: not found under {directory}/ (known: {', '.join(known) or 'none'}); "
+                     "give a study name, a journal file, or --storage URL")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler and pruner
+
+
+def make_sampler(settings: dict, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler of ``study.sampler``; ``seed_offset`` keeps parallel workers and resumed runs distinct."""
+    kwargs = {k: v for k, v in settings.items() if k not in ("type", "seed")}
+    seed = settings.get("seed")
+    seed = None if seed is None else int(seed) + seed_offset
+    kind = settings["type"]
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **kwargs)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **kwargs)
+    if kind == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise InputError("study.sampler.type: cmaes needs the cmaes package (pip install cmaes)") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, **kwargs)
+    raise InputError(f"study.sampler.type: unknown sampler {kind!r}")
+
+
+def make_pruner(settings: dict, epochs: int) -> optuna.pruners.BasePruner:
+    kwargs = {k: v for k, v in settings.items() if k != "type"}
+    kind = settings["type"]
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**kwargs)
+    if kind == "hyperband":
+        kwargs.setdefault("max_resource", epochs)
+        return optuna.pruners.HyperbandPruner(**kwargs)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters as Optuna distributions (non-scalar choices, e.g. heads: {energy: linear}, travel as JSON)
+
+
+def encode(value):
+    return value if isinstance(value, SCALARS) else "json:" + json.dumps(value, sort_keys=True)
+
+
+def decode(value):
+    return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
+
+
+def distribution(parameter: Parameter):
+    if parameter.type == "categorical":
+        return CategoricalDistribution([encode(c) for c in parameter.choices])
+    if parameter.type == "int":
+        return IntDistribution(int(parameter.low), int(parameter.high), log=parameter.log, step=int(parameter.step or 1))
+    return FloatDistribution(parameter.low, parameter.high, log=parameter.log, step=parameter.step)
+
+
+def suggest(trial: optuna.Trial, parameter: Parameter):
+    """Sample (or take the enqueued value of) one parameter; returns the value the options get."""
+    d = distribution(parameter)
+    if parameter.type == "categorical":
+        return decode(trial.suggest_categorical(parameter.name, d.choices))
+    if parameter.type == "int":
+        return trial.suggest_int(parameter.name, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(parameter.name, d.low, d.high, step=d.step, log=d.log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int  # 1-based
+    count: int
+    parameters: tuple
+    n_trials: int | None
+    study_name: str
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.index}/{self.count} ({', '.join(self.parameters)})" if self.count > 1 else "joint"
+
+    @property
+    def trial_prefix(self) -> str:
+        return f"stage{self.index}-" if self.count > 1 else ""
+
+
+def plan(space: SearchSpace) -> list[Stage]:
+    """The stages in order of importance with their trial budgets (joint: one stage)."""
+    stages = space.strategy.stages
+    n_trials = space.budget.n_trials
+    if len(stages) == 1:
+        return [Stage(1, 1, stages[0], n_trials, space.study.name)]
+    budgets = space.strategy.stage_trials(n_trials)
+    return [Stage(k + 1, len(stages), group, budgets[k], f"{space.study.name}.stage{k + 1}-{'+'.join(group)}")
+            for k, group in enumerate(stages)]
+
+
+def directions(space: SearchSpace) -> list[str]:
+    return ["minimize"] * space.objective.n_values
+
+
+def open_stage(storage, space: SearchSpace, stage: Stage, fixed: dict, previous: optuna.trial.FrozenTrial | None,
+               worker_index: int = 0) -> optuna.Study:
+    """Create or load the study of ``stage`` (call under the study lock). A new study gets its first trial:
+    the defaults (enqueued), or ``previous`` (the earlier stage's best) carried in as a completed trial."""
+    study = optuna.create_study(storage=storage, study_name=stage.study_name, directions=directions(space),
+                                load_if_exists=True, pruner=make_pruner(space.study.pruner, space.budget.epochs))
+    attrs = study.user_attrs
+    fingerprint = space.fingerprint()
+    if "fingerprint" not in attrs:
+        for key, value in {"fingerprint": fingerprint, "search": space.study.name, "stage": stage.index,
+                           "stages": stage.count, "parameters": list(stage.parameters), "fixed": fixed,
+                           "metric": space.objective.metric, "objective": vars(space.objective),
+                           "source": str(space.source) if space.source else None}.items():
+            study.set_user_attr(key, value)
+    elif attrs["fingerprint"] != fingerprint:
+        raise InputError(f"study {stage.study_name!r} in {masked(storage_url(space))} was created from a different search space "
+                         f"(dataset, base hypers, parameters or objective changed); use --study-name NEW or remove {space.study.path}")
+    elif attrs.get("fixed") != json.loads(json.dumps(fixed)):
+        raise InputError(f"study {stage.study_name!r} was run with earlier stages' values {attrs.get('fixed')}, but they are "
+                         f"now {fixed} (an earlier stage's budget grew); use --study-name NEW")
+    trials = study.get_trials(deepcopy=False)
+    study.sampler = make_sampler(space.study.sampler, seed_offset=1_000_003 * worker_index + len(trials))
+    if not trials:
+        start_trial(study, space, stage, fixed, previous)
+    return study
+
+
+def start_trial(study: optuna.Study, space: SearchSpace, stage: Stage, fixed: dict, previous) -> None:
+    if previous is None:
+        defaults = space.defaults()
+        params = {name: defaults[name] for name in stage.parameters if name in defaults}
+        study.enqueue_trial({k: encode(v) for k, v in params.items()}, user_attrs={"role": "defaults"}, skip_if_exists=True)
+        return
+    # the previous best trained this stage's parameters at their base values: carry it in if they are in range
+    params = {name: space.base_value(name) for name in stage.parameters}
+    parameters = space.parameters
+    if not all(parameters[k].contains(v) for k, v in params.items()):
+        study.set_user_attr("baseline", {"values": previous.values, "trial": previous.user_attrs.get("trial")})
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=previous.values,
+        params={k: encode(v) for k, v in params.items()},
+        distributions={k: distribution(parameters[k]) for k in params},
+        user_attrs={**{k: v for k, v in previous.user_attrs.items() if k in ("metrics", "artifacts", "best_epoch", "cost")},
+                    "role": "carried", "config": {**fixed, **params}, "trial": previous.user_attrs.get("trial")},
+        intermediate_values=dict(previous.intermediate_values),
+    ))
+
+
+def best_trial(study: optuna.Study):
+    """The best completed trial (single objective), or None."""
+    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    return min(completed, key=lambda t: t.values[0]) if completed else None
+
+
+def chosen_values(space: SearchSpace, stage: Stage, fixed: dict, study: optuna.Study) -> tuple[dict, object]:
+    """Values fixed for the next stages: ``fixed`` plus this stage's best (or its defaults if none completed)."""
+    best = best_trial(study)
+    if best is None:
+        defaults = space.defaults()
+        return {**fixed, **{k: defaults[k] for k in stage.parameters if k in defaults}}, None
+    return {**fixed, **{k: decode(best.params[k]) for k in stage.parameters if k in best.params}}, best
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting trials against the budget
+
+
+def counted(trials) -> list:
+    """Trials that use the budget: finished or running ones, except carried-in trials and failures that
+    were re-queued (their retry counts instead)."""
+    retried = {t.user_attrs.get("retry_of") for t in trials if t.user_attrs.get("retry_of") is not None}
+    return [t for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+            and t.user_attrs.get("role") != "carried" and t.number not in retried]
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing studies
+
+
+def study_rows(url: str) -> list[dict]:
+    """One row per study in a storage: trials by state, best value, stage."""
+    storage = open_storage(url, create=False)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        trials = storage.get_all_trials(storage.get_study_id_from_name(summary.study_name), deepcopy=False)
+        by_state = {state: sum(t.state == state for t in trials) for state in TrialState}
+        completed = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        best = min((t.values for t in completed), default=None)
+        attrs = summary.user_attrs
+        rows.append({"study": summary.study_name, "storage": masked(url), "metric": attrs.get("metric", "?"),
+                     "complete": by_state[TrialState.COMPLETE], "pruned": by_state[TrialState.PRUNED],
+                     "fail": by_state[TrialState.FAIL], "running": by_state[TrialState.RUNNING],
+                     "waiting": by_state[TrialState.WAITING], "best": best})
+    return rows
+
+
+def check_resumable(space: SearchSpace) -> None:
+    """Fail early (before starting workers) if a study of this name was made from another search space."""
+    storage = open_storage(storage_url(space))
+    names = {s.study_name: s for s in storage.get_all_studies()}
+    for stage in plan(space):
+        study = names.get(stage.study_name)
+        if study is not None and study.user_attrs.get("fingerprint") not in (None, space.fingerprint()):
+            raise InputError(f"study {stage.study_name!r} in {masked(storage_url(space))} was created from a different search "
+                             f"space (dataset, base hypers, parameters or objective changed); use --study-name NEW or "
+                             f"remove {space.study.path}")

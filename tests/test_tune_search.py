@@ -1,0 +1,191 @@
+"""Searches in this process on tiny data: budgets, best trial, staged search, pruning, failures, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from tune_support import tiny_space, trials
+
+import nanopet.data.batch as batch_module
+from nanopet.options import read_yaml, resolve_options
+from nanopet.tune import load_search_space, run
+from nanopet.tune.study import counted
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search(raw, lines=None, **kwargs):
+    lines = [] if lines is None else lines
+    return run(load_search_space(raw), threads=1, out=lines.append, **kwargs), lines
+
+
+def test_six_trial_study_completes_and_best_is_the_argmin(tmp_path):
+    result, lines = search(tiny_space(tmp_path))
+    done = trials(tmp_path, "tiny")
+    assert len(done) == 6 and len(counted(done)) == 6
+    assert done[0].user_attrs["role"] == "defaults"
+    assert done[0].params["learning_rate"] == pytest.approx(3e-3) and done[0].params["cutoff"] == 3.5
+    completed = [t for t in done if t.state == TrialState.COMPLETE]
+    best = min(completed, key=lambda t: t.value)
+    assert result.status == "completed"
+    assert result.best_value == best.value and result.best_trial == f"tiny#{best.number}"
+    assert result.start_value == done[0].value and result.gain == pytest.approx(1 - best.value / done[0].value)
+    for t in completed:
+        folder = tmp_path / "tiny" / "trials" / str(t.number)
+        assert (folder / "model.ckpt").is_file() and (folder / "metrics.csv").is_file()
+        assert json.loads((folder / "trial.json").read_text())["state"] == "COMPLETE"
+        assert t.user_attrs["config"]["cutoff"] == t.params["cutoff"]
+        assert len(t.intermediate_values) == 2  # learning curve: one value per epoch
+    best_options = read_yaml(result.best_options)
+    assert resolve_options(best_options)["architecture"]["model"]["cutoff"] == best.params["cutoff"]
+    assert any("better than the defaults" in line for line in lines)
+    # re-running the same search resumes it: the budget is used up, nothing new runs
+    again, _ = search(tiny_space(tmp_path))
+    assert len(trials(tmp_path, "tiny")) == 6 and again.best_value == result.best_value
+
+
+def test_staged_search_fixes_earlier_stages_best(tmp_path):
+    raw = tiny_space(tmp_path, strategy={"type": "staged", "importance": ["cutoff", "learning_rate"]},
+                     budget={"n_trials": 5}, study={"sampler": {"type": "tpe", "seed": 1, "n_startup_trials": 2}})
+    result, _ = search(raw)
+    first, second = trials(tmp_path, "tiny.stage1-cutoff"), trials(tmp_path, "tiny.stage2-learning_rate")
+    assert len(counted(first)) == 3 and len(counted(second)) == 2  # 5 trials split by importance
+    best_cutoff = min((t for t in first if t.state == TrialState.COMPLETE), key=lambda t: t.value).params["cutoff"]
+    carried = [t for t in second if t.user_attrs.get("role") == "carried"]
+    assert len(carried) == 1 and carried[0].params == {"learning_rate": pytest.approx(3e-3)}
+    for t in second:
+        assert set(t.params) == {"learning_rate"}
+        assert t.user_attrs["config"]["cutoff"] == best_cutoff
+        if t.user_attrs.get("role") != "carried":
+            options = json.loads((tmp_path / "tiny" / "trials" / f"stage2-{t.number}" / "trial.json").read_text())["options"]
+            assert options["architecture"]["model"]["cutoff"] == best_cutoff
+    assert result.best_config["cutoff"] == best_cutoff
+
+
+def test_pruner_prunes_a_bad_trial(tmp_path):
+    raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-6]}},
+                     study={"sampler": {"type": "random", "seed": 3}, "pruner": {"type": "median", "n_startup_trials": 1}},
+                     objective={"metric": "val_energy_rmse"}, budget={"n_trials": 4, "epochs": 3})
+    search(raw)
+    done = trials(tmp_path, "tiny")
+    bad = [t for t in done if t.params["learning_rate"] == 1.0e-6]
+    assert bad, "the seed must draw the bad learning rate"
+    for t in bad:
+        assert t.state == TrialState.PRUNED
+        assert "pruned after epoch 1/3 by the median pruner" in t.user_attrs["reason"]
+        assert t.intermediate_values  # the curve is kept
+    good = [t for t in done if t.params["learning_rate"] == 3.0e-3]
+    assert good[0].state == TrialState.COMPLETE
+    assert all(t.user_attrs.get("duplicate_of") == good[0].number for t in good[1:])  # deterministic: not retrained
+
+
+def test_nan_learning_rate_fails_only_its_trial(tmp_path):
+    raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e3]}},
+                     study={"sampler": {"type": "random", "seed": 3}}, budget={"n_trials": 4})
+    result, _ = search(raw)
+    done = trials(tmp_path, "tiny")
+    failed = [t for t in done if t.state == TrialState.FAIL]
+    assert failed and all(t.params["learning_rate"] == 1.0e3 for t in failed)
+    assert all("non-finite" in t.user_attrs["reason"] for t in failed)
+    assert len(counted(done)) == 4 and result.status == "completed"
+    assert result.best_config["learning_rate"] == 3.0e-3
+
+
+def test_data_neighbour_listed_once_at_the_largest_cutoff(tmp_path, monkeypatch):
+    calls = []
+    original = batch_module.neighbor_list
+    monkeypatch.setattr(batch_module, "neighbor_list", lambda s, cutoff: calls.append(cutoff) or original(s, cutoff))
+    raw = tiny_space(tmp_path, budget={"n_trials": 4, "epochs": 1})
+    search(raw)
+    cutoffs = {t.params["cutoff"] for t in trials(tmp_path, "tiny")}
+    assert len(cutoffs) > 1  # trials used several cutoffs ...
+    assert len(calls) == 24 and set(calls) == {4.0}  # ... and the 24 structures were neighbour-listed once, at 4.0
+
+
+def test_cost_objectives_penalty_and_front(tmp_path):
+    penalty = tiny_space(tmp_path / "a", objective={"cost": "penalty", "cost_measure": "parameters", "cost_weight": 0.5},
+                         parameters={"d_pet": {"type": "categorical", "choices": [8, 16]}}, budget={"n_trials": 3, "epochs": 1})
+    search(penalty)
+    for t in trials(tmp_path / "a", "tiny"):
+        metric = t.user_attrs["metrics"]["val_forces_rmse"]
+        assert t.value == pytest.approx(metric * t.user_attrs["cost"] ** 0.5)
+    front = tiny_space(tmp_path / "b", objective={"cost": "front", "cost_measure": "inference_time"},
+                       parameters={"d_pet": {"type": "categorical", "choices": [8, 16]}}, budget={"n_trials": 3, "epochs": 1})
+    result, lines = search(front)
+    done = trials(tmp_path / "b", "tiny")
+    assert all(len(t.values) == 2 and t.values[1] > 0 for t in done if t.state == TrialState.COMPLETE)
+    assert result.front and any("Pareto front" in line for line in lines)
+
+
+def test_keep_only_the_best_checkpoints(tmp_path):
+    search(tiny_space(tmp_path, study={"keep_checkpoints": 2}, budget={"n_trials": 4, "epochs": 1}))
+    done = sorted((t for t in trials(tmp_path, "tiny") if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs),
+                  key=lambda t: t.value)
+    kept = [(tmp_path / "tiny" / "trials" / str(t.number) / "model.ckpt").is_file() for t in done]
+    assert kept == [True, True] + [False] * (len(done) - 2)
+
+
+def test_interrupt_finishes_the_epoch_marks_the_trial_and_resume_completes(tmp_path):
+    from nanopet.tune.workers import StopFlag, work
+
+    space = load_search_space(tiny_space(tmp_path, budget={"n_trials": 3, "epochs": 3}))
+    stop = StopFlag()
+    lines = []
+
+    def out(line):  # "Ctrl-C" during the second trial's first epoch
+        lines.append(line)
+        if line.startswith("trial 1 epoch 1/"):
+            stop.request()
+
+    assert work(space, stop=stop, out=out) == "interrupted"
+    done = trials(tmp_path, "tiny")
+    assert done[0].state == TrialState.COMPLETE
+    assert done[1].state == TrialState.FAIL and "interrupted by the user after epoch 1" in done[1].user_attrs["reason"]
+    assert done[2].state == TrialState.WAITING and done[2].user_attrs["retry_of"] == 1
+    assert len(done[1].intermediate_values) == 1  # the running epoch finished and was reported
+    result, _ = search(tiny_space(tmp_path, budget={"n_trials": 3, "epochs": 3}))
+    done = trials(tmp_path, "tiny")
+    assert [t.state for t in done[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert done[2].state == TrialState.COMPLETE and done[2].params == done[1].params
+    assert len(counted(done)) == 3 and result.status == "completed"
+
+
+def test_out_of_memory_and_other_errors_fail_only_their_trial(tmp_path, monkeypatch):
+    import nanopet.tune.objective as objective_module
+
+    real_train = objective_module.train
+
+    def flaky_train(options, **kwargs):
+        learning_rate = options["architecture"]["training"]["learning_rate"]
+        if learning_rate == 1.0e-2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if learning_rate == 2.0e-2:
+            raise RuntimeError("boom")
+        return real_train(options, **kwargs)
+
+    monkeypatch.setattr(objective_module, "train", flaky_train)
+    raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-2, 2.0e-2]}},
+                     study={"sampler": {"type": "random", "seed": 0}}, budget={"n_trials": 6, "epochs": 1})
+    result, _ = search(raw)
+    done = trials(tmp_path, "tiny")
+    reasons = {t.params["learning_rate"]: t.user_attrs.get("reason") for t in done if t.state == TrialState.FAIL}
+    assert reasons == {1.0e-2: "CUDA out of memory: CUDA out of memory. Tried to allocate 2.00 GiB", 2.0e-2: "RuntimeError: boom"}
+    boom = next(t for t in done if t.params["learning_rate"] == 2.0e-2)
+    assert "Traceback" in (tmp_path / "tiny" / "trials" / str(boom.number) / "error.txt").read_text()
+    assert len(counted(done)) == 6 and result.status == "completed"
+
+
+def test_timeout_stops_starting_trials(tmp_path):
+    raw = tiny_space(tmp_path, budget={"n_trials": None, "timeout": 0.5, "epochs": 1})
+    result, lines = search(raw)
+    assert result.status == "timeout" and 1 <= len(trials(tmp_path, "tiny")) < 10
+    assert any(line.startswith("timeout reached") for line in lines)

@@ -1,0 +1,126 @@
+"""Search-space files: the shipped ones load; every invalid one is a one-line error naming the key path,
+exit code 2, and nothing is written."""
+
+from __future__ import annotations
+
+import pytest
+from tune_support import REPO, cli, tiny_space, write_space
+
+from nanopet.cli import main
+from nanopet.errors import InputError
+from nanopet.tune import load_search_space
+from nanopet.tune.space import Strategy, parameter_path
+from nanopet.tune.study import plan
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "losses"])
+def test_shipped_search_spaces_load(name):
+    space = load_search_space(REPO / "search_spaces" / f"{name}.yaml", check_data=False)
+    assert space.parameters and space.budget.epochs >= 1
+    for stage in plan(space):
+        assert set(stage.parameters) <= set(space.parameters)
+    space.options_for(space.defaults())  # the defaults trial is a valid configuration
+
+
+def test_default_follows_the_documented_order_of_importance():
+    space = load_search_space(REPO / "search_spaces" / "default.yaml", check_data=False)
+    order = [name for stage in space.strategy.stages for name in stage]
+    assert order == ["cutoff", "learning_rate", "batch_size", "d_pet", "num_gnn_layers", "num_attention_layers"]
+    assert space.strategy.type == "staged"
+    trials = [stage.n_trials for stage in plan(space)]
+    assert trials == sorted(trials, reverse=True) and sum(trials) == space.budget.n_trials
+
+
+def test_stage_split_by_importance_equal_and_weights():
+    stages = (("a",), ("b",), ("c",))
+    assert Strategy("staged", stages, "importance").stage_trials(12) == [6, 4, 2]
+    assert Strategy("staged", stages, "equal").stage_trials(10) == [4, 3, 3]
+    assert Strategy("staged", stages, (1, 1, 8)).stage_trials(10) == [2, 2, 6]  # at least 2 per stage
+
+
+def test_parameter_names_resolve_to_option_paths():
+    assert parameter_path("cutoff") == ("architecture", "model", "cutoff")
+    assert parameter_path("learning_rate") == ("architecture", "training", "learning_rate")
+    assert parameter_path("loss.weights.forces") == ("architecture", "training", "loss", "weights", "forces")
+    assert parameter_path("heads.energy") == ("architecture", "model", "heads", "energy")
+    assert parameter_path("architecture.training.loss.type") == ("architecture", "training", "loss", "type")
+
+
+def test_options_for_sets_values_including_mappings(tmp_path):
+    raw = tiny_space(tmp_path, parameters={
+        "heads": {"type": "categorical", "choices": [{"energy": "linear"}, {"energy": "mlp"}]},
+        "loss.type": {"type": "categorical", "choices": ["mse", "huber"]},
+        "loss.deltas.forces": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "zbl": {"type": "categorical", "choices": [False, True]},
+    })
+    space = load_search_space(raw, check_data=False)
+    options = space.options_for({"heads": {"energy": "linear"}, "loss.type": "huber", "loss.deltas.forces": 0.1, "zbl": True})
+    assert options["architecture"]["model"]["heads"] == {"energy": "linear"}
+    assert options["architecture"]["training"]["loss"]["deltas"] == {"forces": 0.1}
+    assert options["architecture"]["model"]["zbl"] is True
+    assert options["architecture"]["training"]["num_epochs"] == 2  # budget.epochs
+    assert space.defaults() == {"loss.type": "mse", "zbl": False}  # no default delta, heads {} not among the choices
+    assert space.max_cutoff == 3.5
+
+
+def test_defaults_are_moved_into_the_range(tmp_path):
+    raw = tiny_space(tmp_path, parameters={"d_pet": {"type": "int", "low": 16, "high": 32, "step": 8},
+                                           "cutoff": {"type": "float", "low": 3.0, "high": 4.5, "step": 0.5}})
+    space = load_search_space(raw, check_data=False)
+    assert space.defaults() == {"d_pet": 16, "cutoff": 3.5}
+    assert space.max_cutoff == 4.5
+
+
+INVALID = [
+    ({"studdy": {}}, "studdy: unknown key (did you mean 'study'?)"),
+    ({"parameters": {"learnig_rate": {"type": "float", "low": 1, "high": 2}}},
+     "parameters.learnig_rate: unknown hyperparameter (did you mean 'learning_rate'?)"),
+    ({"parameters": {"cutoff": {"type": "float", "low": 3, "high": 4, "logg": True}}},
+     "parameters.cutoff.logg: unknown key (did you mean 'log'?)"),
+    ({"parameters": {"cutoff": {"type": "float", "low": 5, "high": 4}}}, "parameters.cutoff: low (5) > high (4)"),
+    ({"parameters": {"learning_rate": {"type": "float", "low": 0, "high": 0.1, "log": True}}},
+     "parameters.learning_rate.log: a log scale needs low > 0"),
+    ({"parameters": {"d_pet": {"type": "float", "low": 8, "high": 16}}}, "parameters.d_pet: value 8.0 is invalid"),
+    ({"parameters": {"d_pet": {"type": "int", "low": "eight", "high": 16}}}, "parameters.d_pet.low: expected a whole number"),
+    ({"parameters": {"d_pet": {"type": "integer", "low": 8, "high": 16}}}, "parameters.d_pet.type: must be float, int or categorical"),
+    ({"parameters": {"d_pet": {"type": "categorical", "choices": []}}}, "parameters.d_pet.choices: empty"),
+    ({"parameters": {"num_epochs": {"type": "int", "low": 1, "high": 4}}}, "parameters.num_epochs: num_epochs is not tuned"),
+    ({"parameters": {"loss.weights.force": {"type": "float", "low": 0, "high": 1}}},
+     "parameters.loss.weights.force: weights has no key 'force' (did you mean 'forces'?)"),
+    ({"training_set": "missing.xyz"}, "training_set: dataset file"),
+    ({"study": {"sampler": {"type": "tpee"}}}, "study.sampler.type: unknown sampler 'tpee' (did you mean 'tpe'?)"),
+    ({"study": {"pruner": {"type": "median", "n_startup": 3}}}, "study.pruner.n_startup: unknown key"),
+    ({"objective": {"metric": "val_force_rmse"}}, "objective.metric: unknown metric 'val_force_rmse' (did you mean 'val_forces_rmse'?)"),
+    ({"objective": {"cost": "front"}, "study": {"pruner": {"type": "median"}}}, "study.pruner: Optuna cannot prune a two-objective study"),
+    ({"strategy": {"type": "staged"}, "budget": {"n_trials": 3}}, "budget.n_trials: 3 is too few for 2 stages"),
+    ({"strategy": {"type": "staged", "importance": ["cutoff", "batch_size"]}}, "strategy.importance[1]: 'batch_size' is not under parameters"),
+    ({"budget": {"epochs": 0}}, "budget.epochs: must be positive"),
+    ({"architecture": {"model": {"d_pett": 8}}}, "architecture.model.d_pett: unknown option (did you mean 'd_pet'?)"),
+]
+
+
+@pytest.mark.parametrize("change,message", INVALID, ids=[m.split(":")[0] for _, m in INVALID])
+def test_invalid_search_space_is_one_line_error_exit_2_nothing_written(tmp_path, capsys, change, message):
+    raw = tiny_space(tmp_path / "studies", **change)
+    path = write_space(tmp_path / "space.yaml", raw)
+    code = main([str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("nanopet-tune: error: ")
+    assert message in err, err
+    assert not (tmp_path / "studies").exists()
+
+
+def test_invalid_search_space_via_the_real_command(tmp_path):
+    path = write_space(tmp_path / "space.yaml", tiny_space(tmp_path / "studies", budget={"n_trials": 0}))
+    result = cli(path, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "nanopet-tune: error: budget.n_trials: must be positive, got 0"
+    assert not (tmp_path / "studies").exists()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("budget:\n  n_trials: [1\n")
+    with pytest.raises(InputError, match="space.yaml: line"):
+        load_search_space(path)

@@ -1,0 +1,115 @@
+"""Several worker processes through the real command line: sharing a study, SIGKILL and resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from optuna.trial import TrialState
+from tune_support import cli, cli_env, tiny_space, trials, write_space
+
+from nanopet.tune.study import counted
+
+
+def start(path, *args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "nanopet.cli", str(path), *map(str, args)], cwd=cwd, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(condition, directory, timeout=90.0):
+    """Poll the study until ``condition(trials)`` returns something truthy; return it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            found = condition(trials(directory, "tiny"))
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            found = None
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for the study")
+
+
+def running_mid_trial(done, after=-1):
+    """A RUNNING trial (number > after) that reported at least one epoch."""
+    return next((t for t in done if t.state == TrialState.RUNNING and t.number > after and t.intermediate_values
+                 and "worker" in t.user_attrs), None)
+
+
+def test_two_workers_share_one_study(tmp_path):
+    path = write_space(tmp_path / "space.yaml", tiny_space(tmp_path / "studies", budget={"n_trials": 8, "epochs": 3}))
+    result = cli(path, "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "lock" not in result.stderr.lower()
+    done = trials(tmp_path / "studies", "tiny")
+    assert len(done) == 8 and len(counted(done)) == 8
+    assert all(t.state == TrialState.COMPLETE for t in done)
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2  # both workers ran trials ...
+    assert len({(t.params["learning_rate"], t.params["cutoff"]) for t in done if "duplicate_of" not in t.user_attrs}) == \
+        len([t for t in done if "duplicate_of" not in t.user_attrs])  # ... distinct ones
+    records = [json.loads(p.read_text()) for p in (tmp_path / "studies" / "tiny" / "workers").glob("*.json")]
+    assert len(records) == 2 and all(r["threads"] == max(1, os.cpu_count() // 2) for r in records)
+    assert "[w0] trial" in result.stdout and "[w1] trial" in result.stdout
+
+
+def test_sigkill_of_a_worker_then_of_everything_and_resume(tmp_path):
+    studies = tmp_path / "studies"
+    raw = tiny_space(studies, budget={"n_trials": 6, "epochs": 6})
+    path = write_space(tmp_path / "space.yaml", raw)
+
+    # a worker killed mid-trial: its trial is failed and retried, a replacement worker starts, the budget is met
+    search = start(path, "--workers", "2", cwd=tmp_path)
+    pid = wait_for(running_mid_trial, studies).user_attrs["worker"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    output, _ = search.communicate(timeout=120)
+    assert search.returncode == 0, output
+    assert "was killed (SIGKILL)" in output
+    done = trials(studies, "tiny")
+    victim = next(t for t in done if t.state == TrialState.FAIL)  # the trial its worker was running
+    assert victim.user_attrs["worker"]["pid"] == pid and "died" in victim.user_attrs["reason"]
+    retry = next(t for t in done if t.user_attrs.get("retry_of") == victim.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert len(counted(done)) == 6 and not [t for t in done if t.state == TrialState.RUNNING]
+
+    # everything killed mid-trial, then the same command resumes the study up to its (larger) budget
+    search = start(path, "--workers", "2", "--n-trials", 9, cwd=tmp_path)
+    wait_for(lambda d: running_mid_trial(d, after=len(done) - 1), studies)
+    os.killpg(search.pid, signal.SIGKILL)
+    search.communicate(timeout=30)
+    killed = trials(studies, "tiny")
+    before = {t.number: t.values for t in killed if t.state == TrialState.COMPLETE}
+    stale = [t.number for t in killed if t.state == TrialState.RUNNING]
+    assert stale  # left RUNNING: nobody could mark them
+    resumed = cli(path, "--workers", "2", "--n-trials", 9, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    done = trials(studies, "tiny")
+    assert {t.number: t.values for t in done if t.number in before} == before  # nothing completed is lost
+    for number in stale:
+        assert done[number].state == TrialState.FAIL and "died" in done[number].user_attrs["reason"]
+        assert any(t.user_attrs.get("retry_of") == number for t in done)
+    assert len(counted(done)) == 9 and not [t for t in done if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_ctrl_c_finishes_the_epoch_marks_trials_and_prints_how_to_resume(tmp_path, workers):
+    studies = tmp_path / "studies"
+    path = write_space(tmp_path / "space.yaml", tiny_space(studies, budget={"n_trials": 6, "epochs": 6}))
+    search = start(path, "--workers", workers, cwd=tmp_path)
+    wait_for(running_mid_trial, studies)
+    os.kill(search.pid, signal.SIGINT)
+    output, _ = search.communicate(timeout=60)
+    assert search.returncode == 130, output
+    assert f"resume with: nanopet-tune search {path} --workers {workers}" in output
+    done = trials(studies, "tiny")
+    interrupted = [t for t in done if t.state == TrialState.FAIL]
+    assert interrupted and all("interrupted by the user" in t.user_attrs["reason"] for t in interrupted)
+    assert not [t for t in done if t.state == TrialState.RUNNING]
+    resumed = cli(path, "--workers", workers, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    done = trials(studies, "tiny")
+    assert len(counted(done)) == 6 and all(t.state == TrialState.COMPLETE for t in counted(done))
