@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nanopet.errors import InputError, NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies")
+SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     studies.add_argument("--storage", help="list the studies of this storage URL instead of studies/*/")
     studies.add_argument("--directory", default="studies", help="where studies live (default: studies)")
 
+    from nanopet.report.command import add_parser as add_report_parser
+
+    add_report_parser(commands)
+
     data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
     data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
     data.add_argument("output", help="output .xyz file")
@@ -74,15 +78,17 @@ def duration(text: str) -> float:
 
 
 def run_search(args, argv: list[str]) -> int:
-    from nanopet.tune import run
+    from nanopet.report import report_after_search
+    from nanopet.tune import load_search_space, run
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers: must be at least 1, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise InputError(f"--n-trials: must be at least 1, got {args.n_trials}")
-    result = run(args.space, workers=args.workers, gpus=args.gpus, storage=args.storage, n_trials=args.n_trials,
-                 timeout=args.timeout, study_name=args.study_name, directory=args.directory,
+    space = load_search_space(args.space).replace(storage=args.storage, study_name=args.study_name, directory=args.directory)
+    result = run(space, workers=args.workers, gpus=args.gpus, n_trials=args.n_trials, timeout=args.timeout,
                  out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv))
+    report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
     return 130 if result.status == "interrupted" else 0
 
 
@@ -99,6 +105,12 @@ def run_studies(args) -> int:
     for line in format_rows(list_studies(args.directory, args.storage)):
         print(line)
     return 0
+
+
+def run_report(args) -> int:
+    from nanopet.report.command import run
+
+    return run(args)
 
 
 def run_train(args) -> int:
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["search"] + argv  # nanopet-tune SPACE.yaml means search
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "make-data": run_make_data, "search": lambda a: run_search(a, argv),
-                "dashboard": run_dashboard, "studies": run_studies}
+                "dashboard": run_dashboard, "studies": run_studies, "report": run_report}
     try:
         return handlers[args.command](args)
     except NanoPETError as error:
