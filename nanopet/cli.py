@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nanopet.errors import InputError, NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report")
+SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nanopet.report.command import add_parser as add_report_parser
 
     add_report_parser(commands)
+    from nanopet.commands_retrain import add_parsers as add_retrain_parsers
+
+    add_retrain_parsers(commands)  # retrain, compare-losses
 
     data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
     data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "make-data": run_make_data, "search": lambda a: run_search(a, argv),
                 "dashboard": run_dashboard, "studies": run_studies, "report": run_report}
+    from nanopet.commands_retrain import COMMANDS as RETRAIN_COMMANDS
+
+    handlers.update(RETRAIN_COMMANDS)
     try:
         return handlers[args.command](args)
     except NanoPETError as error:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from nanopet.data.batch import Batch, GraphDataset
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.model import NanoPET, composition_features
-from nanopet.options import LOSS_TERMS, loss_type, resolve_options
+from nanopet.options import loss_type, resolve_options
 
 CHECKPOINT_FORMAT = "nanopet-tune/1"
 MIN_LEARNING_RATE = 1e-7

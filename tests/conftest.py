@@ -13,6 +13,18 @@ from nanopet.data.batch import GraphDataset
 EMT_CUTOFF = 4.0  # neighbour lists of the emt_* datasets; tiny models use this or less
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Every model in the tests is tiny: intra-op threads only add synchronisation, which on a busy
+    2-core machine makes them up to 100x slower. (Subprocess tests choose their own threads.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def emt_to_structure(atoms) -> Structure:
     """A labelled ``ase.Atoms`` (energy, forces, stress in its calculator) as a nanopet Structure."""
     return Structure.from_atoms(

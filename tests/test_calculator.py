@@ -24,17 +24,8 @@ from nanopet.train import Data, fit_composition_weights, model_from_checkpoint, 
 CUTOFF = 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: intra-op threads only add synchronisation (100x slower on a busy 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def physics_trained(tmp_path_factory, single_thread):
+def physics_trained(tmp_path_factory):
     """(checkpoint path, training structures, TrainResult) of a tiny float64 model trained for 4 epochs."""
     directory = tmp_path_factory.mktemp("physics_trained")
     structures = read_structures(str(write_emt_alloy(directory / "emt.xyz", 8, seed=1)))

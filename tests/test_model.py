@@ -32,15 +32,6 @@ WIDTH = 1.0
 # Helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: intra-op threads only add synchronisation (100x slower on a busy 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def hypers(**changes) -> dict:
     base = dict(cutoff=CUTOFF, cutoff_width=WIDTH, d_pet=16, num_heads=2, num_attention_layers=1, num_gnn_layers=2,
                 heads={}, zbl=False)

@@ -44,15 +44,6 @@ TINY = {"cutoff": EMT_CUTOFF, "cutoff_width": 0.5, "d_pet": 8, "num_heads": 2, "
         "num_attention_layers": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is small and shared: one intra-op thread is faster than two fighting ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def no_test_data(emt_data):
     """emt_data without a test set (the trainer then evaluates nothing after training)."""

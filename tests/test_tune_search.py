@@ -15,14 +15,6 @@ from nanopet.tune import load_search_space, run
 from nanopet.tune.study import counted
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def search(raw, lines=None, **kwargs):
     lines = [] if lines is None else lines
     return run(load_search_space(raw), threads=1, out=lines.append, **kwargs), lines
