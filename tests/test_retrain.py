@@ -125,6 +125,10 @@ def test_options_come_from_the_trial_folder_when_the_search_file_is_gone(study):
     found = open_study("tiny", folder / "studies")
     chosen = choose_trial(found)
     found.space = None  # as if the search-space file had been moved or edited
+    stored, how = trial_options(found, chosen.study, chosen.trial)
+    assert how == "the trial's stored options"  # the storage alone is enough
+    assert stored == chosen.options
+    chosen.trial.user_attrs.pop("options")  # a trial from a driver that did not store them
     options, how = trial_options(found, chosen.study, chosen.trial)
     assert how.endswith("trial.json")
     assert without(options, "log_interval") == without(chosen.options, "log_interval")

@@ -105,6 +105,7 @@ class TrialRunner:
         with Lease(study, trial, space.study.heartbeat_interval), open(folder / "train.log", "a") as log_file:
             try:
                 options = space.options_for(values)
+                trial.set_user_attr("options", space.options_for(values))  # as searched: retrain needs only the storage
                 options["architecture"]["training"]["log_interval"] = 1  # metrics.csv keeps every epoch
                 record["options"] = options
                 data = self.data_at(options["architecture"]["model"]["cutoff"])
