@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--timeout", type=duration, help="override budget.timeout: seconds, or 30m, 2h")
     search.add_argument("--study-name", help="override study.name (default: the file name)")
     search.add_argument("--directory", help="override study.directory (default: studies)")
+    search.add_argument("--driver", choices=("optuna", "ray"), default="optuna",
+                        help="optuna: worker processes sharing the study (default); ray: a Ray Tune experiment (joint strategy)")
+    search.add_argument("--address", help="with --driver ray: join a running Ray cluster (auto or HOST:PORT of `ray start --head`); "
+                        "default: a local Ray runtime")
 
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on a study's storage")
     dashboard.add_argument("study", help="study name (folder under studies/), a journal file, or a storage URL")
@@ -88,7 +92,18 @@ def run_search(args, argv: list[str]) -> int:
         raise InputError(f"--workers: must be at least 1, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise InputError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    if args.address is not None and args.driver != "ray":
+        raise InputError("--address: only with --driver ray")
     space = load_search_space(args.space).replace(storage=args.storage, study_name=args.study_name, directory=args.directory)
+    if args.driver == "ray":
+        if args.gpus is not None:
+            raise InputError("--gpus: not with --driver ray (Ray gives each trial one GPU when the cluster has GPUs)")
+        from nanopet.tune import ray_driver
+
+        space = space.replace(n_trials=args.n_trials, timeout=args.timeout)
+        ray_driver.run(space, workers=args.workers, address=args.address, out=lambda message: print(message, flush=True))
+        report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
+        return 0
     result = run(space, workers=args.workers, gpus=args.gpus, n_trials=args.n_trials, timeout=args.timeout,
                  out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv))
     report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
