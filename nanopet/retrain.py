@@ -357,11 +357,7 @@ def train_run(options: dict, folder: str | Path, data, out: Callable[[str], None
 
 def write_history(path: Path, history: list[dict]) -> None:
     """metrics.csv with every epoch and every metric (the trainer appends; a resume would duplicate rows)."""
-    fields = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
+    write_rows(path, history)
 
 
 def read_history(path: Path) -> list[dict]:
