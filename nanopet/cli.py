@@ -101,9 +101,9 @@ def run_search(args, argv: list[str]) -> int:
         from nanopet.tune import ray_driver
 
         space = space.replace(n_trials=args.n_trials, timeout=args.timeout)
-        ray_driver.run(space, workers=args.workers, address=args.address, out=lambda message: print(message, flush=True))
+        result = ray_driver.run(space, workers=args.workers, address=args.address, out=lambda message: print(message, flush=True))
         report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
-        return 0
+        return 130 if result.status == "interrupted" else 0
     result = run(space, workers=args.workers, gpus=args.gpus, n_trials=args.n_trials, timeout=args.timeout,
                  out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv))
     report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
