@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from nanopet.errors import InputError
@@ -86,20 +87,24 @@ def _pairs(text: str, where: str) -> dict:
     return out
 
 
-def _interrupted() -> None:
-    print("finished epochs are kept in each run's checkpoints; run the same command again to resume", file=sys.stderr, flush=True)
+@contextlib.contextmanager
+def _resume_hint_on_interrupt():
+    """On Ctrl-C, say how to resume, then let the interrupt through (the CLI exits 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("finished epochs are kept in each run's checkpoints; run the same command again to resume",
+              file=sys.stderr, flush=True)
+        raise
 
 
 def run_retrain(args) -> int:
     from nanopet.retrain import retrain
 
-    try:
+    with _resume_hint_on_interrupt():
         retrain(args.study, trial=args.trial, epochs=args.epochs, seeds=args.seeds, device=args.device,
                 directory=args.directory, storage=args.storage, output_dir=args.output_dir, test_set=args.test_set,
                 out=lambda message: print(message, flush=True))
-    except KeyboardInterrupt:
-        _interrupted()
-        raise
     return 0
 
 
@@ -114,14 +119,11 @@ def run_compare_losses(args) -> int:
         return 0
     weights = [parse_weights(text) for text in args.weights] if args.weights else None
     deltas = _pairs(args.deltas, "--deltas") if args.deltas else None
-    try:
+    with _resume_hint_on_interrupt():
         compare_losses(args.source, types=args.types, reductions=args.reductions, weights=weights, deltas=deltas,
                        seeds=args.seeds, epochs=args.epochs, device=args.device, trial=args.trial, directory=args.directory,
                        storage=args.storage, reports=args.reports, runs=args.runs, test_set=args.test_set,
                        out=lambda message: print(message, flush=True))
-    except KeyboardInterrupt:
-        _interrupted()
-        raise
     return 0
 
 
