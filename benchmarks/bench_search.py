@@ -4,8 +4,11 @@
     python benchmarks/bench_search.py --structures 400 --d-pet 64 --epochs 27 --trials 40 --workers 4 --device cuda
 
 1. Pruning savings: the same joint search (same TPE seed) without a pruner and with one
-   (successive halving by default); epochs computed and wall time, in total and until the
-   pruned study first reaches the unpruned study's best validation loss. Goal: <= 1/3 of the epochs.
+   (successive halving by default); epochs computed and wall time for the same number of trials,
+   and until the pruned study first reaches the unpruned study's best validation loss: the pruned
+   study runs more trials (never more epochs in total than the unpruned one) until it does, since
+   the point of pruning is to try more configurations for the same compute. Goal: <= 1/3 of the
+   epochs. ``--seeds 0 1 2`` repeats it per TPE seed (one seed is one draw of luck).
 2. Per-trial overhead: everything that is not an epoch (worker start, data loading and neighbour
    lists once per worker, neighbour filtering to the trial's cutoff, model build, storage) as a
    share of the trial wall time. Goal: <= 5%.
@@ -97,37 +100,68 @@ def run_search(raw: dict, threads: int, workers: int = 0):
 
 
 def pruning_rows(args, directory: Path) -> tuple[list, list]:
-    raw = base_space(args, directory, "unpruned")
+    rows, notes, ratios = [], [], []
+    for seed in args.seeds:
+        part, note, ratio = pruning_seed(args, directory, seed)
+        rows += part
+        notes += note
+        ratios.append(ratio)
+    if len(args.seeds) > 1:
+        reached = sorted(r for r in ratios if r is not None)
+        rows.append(("pruning", f"epochs to reach unpruned best, {len(args.seeds)} seeds", "", f"{len(reached)}/{len(ratios)} reached",
+                     " ".join("-" if r is None else f"{r:.2f}" for r in ratios), "<= 0.33"))
+    return rows, notes
+
+
+def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | None]:
+    """One seed: the unpruned study, then the pruned one with the same trial budget, continued (more trials,
+    never more epochs than the unpruned study used) until it first reaches the unpruned best."""
+    raw = base_space(args, directory, f"unpruned-s{seed}")
+    raw["study"]["sampler"]["seed"] = seed
     wall_a = run_search(raw, args.threads)
+    a = trained(study_trials(directory, f"unpruned-s{seed}"))
+    best_a = min(t.value for t in a if t.state.name == "COMPLETE")
+    epochs_a = sum(len(t.intermediate_values) for t in a)
+    reach_a, reach_wall_a = until(a, best_a)
+
     pruned = copy.deepcopy(raw)
-    pruned["study"]["name"] = "pruned"
+    pruned["study"]["name"] = name = f"pruned-s{seed}"
     # first rung after ~1/9 of the epochs: earlier rungs rank trials by their first few hundred steps only
     first_rung = args.min_resource or max(1, args.epochs // 9)
     pruned["study"]["pruner"] = {"type": args.pruner, **({"min_resource": first_rung, "reduction_factor": 3}
                                                        if args.pruner in ("successive_halving", "hyperband") else
                                                        {"n_startup_trials": 4, "n_warmup_steps": first_rung})}
-    wall_b = run_search(pruned, args.threads)
-    a, b = trained(study_trials(directory, "unpruned")), trained(study_trials(directory, "pruned"))
-    best_a = min(t.value for t in a if t.state.name == "COMPLETE")
-    best_b = min(t.value for t in b if t.state.name == "COMPLETE")
-    epochs_a, epochs_b = sum(len(t.intermediate_values) for t in a), sum(len(t.intermediate_values) for t in b)
-    reach_a, reach_wall_a = until(a, best_a)
-    reach_b, reach_wall_b = until(b, best_a)
+    wall_b, n_trials, same = 0.0, args.trials, None
+    while True:
+        pruned["budget"]["n_trials"] = n_trials
+        wall_b += run_search(pruned, args.threads)
+        b = trained(study_trials(directory, name))
+        epochs_b = sum(len(t.intermediate_values) for t in b)
+        if same is None:  # the same number of trials as the unpruned study
+            same = (epochs_b, wall_b, min(t.value for t in b if t.state.name == "COMPLETE"))
+        reach_b, reach_wall_b = until(b, best_a)
+        if reach_b is not None or epochs_b >= epochs_a:
+            break
+        n_trials += max(1, args.trials // 4)
+    ratio = None if reach_b is None else reach_b / reach_a
+    tag = f"seed {seed}: "
     rows = [
-        ("pruning", "epochs computed, whole study", f"{epochs_a:.0f}", f"{epochs_b:.0f}", f"{epochs_b / epochs_a:.2f}", "<= 0.33"),
-        ("pruning", "study wall time (s)", f"{wall_a:.1f}", f"{wall_b:.1f}", f"{wall_b / wall_a:.2f}", ""),
-        ("pruning", "best val_loss", f"{best_a:.4g}", f"{best_b:.4g}", f"{best_b / best_a:.3f}", ""),
-        ("pruning", "epochs to reach unpruned best", f"{reach_a:.0f}",
-         f"{reach_b:.0f}" if reach_b is not None else "not reached",
-         f"{reach_b / reach_a:.2f}" if reach_b is not None else "-", "<= 0.33"),
-        ("pruning", "trial wall to reach unpruned best (s)", f"{reach_wall_a:.1f}",
+        ("pruning", tag + f"epochs computed, {args.trials} trials each", f"{epochs_a:.0f}", f"{same[0]:.0f}",
+         f"{same[0] / epochs_a:.2f}", ""),
+        ("pruning", tag + f"study wall time, {args.trials} trials each (s)", f"{wall_a:.1f}", f"{same[1]:.1f}",
+         f"{same[1] / wall_a:.2f}", ""),
+        ("pruning", tag + f"best val_loss, {args.trials} trials each", f"{best_a:.4g}", f"{same[2]:.4g}", f"{same[2] / best_a:.3f}", ""),
+        ("pruning", tag + "epochs to reach the unpruned best", f"{reach_a:.0f}",
+         f"{reach_b:.0f}" if reach_b is not None else "not reached", "-" if ratio is None else f"{ratio:.2f}", "<= 0.33"),
+        ("pruning", tag + "trial wall time to reach it (s)", f"{reach_wall_a:.1f}",
          f"{reach_wall_b:.1f}" if reach_wall_b is not None else "not reached",
          f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
     ]
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
-    notes = [f"pruning: {len(a)} vs {len(b)} trials trained, {pruned_count} pruned by {args.pruner} "
-             f"({pruned['study']['pruner']}); {args.trials} trials x {args.epochs} epochs, TPE seed 0"]
-    return rows, notes
+    notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
+             f"best, at most the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "
+             f"{args.trials} trials x {args.epochs} epochs, TPE seed {seed}"]
+    return rows, notes, ratio
 
 
 def overhead_rows(directory: Path, name: str, workers: int) -> tuple[list, list]:
@@ -181,11 +215,22 @@ def parallel_rows(args, directory: Path) -> tuple[list, list]:
                   f"{'CPU thread' if args.device == 'cpu' else 'GPU'} per worker, walls {walls[1]:.1f} s vs {walls[n]:.1f} s"]
 
 
+def print_table(title: str, header: tuple, rows: list) -> None:
+    widths = [max(len(str(row[k])) for row in rows + [header]) for k in range(len(header))]
+    print(title)
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--structures", type=int, default=100, help="built-in EMT structures (default 100)")
     parser.add_argument("--d-pet", type=int, default=16, help="base d_pet; the search picks d/2, d, 2d (default 16)")
     parser.add_argument("--trials", type=int, default=30, help="trials of each pruning study (default 30)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="TPE seeds of the pruning comparison (default 0)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["pruning", "parallel"], help="parts not to run")
     parser.add_argument("--epochs", type=int, default=9, help="epochs per trial in the pruning studies (default 9)")
     parser.add_argument("--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median"])
     parser.add_argument("--min-resource", type=int, help="first rung / warm-up epochs of the pruner (default epochs // 9)")
@@ -203,18 +248,18 @@ def main() -> None:
     directory = Path(args.keep or tempfile.mkdtemp(prefix="bench-search-"))
     started = time.perf_counter()
     rows, notes = [], []
-    for part in (pruning_rows(args, directory), parallel_rows(args, directory),
-                 overhead_rows(directory, f"parallel{args.workers}", args.workers)):
-        rows += part[0]
-        notes += part[1]
-    header = ("part", "measure", "baseline", "with", "ratio", "goal")
-    widths = [max(len(str(r[k])) for r in rows + [header]) for k in range(len(header))]
-    print(f"nanopet-tune search benchmark: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at the end, "
-          f"device {args.device}, {args.structures} structures, d_pet {args.d_pet}")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    parts = []
+    if "pruning" not in args.skip:
+        parts.append(lambda: pruning_rows(args, directory))
+    if "parallel" not in args.skip:
+        parts += [lambda: parallel_rows(args, directory), lambda: overhead_rows(directory, f"parallel{args.workers}", args.workers)]
+    for part in parts:
+        part_rows, part_notes = part()
+        rows += part_rows
+        notes += part_notes
+    print_table(f"nanopet-tune search benchmark: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at the end, "
+                f"device {args.device}, {args.structures} structures, d_pet {args.d_pet}",
+                ("part", "measure", "baseline", "with", "ratio", "goal"), rows)
     for note in notes:
         print("  " + note)
     print(f"  (baseline = no pruning / 1 worker; with = {args.pruner} / {args.workers} workers); "

@@ -32,10 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--timeout", type=duration, help="override budget.timeout: seconds, or 30m, 2h")
     search.add_argument("--study-name", help="override study.name (default: the file name)")
     search.add_argument("--directory", help="override study.directory (default: studies)")
-    search.add_argument("--driver", choices=("optuna", "ray"), default="optuna",
-                        help="optuna: worker processes sharing the study (default); ray: a Ray Tune experiment (joint strategy)")
-    search.add_argument("--address", help="with --driver ray: join a running Ray cluster (auto or HOST:PORT of `ray start --head`); "
-                        "default: a local Ray runtime")
+    search.add_argument("--driver", choices=("optuna", "ray"),
+                        help="optuna: worker processes sharing the study; ray: a Ray Tune experiment "
+                        "(default: the file's `driver:`, else optuna)")
+    search.add_argument("--address", help="with the ray driver: join a running Ray cluster (auto or HOST:PORT of `ray start --head`); "
+                        "default: the file's driver.address, else a local Ray runtime")
+    search.add_argument("--cpus-per-trial", type=float, help="with the ray driver: CPUs reserved per trial (default 1)")
+    search.add_argument("--gpus-per-trial", type=float,
+                        help="with the ray driver: GPUs per trial, a fraction shares one GPU (default: 1 when the cluster has GPUs, else 0)")
 
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on a study's storage")
     dashboard.add_argument("study", help="study name (folder under studies/), a journal file, or a storage URL")
@@ -92,18 +96,14 @@ def run_search(args, argv: list[str]) -> int:
         raise InputError(f"--workers: must be at least 1, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise InputError(f"--n-trials: must be at least 1, got {args.n_trials}")
-    if args.address is not None and args.driver != "ray":
-        raise InputError("--address: only with --driver ray")
-    space = load_search_space(args.space).replace(storage=args.storage, study_name=args.study_name, directory=args.directory)
-    if args.driver == "ray":
-        if args.gpus is not None:
-            raise InputError("--gpus: not with --driver ray (Ray gives each trial one GPU when the cluster has GPUs)")
-        from nanopet.tune import ray_driver
-
-        space = space.replace(n_trials=args.n_trials, timeout=args.timeout)
-        result = ray_driver.run(space, workers=args.workers, address=args.address, out=lambda message: print(message, flush=True))
-        report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
-        return 130 if result.status == "interrupted" else 0
+    space = load_search_space(args.space)
+    driver = args.driver or space.driver.type
+    for flag, value in (("--address", args.address), ("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
+        if value is not None and driver != "ray":
+            raise InputError(f"{flag}: only with the ray driver (--driver ray, or driver: ray in {args.space})")
+    space = space.replace(storage=args.storage, study_name=args.study_name, directory=args.directory,
+                          driver={"type": driver, "address": args.address, "cpus_per_trial": args.cpus_per_trial,
+                                  "gpus_per_trial": args.gpus_per_trial})
     result = run(space, workers=args.workers, gpus=args.gpus, n_trials=args.n_trials, timeout=args.timeout,
                  out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv))
     report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))

@@ -9,7 +9,7 @@ from tune_support import REPO, cli, tiny_space, write_space
 from nanopet.cli import main
 from nanopet.errors import InputError
 from nanopet.tune import load_search_space
-from nanopet.tune.space import Strategy, parameter_path
+from nanopet.tune.space import Driver, Strategy, parameter_path
 from nanopet.tune.study import plan
 
 
@@ -96,6 +96,10 @@ INVALID = [
     ({"strategy": {"type": "staged", "importance": ["cutoff", "batch_size"]}}, "strategy.importance[1]: 'batch_size' is not under parameters"),
     ({"budget": {"epochs": 0}}, "budget.epochs: must be positive"),
     ({"architecture": {"model": {"d_pett": 8}}}, "architecture.model.d_pett: unknown option (did you mean 'd_pet'?)"),
+    ({"driver": "rey"}, "driver.type: must be optuna or ray, got 'rey' (did you mean 'ray'?)"),
+    ({"driver": {"type": "ray", "gpu_per_trial": 1}}, "driver.gpu_per_trial: unknown key (did you mean 'gpus_per_trial'?)"),
+    ({"driver": {"type": "ray", "gpus_per_trial": 1.5}}, "driver.gpus_per_trial: expected 0, a fraction of one GPU"),
+    ({"driver": {"address": "auto"}}, "driver.address: only with driver type ray"),
 ]
 
 
@@ -124,3 +128,13 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path.write_text("budget:\n  n_trials: [1\n")
     with pytest.raises(InputError, match="space.yaml: line"):
         load_search_space(path)
+
+
+def test_driver_section(tmp_path):
+    assert load_search_space(tiny_space(tmp_path)).driver == Driver()
+    assert load_search_space(tiny_space(tmp_path, driver="ray")).driver == Driver("ray")
+    space = load_search_space(tiny_space(tmp_path, driver={"type": "ray", "address": "auto", "gpus_per_trial": 0.25}))
+    assert space.driver == Driver("ray", "auto", 1.0, 0.25)
+    assert space.replace(driver={"cpus_per_trial": 2, "address": None}).driver == Driver("ray", "auto", 2.0, 0.25)
+    assert space.replace(driver={"type": "optuna"}).driver == Driver()  # --driver optuna drops the ray settings
+    assert space.fingerprint() == load_search_space(tiny_space(tmp_path)).fingerprint()  # a study may change driver

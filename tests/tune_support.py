@@ -58,8 +58,9 @@ def trials(directory: Path, study_name: str, name: str = "tiny"):
 
 def cli(*args, cwd: Path, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run the real ``nanopet-tune`` command line in a subprocess."""
+    kwargs.setdefault("env", cli_env())
     return subprocess.run([sys.executable, "-m", "nanopet.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(), **kwargs)
+                          timeout=timeout, **kwargs)
 
 
 def cli_env() -> dict:

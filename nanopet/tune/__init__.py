@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from nanopet.errors import InputError
 from nanopet.tune.space import Parameter, SearchSpace, load_search_space
 
 
@@ -27,7 +28,8 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     """Run a search to its budget (``n_trials`` / ``timeout``), resuming the study if it exists.
 
     ``workers`` processes share the study (default: one per visible GPU, else one, in this
-    process); ``gpus`` picks the GPUs. Returns a ``SearchResult`` (also printed through ``out``).
+    process); ``gpus`` picks the GPUs. A space with ``driver: ray`` runs as a Ray Tune experiment
+    instead (``workers``: trials at once). Returns a ``SearchResult`` (also printed through ``out``).
     """
     from nanopet.tune.results import report_lines, summarize
     from nanopet.tune.study import check_resumable, record_storage
@@ -36,6 +38,13 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)
     if any(v is not None for v in (storage, n_trials, timeout, study_name, directory)):
         space = space.replace(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, directory=directory)
+    if space.driver.type == "ray":
+        if gpus is not None:
+            raise InputError("--gpus: not with the ray driver (Ray gives each trial driver.gpus_per_trial GPUs; "
+                             "CUDA_VISIBLE_DEVICES limits what a node offers)")
+        from nanopet.tune import ray_driver
+
+        return ray_driver.run(space, workers=workers, out=out, resume_command=resume_command)
     check_resumable(space)
     record_storage(space)
     outcome = launch(space, workers=workers, gpus=gpus, threads=threads, out=out)

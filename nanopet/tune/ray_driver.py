@@ -11,8 +11,10 @@ The same search-space file as the Optuna driver, run as a Ray Tune experiment:
 - results: every Ray trial is written into the study's Optuna storage (COMPLETE, PRUNED when ASHA
   stopped it before the last epoch, FAIL), so ``report``, ``retrain`` and ``dashboard`` work unchanged.
 
-Ray state lives in ``studies/<name>/ray/<name>/``; running the command again restores an interrupted
-experiment from there. ``ray`` is imported only in this module.
+Staged search runs one Ray experiment per stage (earlier stages' best values fixed, the previous best carried
+in as in the Optuna driver). Ray state lives in ``studies/<name>/ray/<study of the stage>[-k]/``: running
+the command again restores an interrupted experiment from there; after a timeout it starts the next
+experiment of the stage, told what the earlier ones found. ``ray`` is imported only in this module.
 """
 
 from __future__ import annotations
@@ -26,97 +28,166 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import (check_resumable, decode, distribution, encode, make_sampler, masked, open_storage, plan,
-                                record_storage, storage_url)
+from nanopet.tune.study import (check_resumable, chosen_values, counted, decode, distribution, encode, make_sampler, masked,
+                                open_stage, open_storage, plan, record_storage, storage_url)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
+COST = "cost"  # the second objective of a two-objective front
+LAST_CHECKPOINT = "last.ckpt"  # a Ray trial's newest epoch checkpoint, in its folder
+MARKER = "epoch.json"  # what a Ray checkpoint holds: the epoch and the path of last.ckpt
+RECORDED = ".recorded"  # written into a Ray experiment's folder once its trials are in the Optuna storage
 TIME_ATTR = "epoch"  # epochs trained (1-based), ASHA's time axis
 CONNECT_TIMEOUT = 5.0  # s to reach a cluster given by --address
 GCS_WAIT = "RAY_gcs_server_port_wait_time_s"  # ray.init's retries (about 1 s each) to reach the cluster's GCS
 _DATA: dict = {}  # per Ray worker process: data loaded once, keyed by dataset options + cutoff
 _SPACES: dict = {}
+_DEADLINE: list = [None]  # in the driver process: when the searcher stops proposing trials (budget.timeout)
 
 
-def run(space: SearchSpace, workers: int | None = None, address: str | None = None, out: Callable[[str], None] = print,
-        cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None, points: list[dict] | None = None):
-    """Run (or restore) the Ray experiment of ``space``, then record its trials in the Optuna storage.
+def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], None] = print, points: list[dict] | None = None,
+        resume_command: str | None = None):
+    """Run (or resume) the Ray experiments of ``space`` (one per stage), recording their trials in the Optuna storage.
 
-    ``workers``: trials at once (default: the CPUs, or GPUs, the cluster has per trial). ``points``: configs
-    (parameter name -> value) tried right after the defaults. Returns a ``SearchResult``.
+    ``workers``: trials at once (default: as many as the cluster's CPUs, or GPUs, allow). ``points``: configs
+    (parameter name -> value) tried right after the defaults in the first stage. Cluster and resources come
+    from ``space.driver`` (address, cpus_per_trial, gpus_per_trial). Returns a ``SearchResult``.
     """
     import ray
-    from ray import tune
 
     from nanopet.tune.results import report_lines, summarize
 
-    if space.strategy.type != "joint" or len(plan(space)) > 1:
-        raise InputError("staged strategy with --driver ray is not supported yet; use strategy: joint")
-    if space.objective.n_values > 1:
-        raise InputError("objective.cost: front (two objectives) with --driver ray is not supported yet; use cost: none or penalty")
-    if space.budget.n_trials is None:
-        raise InputError("budget.n_trials: needed with --driver ray (a timeout alone is not supported yet)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # Ctrl-C raises KeyboardInterrupt out of fit(): Ray's own handler would end running trials as TERMINATED,
     # indistinguishable from trials ASHA stopped
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # one checkpoint per epoch is intended
-    started_ray = connect(address)  # first: a bad --address fails before anything is written
+    again = resume_command or "the same command"
+    started_ray = connect(space.driver.address)  # first: a bad address fails before anything is written
+    status = "completed"
     try:
+        request, workers = resources(space, workers)
         check_resumable(space)
         record_storage(space)
         storage = open_storage(storage_url(space))
-        open_study(storage, space)
-        resources = ray.cluster_resources()
-        cluster_gpus = float(resources.get("GPU", 0))
-        if gpus_per_trial is None:
-            gpus_per_trial = 1.0 if cluster_gpus >= 1 else 0.0
-        request = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-        for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
-            if request[name] > float(resources.get(key, 0)):
-                raise InputError(f"a trial needs {request[name]:g} {key} but the Ray cluster has {resources.get(key, 0):g}; "
-                                 f"add nodes with `ray start --address=...` or ask for fewer per trial")
-        if workers is None:
-            per = (cluster_gpus / gpus_per_trial) if gpus_per_trial else (float(resources.get("CPU", 1)) / cpus_per_trial)
-            workers = max(1, int(per))
-
-        trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space)), request)
-        root = (space.study.path / "ray").resolve()
-        experiment = root / space.study.name
-        if experiment.exists() and tune.Tuner.can_restore(str(experiment)):
-            out(f"restoring the Ray experiment in {experiment}")
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable, tune_config=tune_config(space, workers, points),
-                               run_config=tune.RunConfig(name=space.study.name, storage_path=str(root), verbose=0,
-                                                         failure_config=tune.FailureConfig(max_failures=2),
-                                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        out(f"Ray Tune: {space.budget.n_trials} trials, {workers} at once, {request['cpu']:g} CPU"
-            + (f" + {request['gpu']:g} GPU" if request["gpu"] else "") + " each")
-        try:
-            results = tuner.fit()
-        except KeyboardInterrupt:  # Ray's state (snapshot at every report) is kept; nothing is recorded
-            out(f"interrupted: run the same command again to resume the Ray experiment in {experiment}")
-            return summarize(space, "interrupted")
-        written, unfinished = record_results(storage, space, results)
-        out(f"recorded {written} Ray trials in {masked(storage_url(space))} (study {space.study.name})")
+        _DEADLINE[0] = time.time() + space.budget.timeout if space.budget.timeout else None
+        out(f"Ray Tune: {workers} trials at once, {request['cpu']:g} CPU" + (f" + {request['gpu']:g} GPU" if request["gpu"] else "")
+            + " each" + (f", timeout {space.budget.timeout:g} s" if space.budget.timeout else ""))
+        fixed, previous = {}, None
+        for stage in plan(space):
+            study = open_stage(storage, space, stage, fixed, previous, enqueue_defaults=False)
+            study.set_user_attr("driver", "ray")
+            status = run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out)
+            if status != "completed":
+                break
+            if stage.index < stage.count:
+                fixed, previous = chosen_values(space, stage, fixed, study)
+                out(f"{stage.label}: best {', '.join(f'{k}={v}' for k, v in fixed.items() if k in stage.parameters)}")
     finally:
+        _DEADLINE[0] = None
         if started_ray:
             ray.shutdown()
-    result = summarize(space, "interrupted" if unfinished else "completed")
+    result = summarize(space, status)
     for line in report_lines(result, space):
         out(line)
-    if unfinished:
-        out(f"interrupted: {unfinished} Ray trials unfinished; run the same command again to resume them from {experiment}")
+    if status == "interrupted":
+        out(f"interrupted: recorded trials are kept in {masked(storage_url(space))}; run {again} to resume the Ray experiment "
+            f"in {space.study.path / 'ray'} (running trials continue from their last epoch checkpoint)")
+    elif status == "timeout":
+        out(f"timeout reached; to continue the study run {again}")
     return result
+
+
+def resources(space: SearchSpace, workers: int | None) -> tuple[dict, int]:
+    """What one trial asks of the cluster, and how many run at once; a cluster that cannot hold one trial
+    is an error now, not a hang."""
+    import ray
+
+    available = ray.cluster_resources()
+    cluster_gpus = float(available.get("GPU", 0))
+    gpus = space.driver.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    request = {"cpu": space.driver.cpus_per_trial, "gpu": gpus}
+    for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
+        if request[name] > float(available.get(key, 0)):
+            raise InputError(f"a trial needs {request[name]:g} {key} (driver.{name}s_per_trial) but the Ray cluster has "
+                             f"{available.get(key, 0):g}; add nodes with `ray start --address=...` or ask for fewer per trial")
+    if workers is None:
+        fits = [float(available.get("CPU", 1)) / request["cpu"]] + ([cluster_gpus / gpus] if gpus else [])
+        workers = max(1, int(min(fits) + 1e-9))
+    return request, workers
+
+
+def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, request: dict, workers: int,
+              points: list[dict] | None, out: Callable[[str], None]) -> str:
+    """One stage as Ray experiments: restore the last one if it was interrupted, else start one for the trials
+    its budget still has (a later invocation after a timeout starts the next, told what ran before).
+    Returns completed | timeout | interrupted."""
+    from ray import tune
+
+    root = (space.study.path / "ray").resolve()
+    runs = sorted(root.glob(f"{glob_escape(stage.study_name)}*/"), key=lambda path: experiment_index(stage, path))
+    runs = [path for path in runs if experiment_index(stage, path) >= 0]
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space, stage, fixed)), request)
+    last = runs[-1] if runs else None
+    if last is not None and not (last / RECORDED).exists() and tune.Tuner.can_restore(str(last)):
+        out(f"{stage.label}: restoring the Ray experiment in {last}")
+        tuner = tune.Tuner.restore(str(last), trainable=trainable, resume_errored=True)
+        experiment = last
+    else:
+        done = len(counted(study.get_trials(deepcopy=False)))
+        remaining = None if stage.n_trials is None else stage.n_trials - done
+        if remaining is not None and remaining <= 0:
+            out(f"{stage.label}: all {stage.n_trials} trials recorded; nothing to run")
+            return "completed"
+        if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
+            return "timeout"
+        name = stage.study_name if not runs else f"{stage.study_name}-{len(runs) + 1}"
+        experiment = root / name
+        out(f"{stage.label}: {'{} trials'.format(remaining) if remaining is not None else 'trials until the timeout'}"
+            + (f" ({done} recorded before)" if done else ""))
+        tuner = tune.Tuner(trainable, tune_config=tune_config(space, stage, study, workers, remaining, points),
+                           run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
+                                                     failure_config=tune.FailureConfig(max_failures=space.study.max_retries),
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))  # markers: tiny
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:  # Ray's state (snapshot at every report) is kept; nothing is recorded
+        return "interrupted"
+    written, unfinished = record_results(study, space, stage, fixed, results)
+    out(f"{stage.label}: recorded {written} Ray trials in {masked(storage_url(space))} (study {stage.study_name})")
+    if unfinished:
+        return "interrupted"
+    (experiment / RECORDED).write_text(f"{written}\n")
+    if stage.n_trials is not None and len(counted(study.get_trials(deepcopy=False))) < stage.n_trials:
+        return "timeout"  # the searcher stopped proposing at the deadline
+    return "timeout" if stage.n_trials is None else "completed"
+
+
+def experiment_index(stage, path: Path) -> int:
+    """1 for ``<study>``, k for ``<study>-k``, -1 for another stage's folder."""
+    if path.name == stage.study_name:
+        return 1
+    head, _, tail = path.name.rpartition("-")
+    return int(tail) if head == stage.study_name and tail.isdigit() else -1
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,25 +258,69 @@ def quiet_stderr():
 # Searcher and scheduler
 
 
-def tune_config(space: SearchSpace, workers: int, points: list[dict] | None):
+def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_trials: int | None, points: list[dict] | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    distributions = {name: distribution(p) for name, p in space.parameters.items()}
-    defaults = space.defaults()
-    first = [{k: encode(defaults[k]) for k in space.parameters if k in defaults}] if len(defaults) == len(space.parameters) else []
+    distributions = {name: distribution(space.parameters[name]) for name in stage.parameters}
+    first = []
+    if stage.index == 1:  # the defaults first (later stages start from the carried-in best, already in the study)
+        defaults = space.defaults()
+        if all(name in defaults for name in stage.parameters):
+            first.append({k: encode(defaults[k]) for k in stage.parameters})
     first += [{k: encode(v) for k, v in point.items()} for point in points or []]
-    searcher = OptunaSearch(space=distributions, metric=OBJECTIVE, mode="min", sampler=make_sampler(space.study.sampler),
-                            points_to_evaluate=first or None)
-    epochs = space.budget.epochs
-    grace, factor = asha_settings(space)
-    scheduler = None  # `pruner: {type: none}`: every trial runs all epochs
+    tried = [t.params for t in study.get_trials(deepcopy=False)]
+    first = [point for point in first if point not in tried]  # after a timeout, the next experiment skips them
+    objective = space.objective
+    metric, mode = ([OBJECTIVE, COST], ["min", "min"]) if objective.n_values > 1 else (OBJECTIVE, "min")
+    searcher = StudySearch(space=distributions, metric=metric, mode=mode, sampler=make_sampler(space.study.sampler, len(study.trials)),
+                           points_to_evaluate=first or None, history=history(study, stage))
+    scheduler = None  # `pruner: {type: none}` (and two-objective fronts): every trial runs all epochs
     if space.study.pruner["type"] != "none":
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=epochs, grace_period=grace,
-                                  reduction_factor=factor)
-    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.budget.n_trials,
+        grace, factor = asha_settings(space)
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=space.budget.epochs,
+                                  grace_period=grace, reduction_factor=factor)
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1 if n_trials is None else n_trials,
                            max_concurrent_trials=workers, reuse_actors=True)
+
+
+def history(study: optuna.Study, stage) -> list[tuple]:
+    """(params, values, pruned, intermediate values) of the stage's finished trials, to tell the searcher of a
+    new experiment what earlier ones (and the carried-in best) found."""
+    told = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if set(t.params) != set(stage.parameters):
+            continue
+        pruned = t.state == TrialState.PRUNED
+        if pruned and not t.intermediate_values:
+            continue
+        values = t.values if not pruned else None
+        told.append(({k: t.params[k] for k in stage.parameters}, values, pruned,
+                     [t.intermediate_values[k] for k in sorted(t.intermediate_values)]))
+    return told
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that (a) knows the trials earlier experiments of the stage ran (``history``) and (b) proposes
+    nothing after the search's deadline (running trials finish, as with the Optuna driver)."""
+
+    def __init__(self, *args, history: list | None = None, **kwargs):
+        self._history = history or []
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        single = not isinstance(mode, list)
+        for params, values, pruned, intermediate in self._history:
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=self._space, values=values,
+                state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                intermediate_values=dict(enumerate(intermediate)) if single else None))
+
+    def suggest(self, trial_id: str):
+        if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
 
 
 def asha_settings(space: SearchSpace) -> tuple[int, int]:
@@ -220,13 +335,16 @@ def asha_settings(space: SearchSpace) -> tuple[int, int]:
 # The trainable (runs in Ray worker processes)
 
 
-def payload(space: SearchSpace) -> dict:
+def payload(space: SearchSpace, stage, fixed: dict) -> dict:
+    """What a trial needs besides its config: the space (re-read once per worker process), the stage's fixed
+    values (earlier stages' best)."""
     return {"raw": space.raw, "base_dir": str(Path(space.base_dir).resolve()), "name": space.study.name,
-            "source": str(space.source) if space.source else None, "study_dir": str(space.study.path.resolve())}
+            "source": str(space.source) if space.source else None, "study_dir": str(space.study.path.resolve()),
+            "fixed": fixed, "stage": stage.index}
 
 
 def space_of(payload: dict) -> SearchSpace:
-    key = json.dumps(payload, sort_keys=True, default=str)
+    key = json.dumps({k: v for k, v in payload.items() if k not in ("fixed", "stage")}, sort_keys=True, default=str)
     if key not in _SPACES:
         from nanopet.tune.space import parse
 
@@ -251,12 +369,12 @@ def data_of(space: SearchSpace):
 def trainable_fn(config: dict, payload: dict) -> None:
     from ray import tune
 
-    from nanopet.train import train
+    from nanopet.train import load_checkpoint, train
 
     started = time.perf_counter()
     space = space_of(payload)
     objective = space.objective
-    values = {name: decode(config[name]) for name in space.parameters if name in config}
+    values = {**payload["fixed"], **{name: decode(config[name]) for name in space.parameters if name in config}}
     trial_id = tune.get_context().get_trial_id()
     folder = Path(payload["study_dir"]) / "trials" / f"ray-{trial_id}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -272,21 +390,17 @@ def trainable_fn(config: dict, payload: dict) -> None:
 
         cost = TrialRunner(space, data, out=lambda m: None).cost(options, data)
 
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = folder / "resume.ckpt"
-            shutil.copy(Path(directory) / "model.ckpt", resume)
+    # The trial's newest epoch checkpoint is one file in its folder (replaced atomically every epoch); what
+    # Ray keeps per report is a small marker naming it. Ray deletes old checkpoints of its own and may
+    # restore an experiment snapshot that names one it already deleted: with markers kept (tiny) and the
+    # model in one file of ours, a restored or retried trial always resumes from its newest epoch.
+    last = folder / LAST_CHECKPOINT
+    resume = last if last.is_file() else None
+    marker = tune.get_checkpoint()
+    lost = marker is not None and resume is None  # e.g. another node without the shared studies/ folder
     so_far = {"val_loss": math.inf, "metric": math.inf, "epoch": None}
-    if resume is not None:  # the value so far counts the epochs before the interruption too
-        from nanopet.train import load_checkpoint
 
-        for row in load_checkpoint(resume)["history"]:
-            if row["val_loss"] < so_far["val_loss"] and row.get(objective.metric) is not None:
-                so_far.update(val_loss=row["val_loss"], metric=row[objective.metric], epoch=row["epoch"])
-
-    def on_epoch(epoch: int, metrics: dict) -> bool:
+    def report_epoch(epoch: int, metrics: dict) -> None:
         metric = metrics.get(objective.metric)
         if metric is None or not math.isfinite(metric):
             raise NonFiniteLossError(f"{objective.metric} is {metric} at epoch {epoch}", epoch)
@@ -295,17 +409,34 @@ def trainable_fn(config: dict, payload: dict) -> None:
         report = {OBJECTIVE: objective.value(so_far["metric"], cost), TIME_ATTR: epoch + 1, "best_epoch": so_far["epoch"],
                   "finished": epoch + 1 >= space.budget.epochs, "cost": cost, "setup_time": setup,
                   **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_")) or k in ("epoch_time", "learning_rate")}}
-        saved = folder / "checkpoints" / f"model_{epoch}.ckpt"
         if report["finished"]:  # ASHA stops every trial at max_t inside this report: keep the trainer's model.ckpt now
-            shutil.copy(saved, folder / "model.ckpt")
+            shutil.copy(last, folder / "model.ckpt")
         with tempfile.TemporaryDirectory() as directory:
-            shutil.copy(saved, Path(directory) / "model.ckpt")
+            (Path(directory) / MARKER).write_text(json.dumps({"epoch": epoch, "checkpoint": str(last)}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
-        for old in (folder / "checkpoints").glob("model_*.ckpt"):  # Ray keeps the reported copy
-            old.unlink(missing_ok=True)
+
+    def on_epoch(epoch: int, metrics: dict) -> bool:
+        os.replace(folder / "checkpoints" / f"model_{epoch}.ckpt", last)
+        report_epoch(epoch, metrics)
         return False
 
     log_file = open(folder / "train.log", "a")
+    import ray
+
+    log_file.write(f"ray trial {trial_id}: host {socket.gethostname()} pid {os.getpid()} gpus [{', '.join(map(str, ray.get_gpu_ids()))}]"
+                   + (f", resuming from its checkpoint of epoch {len(load_checkpoint(resume)['history'])}" if resume else "")
+                   + (f", its checkpoint {last} is missing: starting again from epoch 0" if lost else "") + "\n")
+    log_file.flush()
+    if resume is not None:  # epochs trained since the restored snapshot: Ray has not seen them (or lost them)
+        reported = -1
+        if marker is not None:
+            with marker.as_directory() as directory:
+                reported = json.loads((Path(directory) / MARKER).read_text())["epoch"]
+        for row in load_checkpoint(resume)["history"]:
+            if row["epoch"] > reported:
+                report_epoch(row["epoch"], row)
+            elif row["val_loss"] < so_far["val_loss"]:
+                so_far.update(val_loss=row["val_loss"], metric=row[objective.metric], epoch=row["epoch"])
     try:
         result = train(options, on_epoch=on_epoch, output_dir=folder, data=data, resume=resume,
                        log=lambda message: (log_file.write(message + "\n"), log_file.flush()))
@@ -320,23 +451,10 @@ def trainable_fn(config: dict, payload: dict) -> None:
 # Recording Ray trials in the Optuna storage
 
 
-def open_study(storage, space: SearchSpace) -> optuna.Study:
-    study = optuna.create_study(storage=storage, study_name=space.study.name, direction="minimize", load_if_exists=True)
-    if "fingerprint" not in study.user_attrs:
-        for key, value in {"fingerprint": space.fingerprint(), "search": space.study.name, "stage": 1, "stages": 1,
-                           "parameters": list(space.parameters), "fixed": {}, "metric": space.objective.metric,
-                           "objective": vars(space.objective), "source": str(space.source) if space.source else None,
-                           "driver": "ray"}.items():
-            study.set_user_attr(key, value)
-    return study
-
-
-def record_results(storage, space: SearchSpace, results) -> tuple[int, int]:
-    """Add every finished Ray trial not yet in the study as an Optuna trial; returns (added, unfinished).
+def record_results(study: optuna.Study, space: SearchSpace, stage, fixed: dict, results) -> tuple[int, int]:
+    """Add every finished Ray trial not yet in the stage's study as an Optuna trial; returns (added, unfinished).
     Unfinished trials (an interrupted experiment) are left to the run that restores it."""
-    study = open_study(storage, space)
     done = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
-    distributions = {name: distribution(p) for name, p in space.parameters.items()}
     statuses = [trial.status for trial in results._experiment_analysis.trials]  # ResultGrid keeps this order
     added = unfinished = 0
     for result, status in zip(results, statuses):
@@ -345,16 +463,19 @@ def record_results(storage, space: SearchSpace, results) -> tuple[int, int]:
             continue
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        if trial_id in done or not all(name in config for name in space.parameters):
+        if trial_id in done or not all(name in config for name in stage.parameters):
             continue
-        frozen = ray_trial(space, study, result, trial_id, config, distributions)
-        study.add_trial(frozen)
-        shutil.rmtree(space.study.path / "trials" / f"ray-{trial_id}" / "checkpoints", ignore_errors=True)  # Ray keeps them
+        study.add_trial(ray_trial(space, stage, fixed, study, result, trial_id, config))
+        folder = space.study.path / "trials" / f"ray-{trial_id}"  # finished: model.ckpt (complete trials) is what stays
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        (folder / LAST_CHECKPOINT).unlink(missing_ok=True)
         added += 1
     return added, unfinished
 
 
-def ray_trial(space: SearchSpace, study, result, trial_id: str, config: dict, distributions: dict):
+def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, result, trial_id: str, config: dict):
+    """The Optuna trial of one finished Ray trial: params, per-epoch values, state and the attributes the
+    Optuna driver's trials carry (config, options, metrics, best_epoch, artifacts, timing, reason)."""
     rows = []
     frame = result.metrics_dataframe
     if frame is not None and OBJECTIVE in frame:
@@ -362,10 +483,12 @@ def ray_trial(space: SearchSpace, study, result, trial_id: str, config: dict, di
     by_epoch = {int(row[TIME_ATTR]): row for row in rows if TIME_ATTR in row}
     intermediate = {epoch - 1: float(row[OBJECTIVE]) for epoch, row in sorted(by_epoch.items())}
     last = rows[-1] if rows else {}
-    number = len(study.get_trials(deepcopy=False))
+    earlier = study.get_trials(deepcopy=False)
     folder = space.study.path / "trials" / f"ray-{trial_id}"
-    attrs = {"driver": "ray", "ray_trial_id": trial_id, "trial": f"{study.study_name}#{number}",
-             "config": {name: decode(config[name]) for name in space.parameters}, "epochs": len(by_epoch),
+    params = {name: config[name] for name in stage.parameters}
+    values = {**fixed, **{name: decode(v) for name, v in params.items()}}
+    attrs = {"driver": "ray", "ray_trial_id": trial_id, "trial": f"{study.study_name}#{len(earlier)}",
+             "config": values, "options": space.options_for(values), "epochs": len(by_epoch),
              "timing": {"wall": float(last.get("time_total_s", 0.0) or 0.0), "setup": float(last.get("setup_time", 0.0) or 0.0),
                         "filter": 0.0, "epochs": float(sum(float(r.get("epoch_time", 0.0) or 0.0) for r in by_epoch.values()))}}
     if folder.is_dir():
@@ -377,13 +500,17 @@ def ray_trial(space: SearchSpace, study, result, trial_id: str, config: dict, di
         attrs["metrics"] = {k: float(v) for k, v in best.items() if (k.startswith("val_") or k == "train_loss") and _finite(v)}
     if last.get("cost") is not None and _finite(last.get("cost")):
         attrs["cost"] = float(last["cost"])
-    params = {name: config[name] for name in space.parameters}
+    defaults = space.defaults()
+    if stage.index == 1 and params == {k: encode(defaults.get(k)) for k in stage.parameters} and \
+            not any(t.user_attrs.get("role") == "defaults" for t in earlier):
+        attrs["role"] = "defaults"  # the study's gain over defaults is measured from it
     if result.error is not None:
         state, value = TrialState.FAIL, None
         message = str(result.error).strip().splitlines()
         attrs["reason"] = f"{type(result.error).__name__}: {message[-1] if message else ''}"
     elif last.get("finished"):
-        state, value = TrialState.COMPLETE, float(last[OBJECTIVE])
+        state = TrialState.COMPLETE
+        value = [float(last[OBJECTIVE]), float(last[COST])] if space.objective.n_values > 1 else [float(last[OBJECTIVE])]
     elif rows:
         state, value = TrialState.PRUNED, None
         attrs["reason"] = f"stopped by ASHA after epoch {len(by_epoch)}/{space.budget.epochs} ({space.objective.metric} " \
@@ -391,8 +518,14 @@ def ray_trial(space: SearchSpace, study, result, trial_id: str, config: dict, di
     else:
         state, value = TrialState.FAIL, None
         attrs["reason"] = "no epoch reported (stopped or interrupted before the first epoch)"
-    return optuna.trial.create_trial(params=params, distributions=distributions, value=value, state=state,
-                                     intermediate_values=intermediate, user_attrs=attrs)
+    distributions = {name: distribution(space.parameters[name]) for name in stage.parameters}
+    frozen = optuna.trial.create_trial(params=params, distributions=distributions, values=value, state=state,
+                                       intermediate_values=intermediate if space.objective.n_values == 1 else None,
+                                       user_attrs=attrs)
+    if _finite(last.get("timestamp")):  # when it ran, not when it was recorded (timelines, trials per hour)
+        frozen.datetime_complete = datetime.fromtimestamp(float(last["timestamp"]))
+        frozen.datetime_start = frozen.datetime_complete - timedelta(seconds=attrs["timing"]["wall"])
+    return frozen
 
 
 def _finite(value) -> bool:

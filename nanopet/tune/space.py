@@ -2,13 +2,14 @@
 
 Driver-neutral: the Optuna driver (this package) and a Ray Tune driver read the same file. A
 search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers under
-``architecture``) plus five sections::
+``architecture``) plus five sections and an optional sixth::
 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
     objective:  {metric: val_forces_rmse, cost: none | penalty | front, cost_measure, cost_weight}
     budget:     {n_trials, timeout, epochs}
     strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
+    driver:     optuna | ray | {type: ray, address: auto, cpus_per_trial: 1, gpus_per_trial: 0.5}
 
 Every problem is one ``InputError`` naming the key path, raised before anything is written.
 """
@@ -26,7 +27,7 @@ from nanopet.errors import InputError, did_you_mean
 from nanopet.model import default_hypers
 from nanopet.options import FREE_FORM, LOSS_TERMS, TOP_LEVEL_KEYS, read_yaml, resolve_options
 
-SECTIONS = ("study", "objective", "budget", "strategy", "parameters")
+SECTIONS = ("study", "objective", "budget", "strategy", "parameters", "driver")
 STUDY_KEYS = ("name", "storage", "directory", "sampler", "pruner", "keep_checkpoints", "max_retries",
               "heartbeat_interval", "grace_period")
 # per type: the settings each accepts besides `type` (all driver-neutral names, mapped by each driver)
@@ -50,7 +51,9 @@ COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
 BUDGET_KEYS = ("n_trials", "timeout", "epochs")
 STRATEGY_KEYS = ("type", "importance", "split")
-STRATEGIES = ("staged", "joint")
+STRATEGIES = ("joint", "staged")  # the first is the default
+DRIVERS = ("optuna", "ray")
+DRIVER_KEYS = ("type", "address", "cpus_per_trial", "gpus_per_trial")  # all but type: ray only
 PARAMETER_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
                   "categorical": ("type", "choices")}
 # training keys that are run settings, not hyperparameters
@@ -174,6 +177,16 @@ class Strategy:
 
 
 @dataclass(frozen=True)
+class Driver:
+    """Which program runs the trials. Not part of a study's fingerprint: a study may change driver."""
+
+    type: str = "optuna"  # optuna | ray
+    address: str | None = None  # ray: None = a local Ray runtime; auto | HOST:PORT = join that cluster
+    cpus_per_trial: float = 1.0  # ray: CPUs reserved per trial
+    gpus_per_trial: float | None = None  # ray: None = 1 when the cluster has GPUs, else 0; fractions share a GPU
+
+
+@dataclass(frozen=True)
 class StudySettings:
     name: str
     storage: str | None  # None: the journal file studies/<name>/journal.log
@@ -200,6 +213,7 @@ class SearchSpace:
     budget: Budget
     objective: Objective
     study: StudySettings
+    driver: Driver = field(default_factory=Driver)
     base_dir: Path = Path(".")  # relative dataset paths resolve against it
     source: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -248,9 +262,16 @@ class SearchSpace:
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def replace(self, n_trials: int | None = None, timeout: float | None = None, storage: str | None = None,
-                study_name: str | None = None, directory: str | Path | None = None) -> "SearchSpace":
-        """The same file with command-line overrides (re-validated)."""
+                study_name: str | None = None, directory: str | Path | None = None,
+                driver: dict | None = None) -> "SearchSpace":
+        """The same file with command-line overrides (re-validated). ``driver``: keys of the driver section
+        to override (None values are left alone)."""
         raw = copy.deepcopy(self.raw)
+        given = {k: v for k, v in (driver or {}).items() if v is not None}
+        if given:
+            current = raw.get("driver")
+            current = {"type": current} if isinstance(current, str) else dict(current or {})
+            raw["driver"] = {"type": "optuna"} if given.get("type") == "optuna" else {**current, **given}
         budget, study = raw.setdefault("budget", {}) or {}, raw.setdefault("study", {}) or {}
         raw["budget"], raw["study"] = budget, study
         for section, key, value in ((budget, "n_trials", n_trials), (budget, "timeout", timeout), (study, "storage", storage),
@@ -317,7 +338,8 @@ def parse(raw: dict, base_dir: Path, source: Path | None = None, default_name: s
         needed = MIN_TRIALS_PER_STAGE * len(strategy.stages)
         if budget.n_trials < needed:
             raise InputError(f"budget.n_trials: {budget.n_trials} is too few for {len(strategy.stages)} stages; give at least {needed}")
-    return SearchSpace(options, parameters, strategy, budget, objective, study, Path(base_dir), source, raw)
+    driver = _driver(raw.get("driver"))
+    return SearchSpace(options, parameters, strategy, budget, objective, study, driver, Path(base_dir), source, raw)
 
 
 def _section(raw: dict, key: str) -> dict:
@@ -449,17 +471,42 @@ def _study(raw: dict, default_name: str, objective: Objective, budget: Budget) -
     )
 
 
-def _strategy(raw, parameters: dict) -> Strategy:
-    if raw is None:
-        raw = {"type": "joint"}
+def _typed(raw, where: str, kinds: tuple, keys: tuple) -> tuple[dict, str]:
+    """A section given as a type name or a mapping ``{type, ...}`` (type defaulting to the first of ``kinds``):
+    (the mapping, its type), keys and type checked."""
     if isinstance(raw, str):
         raw = {"type": raw}
     if not isinstance(raw, dict):
-        raise InputError(f"strategy: expected staged, joint or a mapping {{type, importance, split}}, got {raw!r}")
-    _check_keys(raw, STRATEGY_KEYS, "strategy")
-    kind = raw.get("type", "joint")
-    if kind not in STRATEGIES:
-        raise InputError(f"strategy.type: must be staged or joint, got {kind!r}{did_you_mean(kind, STRATEGIES)}")
+        raise InputError(f"{where}: expected {', '.join(kinds)} or a mapping {{{', '.join(keys)}}}, got {raw!r}")
+    _check_keys(raw, keys, where)
+    kind = raw.get("type", kinds[0])
+    if kind not in kinds:
+        raise InputError(f"{where}.type: must be {' or '.join(kinds)}, got {kind!r}{did_you_mean(str(kind), kinds)}")
+    return raw, kind
+
+
+def _driver(raw) -> Driver:
+    if raw is None:
+        return Driver()
+    raw, kind = _typed(raw, "driver", DRIVERS, DRIVER_KEYS)
+    if kind != "ray":
+        for key in DRIVER_KEYS[1:]:
+            if raw.get(key) is not None:
+                raise InputError(f"driver.{key}: only with driver type ray (the Optuna driver uses --workers / --gpus)")
+    address = raw.get("address")
+    if address is not None and not isinstance(address, str):
+        raise InputError(f"driver.address: expected auto or HOST:PORT, got {address!r}")
+    cpus = float(_number(raw.get("cpus_per_trial", 1), "driver.cpus_per_trial", positive=True))
+    gpus = raw.get("gpus_per_trial")
+    if gpus is not None:
+        gpus = float(_number(gpus, "driver.gpus_per_trial"))
+        if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+            raise InputError(f"driver.gpus_per_trial: expected 0, a fraction of one GPU (e.g. 0.5) or a whole number, got {gpus:g}")
+    return Driver(kind, address, cpus, gpus)
+
+
+def _strategy(raw, parameters: dict) -> Strategy:
+    raw, kind = _typed({"type": "joint"} if raw is None else raw, "strategy", STRATEGIES, STRATEGY_KEYS)
     importance = raw.get("importance")
     if importance is None:
         stages = tuple((name,) for name in parameters)

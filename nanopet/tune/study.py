@@ -215,9 +215,10 @@ def directions(space: SearchSpace) -> list[str]:
 
 
 def open_stage(storage, space: SearchSpace, stage: Stage, fixed: dict, previous: optuna.trial.FrozenTrial | None,
-               worker_index: int = 0) -> optuna.Study:
+               worker_index: int = 0, enqueue_defaults: bool = True) -> optuna.Study:
     """Create or load the study of ``stage`` (call under the study lock). A new study gets its first trial:
-    the defaults (enqueued), or ``previous`` (the earlier stage's best) carried in as a completed trial."""
+    the defaults (enqueued, unless ``enqueue_defaults`` is False: the Ray driver's searcher proposes
+    them itself), or ``previous`` (the earlier stage's best) carried in as a completed trial."""
     study = optuna.create_study(storage=storage, study_name=stage.study_name, directions=directions(space),
                                 load_if_exists=True, pruner=make_pruner(space.study.pruner, space.budget.epochs))
     attrs = study.user_attrs
@@ -236,7 +237,7 @@ def open_stage(storage, space: SearchSpace, stage: Stage, fixed: dict, previous:
                          f"now {fixed} (an earlier stage's budget grew); use --study-name NEW")
     trials = study.get_trials(deepcopy=False)
     study.sampler = make_sampler(space.study.sampler, seed_offset=1_000_003 * worker_index + len(trials))
-    if not trials:
+    if not trials and (previous is not None or enqueue_defaults):
         start_trial(study, space, stage, fixed, previous)
     return study
 
