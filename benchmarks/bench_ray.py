@@ -11,9 +11,10 @@ local Ray runtime (1 CPU per trial on a CPU machine, one GPU each on GPUs).
 Measures, per driver:
 - trials per hour over the whole command (start-up included) and in steady state (first trial start
   to last trial end);
-- per-trial overhead = device-seconds per trial (N x steady span / trials) over the trial's pure
-  epoch time, minus 1: everything a trial slot spends that is not training or validation (start of
-  the trial, data filtering, model build, reporting, checkpoints, the driver's scheduling).
+- per-trial overhead = device-seconds per trial (N x steady-state span / trials) over the trial's
+  training + validation time, minus 1: everything a trial slot spends that is not training or
+  validation (start of the trial, data filtering, model build, reporting, checkpoints, the driver's
+  scheduling); also with start-up included (the whole command: Ray runtime, worker processes).
 Goal (issue 4): the Ray driver's per-trial overhead at most 10%.
 
 Not a test: numbers depend on the machine and on what else runs on it (load average printed).
@@ -52,15 +53,21 @@ def run_ray(raw: dict, workers: int) -> float:
 
 
 def measure(directory: Path, name: str, wall: float, workers: int) -> dict:
-    done = trained(study_trials(directory, name))
-    epochs = [t.user_attrs["timing"]["epochs"] for t in done]
-    inside = [t.user_attrs["timing"]["wall"] - t.user_attrs["timing"]["epochs"] for t in done]
-    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    """Whole command, and steady state: from the end of the first ``workers`` trials (each worker process's
+    first trial carries its start-up: imports, data, warm-up; the Optuna driver does these before its first
+    trial, Ray inside it) to the last trial's end, counting the trials that started in that window."""
+    done = sorted(trained(study_trials(directory, name)), key=lambda t: t.datetime_start)
     n = len(done)
-    epoch_mean = sum(epochs) / n
-    return {"trials": n, "wall": wall, "span": span, "epoch": epoch_mean, "inside": sum(inside) / n,
-            "rate_all": 3600 * n / wall, "rate_steady": 3600 * n / span,
-            "overhead": workers * span / n / epoch_mean - 1}
+    epoch_mean = sum(t.user_attrs["timing"]["epochs"] for t in done) / n
+    first = sorted(done, key=lambda t: t.datetime_complete)[:workers]
+    start = max(t.datetime_complete for t in first)
+    later = [t for t in done if t not in first]
+    span = (max(t.datetime_complete for t in done) - start).total_seconds()
+    inside = [t.user_attrs["timing"]["wall"] - t.user_attrs["timing"]["epochs"] for t in later]
+    slot = workers * span / len(later)  # device-seconds per trial
+    return {"trials": n, "wall": wall, "epoch": epoch_mean, "inside": sum(inside) / len(inside),
+            "rate_all": 3600 * n / wall, "rate_steady": 3600 * len(later) / span,
+            "overhead_all": workers * wall / n / epoch_mean - 1, "overhead": slot / epoch_mean - 1}
 
 
 def main() -> None:
@@ -86,9 +93,12 @@ def main() -> None:
         ("trials/hour, whole command (start-up included)", f"{o['rate_all']:.0f}", f"{r['rate_all']:.0f}", f"{r['rate_all'] / o['rate_all']:.2f}", ""),
         ("trials/hour, steady state", f"{o['rate_steady']:.0f}", f"{r['rate_steady']:.0f}", f"{r['rate_steady'] / o['rate_steady']:.2f}", ""),
         ("command wall time (s)", f"{o['wall']:.1f}", f"{r['wall']:.1f}", "", ""),
-        ("mean epoch time per trial (s)", f"{o['epoch']:.2f}", f"{r['epoch']:.2f}", f"{r['epoch'] / o['epoch']:.2f}", ""),
-        ("in-trial not-epoch time (s/trial)", f"{o['inside']:.2f}", f"{r['inside']:.2f}", "", ""),
-        ("per-trial overhead (slot time / epoch time - 1)", f"{100 * o['overhead']:.1f}%", f"{100 * r['overhead']:.1f}%", "", "ray <= 10%"),
+        ("training + validation time of a trial (s)", f"{o['epoch']:.2f}", f"{r['epoch']:.2f}", f"{r['epoch'] / o['epoch']:.2f}", ""),
+        ("in-trial not-epoch time, steady state (s/trial)", f"{o['inside']:.2f}", f"{r['inside']:.2f}", "", ""),
+        ("per-trial overhead, steady state", f"{100 * o['overhead']:.1f}%", f"{100 * r['overhead']:.1f}%",
+         f"{100 * (r['overhead'] - o['overhead']):+.1f} pts", "ray <= 10%"),
+        ("overhead incl. start-up (N x wall / trials / epochs - 1)", f"{100 * o['overhead_all']:.1f}%",
+         f"{100 * r['overhead_all']:.1f}%", "", ""),
     ]
     print_table(f"nanopet-tune Ray vs Optuna driver: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f} at the end, "
                 f"device {args.device}, {args.workers} trials at once, {args.trials} trials x {args.epochs} epochs, "

@@ -249,32 +249,39 @@ def test_search_on_a_two_node_cluster(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_ray_checkpoints(tmp_path):
-    """Ctrl-C during the search records nothing; the same command again restores the Ray experiment,
-    resumes the running trials from their newest epoch checkpoint and records every trial once, with
-    every epoch in its learning curve."""
-    raw = tiny_space(tmp_path / "studies", budget={"n_trials": 3, "epochs": 8},
-                     study={"pruner": {"type": "successive_halving", "min_resource": 2, "reduction_factor": 2}})
-    space = write_space(tmp_path / "space.yaml", raw)
+    """Ctrl-C after two of four trials finished, while two more run: nothing is recorded; the same command again
+    restores the Ray experiment, the running trials resume from their newest epoch checkpoint, the finished
+    ones are not trained again, and every trial is recorded once with every epoch in its learning curve."""
+    n_epochs = 16
+    space = write_space(tmp_path / "space.yaml", tiny_space(tmp_path / "studies", budget={"n_trials": 4, "epochs": n_epochs}))
     command = [sys.executable, "-m", "nanopet.cli", str(space), "--driver", "ray"]
     env = dict(cli_env(), RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     trials_dir = tmp_path / "studies" / "tiny" / "trials"
-    deadline = time.time() + 90
-    while time.time() < deadline and sum(len(f.read_text().splitlines()) for f in trials_dir.glob("ray-*/metrics.csv")) < 4:
-        time.sleep(0.2)
+    finished, running = [], []
+    deadline = time.time() + 120
+    while time.time() < deadline and not (len(finished) >= 2 and running):
+        time.sleep(0.05)
+        finished = [f.parent for f in trials_dir.glob("ray-*/model.ckpt")]
+        # running for over 2 s (10 epochs): it is in Ray's experiment snapshot (taken every second)
+        running = [f.parent for f in trials_dir.glob("ray-*/last.ckpt") if f.parent not in finished
+                   and len((f.parent / "metrics.csv").read_text().splitlines()) > 10]
+    assert len(finished) >= 2 and running, "never had two finished trials and one 10 epochs into its run"
     first.send_signal(signal.SIGINT)
     output = first.communicate(timeout=60)[0]
     assert first.returncode == 130 and "to resume the Ray experiment" in output, output[-2000:]
+    assert not trials(tmp_path / "studies", "tiny")  # nothing recorded by the interrupted run
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "restoring the Ray experiment" in second.stdout
-    # 4 epoch rows at SIGINT: some trial passed its first ASHA rung (the first to reach a rung always does) and
-    # had not finished its 8 epochs, so it resumed from its newest epoch checkpoint
-    logs = [f.read_text() for f in trials_dir.glob("ray-*/train.log")]
-    assert any(re.search(r"resuming from its checkpoint of epoch [1-7]\b", log) for log in logs), logs
+    for folder in running:
+        log = (folder / "train.log").read_text()
+        assert re.search(r"resuming from its checkpoint of epoch (1[0-5])\b", log), log
+    for folder in finished + running:  # no epoch trained twice
+        rows = [line.split(",")[0] for line in (folder / "metrics.csv").read_text().splitlines()[1:]]
+        assert sorted(rows, key=int) == [str(k) for k in range(n_epochs)], (folder, rows)
     done = trials(tmp_path / "studies", "tiny")
-    assert len(done) == 3 and len({t.user_attrs["ray_trial_id"] for t in done}) == 3
+    assert len(done) == 4 and len({t.user_attrs["ray_trial_id"] for t in done}) == 4
     for t in done:
-        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (t.state, t.user_attrs.get("reason"), second.stdout[-3000:])
-        assert t.user_attrs["epochs"] == (8 if t.state == TrialState.COMPLETE else len(t.intermediate_values))
-        assert sorted(t.intermediate_values) == list(range(t.user_attrs["epochs"]))
+        assert t.state == TrialState.COMPLETE, (t.state, t.user_attrs.get("reason"), second.stdout[-3000:])
+        assert t.user_attrs["epochs"] == n_epochs and sorted(t.intermediate_values) == list(range(n_epochs))

@@ -73,6 +73,9 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
     # indistinguishable from trials ASHA stopped
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # one checkpoint per epoch is intended
+    # the experiment snapshot a resume starts from: at most this old (Ray's "auto" is 10 s or more), so an
+    # interrupted run resumes with the trials and results of its last second
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     again = resume_command or "the same command"
     started_ray = connect(space.driver.address)  # first: a bad address fails before anything is written
     status = "completed"
@@ -407,7 +410,7 @@ def trainable_fn(config: dict, payload: dict) -> None:
         if metrics["val_loss"] < so_far["val_loss"]:
             so_far.update(val_loss=metrics["val_loss"], metric=metric, epoch=epoch)
         report = {OBJECTIVE: objective.value(so_far["metric"], cost), TIME_ATTR: epoch + 1, "best_epoch": so_far["epoch"],
-                  "finished": epoch + 1 >= space.budget.epochs, "cost": cost, "setup_time": setup,
+                  "finished": epoch + 1 >= space.budget.epochs, "cost": cost, "setup_time": setup, "clock": time.time(),
                   **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_")) or k in ("epoch_time", "learning_rate")}}
         if report["finished"]:  # ASHA stops every trial at max_t inside this report: keep the trainer's model.ckpt now
             shutil.copy(last, folder / "model.ckpt")
@@ -522,8 +525,9 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     frozen = optuna.trial.create_trial(params=params, distributions=distributions, values=value, state=state,
                                        intermediate_values=intermediate if space.objective.n_values == 1 else None,
                                        user_attrs=attrs)
-    if _finite(last.get("timestamp")):  # when it ran, not when it was recorded (timelines, trials per hour)
-        frozen.datetime_complete = datetime.fromtimestamp(float(last["timestamp"]))
+    end = last.get("clock", last.get("timestamp"))  # Ray's own timestamp has whole seconds only
+    if _finite(end):  # when it ran, not when it was recorded (timelines, trials per hour)
+        frozen.datetime_complete = datetime.fromtimestamp(float(end))
         frozen.datetime_start = frozen.datetime_complete - timedelta(seconds=attrs["timing"]["wall"])
     return frozen
 
