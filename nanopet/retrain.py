@@ -503,6 +503,9 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
     start = defaults_options(found)
     defaults = finalize(start[0], epochs, device, test_set) if start else None
     folder = Path(output_dir) if output_dir is not None else found.folder / "best"
+    # the data first: a split without test structures is an error before anything is written
+    space_cutoff = found.space.max_cutoff if found.space is not None else 0.0
+    data = shared_data([options] + ([defaults] if defaults is not None else []), cutoff=space_cutoff)
     key = run_key(options)
     marker = folder / "retrain.json"
     if marker.is_file():
@@ -533,8 +536,6 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
     else:
         out("defaults: not recorded in the study and its search-space file is gone; no comparison")
 
-    space_cutoff = found.space.max_cutoff if found.space is not None else 0.0
-    data = shared_data([o for _, o, _ in sets], cutoff=space_cutoff)
     runs = []
     same = defaults is not None and run_key(defaults) == key
     if same:
