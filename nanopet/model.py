@@ -76,13 +76,16 @@ class _ActivationGrad(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             d_grad = _aten.silu_backward(outer, x) if ctx.kind == "silu" else _aten.gelu_backward(outer, x)
         if ctx.needs_input_grad[1]:
+            # few passes over the (rows, 4d) tensors, and in place where the tensor is our own
             if ctx.kind == "silu":  # f'' = s(1-s)(2 + x(1-2s)), s = sigmoid(x)
                 s = torch.sigmoid(x)
-                second = s * (1 - s) * (2 + x * (1 - 2 * s))
+                second = (x * s).mul_(-2.0).add_(x).add_(2.0)  # 2 + x(1-2s)
+                second.mul_(s).mul_(s.neg_().add_(1.0))
             else:  # f'' = phi(x)(2 - x^2), phi the standard normal density
                 square = x * x
-                second = torch.exp(-0.5 * square) * (2 - square) * (2 * math.pi) ** -0.5
-            d_x = outer * grad * second
+                second = square.mul(-((2 * math.pi) ** -0.5)).add_(2 * (2 * math.pi) ** -0.5)  # (2 - x^2) / sqrt(2 pi)
+                second.mul_(square.mul_(-0.5).exp_())
+            d_x = second.mul_(outer).mul_(grad)
         return d_grad, d_x, None
 
 
@@ -169,7 +172,7 @@ class Attention(nn.Module):
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=log_cutoff)
         attended = attended.transpose(1, 2).reshape(n * m, d)
         # (out(attended) + x) / sqrt(2), the residual and its scale fused into one GEMM
-        return torch.addmm(x.reshape(n * m, d), attended, self.out.weight.T, beta=0.5**0.5, alpha=0.5**0.5).view(n, m, d)
+        return torch.addmm(x.reshape(n * m, d), attended, (self.out.weight * 0.5**0.5).T, beta=0.5**0.5).view(n, m, d)
 
 
 class FeedForward(nn.Module):
@@ -183,7 +186,8 @@ class FeedForward(nn.Module):
         # (down(gelu(up(LN(x)))) + x) / sqrt(2), the residual fused into the second GEMM
         hidden = gelu(self.up(self.norm(x)))
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.addmm(flat, hidden.reshape(len(flat), -1), self.down.weight.T, beta=0.5**0.5, alpha=0.5**0.5)
+        # 1/sqrt(2) on the (d, 4d) weight, not as addmm's alpha: the backward then scales no (rows, 4d) tensor
+        out = torch.addmm(flat, hidden.reshape(len(flat), -1), (self.down.weight * 0.5**0.5).T, beta=0.5**0.5)
         return out.view_as(x)
 
 

@@ -20,7 +20,7 @@ from nanopet.data.batch import GraphDataset
 from nanopet.data.neighbors import edge_graph, neighbor_list
 from nanopet.data.structure import Structure
 from nanopet.errors import InputError
-from nanopet.model import Attention, FeedForward, NanoPET, Transformer, count_parameters, default_hypers
+from nanopet.model import Attention, FeedForward, NanoPET, SiLU, Transformer, count_parameters, default_hypers, gelu
 
 F64 = torch.float64
 CU, AU = 29, 79
@@ -627,3 +627,23 @@ def test_zbl_needs_a_cutoff_covering_the_pair_radii():
         make_model(zbl=True, cutoff=largest - 0.1, cutoff_width=0.5)
     make_model(zbl=True, cutoff=largest + 0.1, cutoff_width=0.5)
     make_model(zbl=True, types=(CU,), cutoff=2 * covalent_radii[CU] + 0.01, cutoff_width=0.5)
+
+
+@pytest.mark.parametrize("name", ["silu", "gelu"])
+def test_activations_first_and_second_derivatives(name):
+    """The hand-written first and second derivatives (force training differentiates the activations twice)
+    agree with finite differences and with torch's own activation through autograd."""
+    ours = SiLU() if name == "silu" else gelu
+    reference = torch.nn.functional.silu if name == "silu" else torch.nn.functional.gelu
+    x = torch.linspace(-6, 6, 61, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(ours, (x,))
+    assert torch.autograd.gradgradcheck(ours, (x,))
+    weights = torch.randn(61, dtype=torch.float64)
+
+    def second(f):  # f'(x) w, and the gradient of a loss on it (what force training takes)
+        (first,) = torch.autograd.grad((f(x) * weights).sum(), x, create_graph=True)
+        (again,) = torch.autograd.grad((first**2).sum(), x)
+        return first.detach(), again
+
+    for a, b in zip(second(ours), second(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
