@@ -157,6 +157,12 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
          f"{reach_wall_b:.1f}" if reach_wall_b is not None else "not reached",
          f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
     ]
+    # why pruning works or not here: how well the value at the first rung ranks the unpruned trials' final values
+    from scipy.stats import kendalltau
+
+    full = [t for t in a if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
+    tau = kendalltau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])[0]
+    rows.append(("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", f"{tau:.2f}", "", "", ""))
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
              f"best, at most the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "

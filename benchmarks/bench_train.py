@@ -38,15 +38,21 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+def matmul_rate(size: int = 2048, repeats: int = 3, rounds: int = 5) -> float:
+    """fp32 GFLOP/s of a size^3 matmul: the median of ``rounds`` timings (one probe varies by +-15% here)."""
+    import statistics
+
     import torch
 
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        rates.append(2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
 
 
 def measure(name: str, n_structures: int, batch_size: int, steps: int, precision: int, atoms_per_pass) -> dict:
