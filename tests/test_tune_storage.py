@@ -65,11 +65,11 @@ def postgres():
 
 
 def test_two_workers_on_postgresql(tmp_path, postgres):
-    path = write_space(tmp_path / "space.yaml", tiny_space(tmp_path / "studies", budget={"n_trials": 4}))
+    path = write_space(tmp_path / "space.yaml", tiny_space(tmp_path / "studies", budget={"n_trials": 6, "epochs": 3}))
     result = cli(path, "--workers", "2", "--storage", postgres, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     done = optuna.load_study(study_name="tiny", storage=open_storage(postgres)).get_trials()
-    assert len(counted(done)) == 4 and all(t.state == TrialState.COMPLETE for t in done)
+    assert len(counted(done)) == 6 and all(t.state == TrialState.COMPLETE for t in done)
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
     assert (tmp_path / "studies" / "tiny" / "storage.url").read_text().strip() == postgres
     listing = cli("studies", cwd=tmp_path)  # found through studies/tiny/storage.url
