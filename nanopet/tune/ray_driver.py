@@ -20,6 +20,7 @@ experiment of the stage, told what the earlier ones found. ``ray`` is imported o
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -141,8 +142,8 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
     from ray import tune
 
     root = (space.study.path / "ray").resolve()
-    runs = sorted(root.glob(f"{glob_escape(stage.study_name)}*/"), key=lambda path: experiment_index(stage, path))
-    runs = [path for path in runs if experiment_index(stage, path) >= 0]
+    runs = sorted((path for path in root.glob(f"{glob.escape(stage.study_name)}*/") if experiment_index(stage, path) > 0),
+                  key=lambda path: experiment_index(stage, path))
     trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space, stage, fixed)), request)
     last = runs[-1] if runs else None
     if last is not None and not (last / RECORDED).exists() and tune.Tuner.can_restore(str(last)):
@@ -159,15 +160,15 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
             return "timeout"
         name = stage.study_name if not runs else f"{stage.study_name}-{len(runs) + 1}"
         experiment = root / name
-        out(f"{stage.label}: {'{} trials'.format(remaining) if remaining is not None else 'trials until the timeout'}"
-            + (f" ({done} recorded before)" if done else ""))
+        planned = "trials until the timeout" if remaining is None else f"{remaining} trials"
+        out(f"{stage.label}: {planned}" + (f" ({done} recorded before)" if done else ""))
         tuner = tune.Tuner(trainable, tune_config=tune_config(space, stage, study, workers, remaining, points),
                            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
                                                      failure_config=tune.FailureConfig(max_failures=space.study.max_retries),
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))  # markers: tiny
     try:
         results = tuner.fit()
-    except KeyboardInterrupt:  # Ray's state (snapshot at every report) is kept; nothing is recorded
+    except KeyboardInterrupt:  # Ray's experiment snapshot (at most a second old) is kept; nothing is recorded
         return "interrupted"
     written, unfinished = record_results(study, space, stage, fixed, results)
     out(f"{stage.label}: recorded {written} Ray trials in {masked(storage_url(space))} (study {stage.study_name})")
@@ -185,12 +186,6 @@ def experiment_index(stage, path: Path) -> int:
         return 1
     head, _, tail = path.name.rpartition("-")
     return int(tail) if head == stage.study_name and tail.isdigit() else -1
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 # ---------------------------------------------------------------------------------------------
