@@ -74,6 +74,11 @@ def test_four_trial_study_lands_in_the_optuna_storage(ray_study):
         assert "val_forces_rmse" in t.user_attrs["metrics"] and t.user_attrs["best_epoch"] in (0, 1, 2)
         assert os.path.isfile(os.path.join(t.user_attrs["artifacts"], "model.ckpt"))
     assert any("recorded 4 Ray trials" in line for line in lines)
+    # progress: a line per trial start and end, and epoch lines in between
+    assert sum(line.startswith("trial ") and "[joint] learning_rate=" in line for line in lines) == 4
+    assert sum(" COMPLETE " in line for line in lines) == len(completed)
+    assert sum("PRUNED: stopped by ASHA" in line for line in lines) == 4 - len(completed)
+    assert any(" epoch 3/3: val_forces_rmse " in line for line in lines)
     assert (directory / "tiny" / "ray" / "tiny").is_dir()
 
 

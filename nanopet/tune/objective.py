@@ -35,7 +35,7 @@ from nanopet.model import NanoPET
 from nanopet.train import Data, train
 from nanopet.tune.lease import Lease, claim, fail_and_retry
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, suggest
+from nanopet.tune.study import Stage, short, suggest
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",
@@ -84,7 +84,7 @@ class TrialRunner:
         values = dict(fixed)
         for name in stage.parameters:
             values[name] = suggest(trial, space.parameters[name])
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items() if k in stage.parameters)
+        shown = ", ".join(f"{k}={short(v)}" for k, v in values.items() if k in stage.parameters)
         role = trial.user_attrs.get("role")
         self.out(f"{self.prefix}trial {trial.number} [{stage.label}] {shown}" + (f" ({role})" if role else "")
                  + (f" (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""))
@@ -267,7 +267,3 @@ def keep_best_checkpoints(study: optuna.Study, keep: int) -> None:
         (Path(t.user_attrs["artifacts"]) / "model.ckpt").unlink(missing_ok=True)
 
 
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -35,13 +36,14 @@ from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import (check_resumable, chosen_values, counted, decode, distribution, encode, make_sampler, masked,
-                                open_stage, open_storage, plan, record_storage, storage_url)
+                                open_stage, open_storage, plan, record_storage, short, storage_url)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
 COST = "cost"  # the second objective of a two-objective front
@@ -77,6 +79,8 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
     # the experiment snapshot a resume starts from: at most this old (Ray's "auto" is 10 s or more), so an
     # interrupted run resumes with the trials and results of its last second
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing: our lines only
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # not a line per experiment-state write
     again = resume_command or "the same command"
     started_ray = connect(space.driver.address)  # first: a bad address fails before anything is written
     status = "completed"
@@ -165,7 +169,9 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
         tuner = tune.Tuner(trainable, tune_config=tune_config(space, stage, study, workers, remaining, points),
                            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
                                                      failure_config=tune.FailureConfig(max_failures=space.study.max_retries),
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))  # markers: tiny
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers: tiny
+                                                     callbacks=[ProgressLines(stage.label, space.budget.epochs,
+                                                                              space.objective.metric, out)]))
     try:
         results = tuner.fit()
     except KeyboardInterrupt:  # Ray's experiment snapshot (at most a second old) is kept; nothing is recorded
@@ -202,7 +208,8 @@ def connect(address: str | None) -> bool:
                                                                              os.environ.get("PYTHONPATH")])),
                                 "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}}
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
+                 logging_level=logging.WARNING)
         return True
     if address != "auto":
         host, _, port = address.replace("ray://", "").rpartition(":")
@@ -296,6 +303,40 @@ def history(study: optuna.Study, stage) -> list[tuple]:
         told.append(({k: t.params[k] for k in stage.parameters}, values, pruned,
                      [t.intermediate_values[k] for k in sorted(t.intermediate_values)]))
     return told
+
+
+class ProgressLines(Callback):
+    """A line when a trial starts, every few epochs, and when it ends (as the Optuna driver prints)."""
+
+    def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None]):
+        self.label, self.epochs, self.metric, self.out = label, epochs, metric, out
+        self.every = max(1, epochs // 5)
+        self.last: dict = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        shown = ", ".join(f"{k}={short(decode(v))}" for k, v in (trial.config or {}).items())
+        self.out(f"trial {trial.trial_id} [{self.label}] {shown}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get(TIME_ATTR, 0))
+        self.last[trial.trial_id] = result
+        if epoch % self.every == 0 or epoch == self.epochs:
+            metric = result.get(self.metric)
+            if _finite(metric):
+                self.out(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}: {self.metric} {float(metric):.4g} "
+                         f"(at best val_loss so far {float(result[OBJECTIVE]):.4g})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = self.last.pop(trial.trial_id, {})
+        epoch = int(result.get(TIME_ATTR, 0))
+        if result.get("finished"):
+            self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g} (best epoch {result.get('best_epoch')})")
+        else:
+            self.out(f"trial {trial.trial_id} PRUNED: stopped by ASHA after epoch {epoch}/{self.epochs}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.out(f"trial {trial.trial_id} failed after epoch {int(self.last.get(trial.trial_id, {}).get(TIME_ATTR, 0))}; "
+                 "Ray retries it from its newest checkpoint while retries are left")
 
 
 class StudySearch(OptunaSearch):

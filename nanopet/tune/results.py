@@ -11,7 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nanopet.tune.space import SearchSpace, _set
-from nanopet.tune.study import best_trial, decode, masked, open_storage, plan, storage_url
+from nanopet.tune.study import best_trial, decode, masked, open_storage, plan, short, storage_url
 
 
 @dataclass
@@ -100,22 +100,17 @@ def report_lines(result: SearchResult, space: SearchSpace) -> list[str]:
             text += f", best {row['best_value']:.4g}"
             if "start_value" in row:
                 text += f" (start {row['start_value']:.4g})"
-            text += " with " + ", ".join(f"{k}={_short(v)}" for k, v in row["best"].items())
+            text += " with " + ", ".join(f"{k}={short(v)}" for k, v in row["best"].items())
         lines.append(text)
     if result.front:
         lines.append(f"  Pareto front ({metric}, cost):")
         for value, cost, config, _ in result.front:
-            lines.append(f"    {value:.4g}  {cost:.4g}  " + ", ".join(f"{k}={_short(v)}" for k, v in config.items()))
+            lines.append(f"    {value:.4g}  {cost:.4g}  " + ", ".join(f"{k}={short(v)}" for k, v in config.items()))
     elif result.best_value is not None:
         gain = f", {100 * result.gain:.1f}% better than the defaults ({result.start_value:.4g})" if result.gain is not None else ""
         lines.append(f"best {metric} {result.best_value:.4g}{gain}: trial {result.best_trial}")
-        lines.append("  " + ", ".join(f"{k}={_short(v)}" for k, v in result.best_config.items()))
+        lines.append("  " + ", ".join(f"{k}={short(v)}" for k, v in result.best_config.items()))
         if result.best_dir is not None:
             lines.append(f"  model: {result.best_dir / 'model.ckpt'}; options: {result.best_options}")
     return lines
 
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)

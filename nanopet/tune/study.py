@@ -160,6 +160,13 @@ def decode(value):
     return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
 
 
+def short(value) -> str:
+    """A parameter value for a progress or summary line."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
 def distribution(parameter: Parameter):
     if parameter.type == "categorical":
         return CategoricalDistribution([encode(c) for c in parameter.choices])
