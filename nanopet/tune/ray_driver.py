@@ -148,7 +148,7 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
     root = (space.study.path / "ray").resolve()
     runs = sorted((path for path in root.glob(f"{glob.escape(stage.study_name)}*/") if experiment_index(stage, path) > 0),
                   key=lambda path: experiment_index(stage, path))
-    trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space, stage, fixed)), request)
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space, fixed)), request)
     last = runs[-1] if runs else None
     if last is not None and not (last / RECORDED).exists() and tune.Tuner.can_restore(str(last)):
         out(f"{stage.label}: restoring the Ray experiment in {last}")
@@ -181,9 +181,9 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
     if unfinished:
         return "interrupted"
     (experiment / RECORDED).write_text(f"{written}\n")
-    if stage.n_trials is not None and len(counted(study.get_trials(deepcopy=False))) < stage.n_trials:
-        return "timeout"  # the searcher stopped proposing at the deadline
-    return "timeout" if stage.n_trials is None else "completed"
+    if stage.n_trials is not None and len(counted(study.get_trials(deepcopy=False))) >= stage.n_trials:
+        return "completed"
+    return "timeout"  # the searcher stopped proposing at the deadline
 
 
 def experiment_index(stage, path: Path) -> int:
@@ -300,8 +300,7 @@ def history(study: optuna.Study, stage) -> list[tuple]:
         if pruned and not t.intermediate_values:
             continue
         values = t.values if not pruned else None
-        told.append(({k: t.params[k] for k in stage.parameters}, values, pruned,
-                     [t.intermediate_values[k] for k in sorted(t.intermediate_values)]))
+        told.append(({k: t.params[k] for k in stage.parameters}, values, pruned, dict(t.intermediate_values)))
     return told
 
 
@@ -354,7 +353,7 @@ class StudySearch(OptunaSearch):
             self._ot_study.add_trial(optuna.trial.create_trial(
                 params=params, distributions=self._space, values=values,
                 state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
-                intermediate_values=dict(enumerate(intermediate)) if single else None))
+                intermediate_values=intermediate if single else None))
 
     def suggest(self, trial_id: str):
         if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
@@ -374,16 +373,16 @@ def asha_settings(space: SearchSpace) -> tuple[int, int]:
 # The trainable (runs in Ray worker processes)
 
 
-def payload(space: SearchSpace, stage, fixed: dict) -> dict:
+def payload(space: SearchSpace, fixed: dict) -> dict:
     """What a trial needs besides its config: the space (re-read once per worker process), the stage's fixed
     values (earlier stages' best)."""
     return {"raw": space.raw, "base_dir": str(Path(space.base_dir).resolve()), "name": space.study.name,
             "source": str(space.source) if space.source else None, "study_dir": str(space.study.path.resolve()),
-            "fixed": fixed, "stage": stage.index}
+            "fixed": fixed}
 
 
 def space_of(payload: dict) -> SearchSpace:
-    key = json.dumps({k: v for k, v in payload.items() if k not in ("fixed", "stage")}, sort_keys=True, default=str)
+    key = json.dumps({k: v for k, v in payload.items() if k != "fixed"}, sort_keys=True, default=str)
     if key not in _SPACES:
         from nanopet.tune.space import parse
 

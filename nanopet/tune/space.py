@@ -486,9 +486,7 @@ def _typed(raw, where: str, kinds: tuple, keys: tuple) -> tuple[dict, str]:
 
 
 def _driver(raw) -> Driver:
-    if raw is None:
-        return Driver()
-    raw, kind = _typed(raw, "driver", DRIVERS, DRIVER_KEYS)
+    raw, kind = _typed({} if raw is None else raw, "driver", DRIVERS, DRIVER_KEYS)
     if kind != "ray":
         for key in DRIVER_KEYS[1:]:
             if raw.get(key) is not None:
@@ -506,7 +504,7 @@ def _driver(raw) -> Driver:
 
 
 def _strategy(raw, parameters: dict) -> Strategy:
-    raw, kind = _typed({"type": "joint"} if raw is None else raw, "strategy", STRATEGIES, STRATEGY_KEYS)
+    raw, kind = _typed({} if raw is None else raw, "strategy", STRATEGIES, STRATEGY_KEYS)
     importance = raw.get("importance")
     if importance is None:
         stages = tuple((name,) for name in parameters)
