@@ -1,8 +1,10 @@
 """NanoPET, top to bottom, in the order of ../shared/nanopet-spec.md section 2.
 
 Shapes: B structures, N atoms, E directed edges, M edge slots per centre (max neighbours in the
-batch), d = d_pet, H = num_heads. Tokens live in the NEF layout (N, M, d): one sequence of
-neighbour tokens per centre atom; attention runs within each centre's sequence.
+batch), d = d_pet, H = num_heads. Tokens are packed, one row per real edge (E, d), so every
+linear layer, norm and activation runs on real edges only; attention places them into the NEF
+layout (N, M): one sequence of neighbour tokens per centre atom, padded to M, and attention runs
+within each centre's sequence (the reference keeps all tokens padded; same function).
 
 Deliberate deviations from the reference code (each also noted where it happens):
 - the cutoff enters attention as an additive log-weight on the keys, softmax(QK^T/sqrt(dh) + log f_k),
@@ -128,22 +130,37 @@ class Encoder(nn.Module):
         self.neighbor_embedding = nn.Embedding(n_species, d)
         self.compress = nn.Linear(3 * d, d, bias=False)
 
-    def forward(self, vectors, nef_edge, species, neighbor_species):
-        # vectors (E, 3); nef_edge (N, M); species (N,); neighbor_species (N, M) -> tokens (N, M, d)
+    def forward(self, vectors, center_species, neighbor_species):
+        # vectors (E, 3); species indices of each edge's centre and neighbour (E,) -> tokens (E, d)
         # compress(cat[mlp(r), center, neighbour]) = mlp(r) W_r^T + center W_c^T + neighbour W_n^T: the first
-        # term folds into the MLP's last linear (run on real edges only, then moved into NEF slots), the
-        # species terms into per-species tables. Same function and gradients, no (N, M, 3d) tensor.
+        # term folds into the MLP's last linear, the species terms into per-species tables. Same function
+        # and gradients, no (E, 3d) tensor.
         d = self.compress.weight.shape[0]
         w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
         hidden = self.vector_mlp[:-1](vectors)  # (E, 4d)
-        edge_tokens = hidden @ (w_vector @ self.vector_mlp[-1].weight).T  # (E, d)
-        center = (self.center_embedding.weight @ w_center.T)[species]  # (N, d)
-        neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (N, M, d)
-        return edge_tokens[nef_edge] + neighbor + center[:, None, :]
+        center = (self.center_embedding.weight @ w_center.T)[center_species]  # (E, d)
+        neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (E, d)
+        return torch.addmm(center + neighbor, hidden, (w_vector @ self.vector_mlp[-1].weight).T)
 
 
 # ---------------------------------------------------------------------------------------------
 # 2.7 Transformer: pre-LayerNorm attention and feed-forward blocks with residuals scaled by 1/sqrt(2).
+
+
+class Slots:
+    """Where each packed edge token goes in the padded attention layout.
+
+    ``qkv_rows`` (E*3*H,): row of (edge, q|k|v, head) in the (3, N, H, M) layout of (dh,) rows;
+    ``head_rows`` (E*H,): row of (edge, head) in the (N, H, M) layout of the attention output.
+    """
+
+    def __init__(self, edge_slot: torch.Tensor, n: int, m: int, num_heads: int):
+        self.n, self.m, self.num_heads = n, m, num_heads
+        center, slot = edge_slot // m, edge_slot % m
+        heads = torch.arange(num_heads, device=edge_slot.device) * m  # (H,)
+        self.head_rows = ((center * num_heads * m + slot)[:, None] + heads).reshape(-1)  # (E*H,)
+        parts = torch.arange(3, device=edge_slot.device) * (n * num_heads * m)  # (3,)
+        self.qkv_rows = (self.head_rows.view(-1, 1, num_heads) + parts[:, None]).reshape(-1)  # (E*3*H,)
 
 
 class Attention(nn.Module):
@@ -156,23 +173,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, log_cutoff, double_backward: bool):
-        # x (N, M, d); log_cutoff (N, 1, 1, M) added to the logits of every query over the keys
-        n, m, d = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(n, m, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+    def forward(self, x, slots: Slots, log_cutoff, double_backward: bool):
+        # x (E, d) packed tokens; log_cutoff (N, 1, 1, M) added to the logits of every query over the keys
+        e, d = x.shape
+        n, m, h, dh = slots.n, slots.m, self.num_heads, d // self.num_heads
+        qkv = self.qkv(self.norm(x)).view(e * 3 * h, dh)  # rows (edge, q|k|v, head)
+        # into the padded layout in one copy; padding slots hold zero queries, keys and values
+        q, k, v = qkv.new_zeros(3 * n * h * m, dh).index_copy(0, slots.qkv_rows, qkv).view(3, n * h, m, dh)
         if double_backward:  # force training differentiates through the attention twice
             # logits = log_cutoff + scale * q k^T in one batched GEMM, (N*H, M, M)
-            h, dh = self.num_heads, d // self.num_heads
-            logits = torch.baddbmm(
-                log_cutoff.expand(n, h, 1, m).reshape(n * h, 1, m),
-                q.reshape(n * h, m, dh), k.reshape(n * h, m, dh).transpose(1, 2), alpha=dh**-0.5,
-            )
-            attended = torch.bmm(torch.softmax(logits, dim=-1), v.reshape(n * h, m, dh)).view(n, h, m, dh)
+            logits = torch.baddbmm(log_cutoff.expand(n, h, 1, m).reshape(n * h, 1, m), q, k.transpose(1, 2),
+                                   alpha=dh**-0.5)
+            attended = torch.bmm(torch.softmax(logits, dim=-1), v)  # (N*H, M, dh)
         else:  # the fused kernel has no second derivative, but is faster for inference
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=log_cutoff)
-        attended = attended.transpose(1, 2).reshape(n * m, d)
+            attended = F.scaled_dot_product_attention(q.view(n, h, m, dh), k.view(n, h, m, dh), v.view(n, h, m, dh),
+                                                      attn_mask=log_cutoff)
+        attended = attended.reshape(n * h * m, dh).index_select(0, slots.head_rows).view(e, d)  # real slots only
         # (out(attended) + x) / sqrt(2), the residual and its scale fused into one GEMM
-        return torch.addmm(x.reshape(n * m, d), attended, (self.out.weight * 0.5**0.5).T, beta=0.5**0.5).view(n, m, d)
+        return torch.addmm(x, attended, (self.out.weight * 0.5**0.5).T, beta=0.5**0.5)
 
 
 class FeedForward(nn.Module):
@@ -184,11 +202,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         # (down(gelu(up(LN(x)))) + x) / sqrt(2), the residual fused into the second GEMM
-        hidden = gelu(self.up(self.norm(x)))
-        flat = x.reshape(-1, x.shape[-1])
-        # 1/sqrt(2) on the (d, 4d) weight, not as addmm's alpha: the backward then scales no (rows, 4d) tensor
-        out = torch.addmm(flat, hidden.reshape(len(flat), -1), (self.down.weight * 0.5**0.5).T, beta=0.5**0.5)
-        return out.view_as(x)
+        # x (E, d); 1/sqrt(2) on the (d, 4d) weight, not as addmm's alpha: the backward then scales no (E, 4d) tensor
+        hidden = gelu(self.up(self.norm(x)))  # (E, 4d)
+        return torch.addmm(x, hidden, (self.down.weight * 0.5**0.5).T, beta=0.5**0.5)
 
 
 class Transformer(nn.Module):
@@ -197,9 +213,9 @@ class Transformer(nn.Module):
         self.attention = nn.ModuleList(Attention(d, num_heads) for _ in range(num_layers))
         self.feed_forward = nn.ModuleList(FeedForward(d) for _ in range(num_layers))
 
-    def forward(self, x, log_cutoff, double_backward: bool):
+    def forward(self, x, slots: Slots, log_cutoff, double_backward: bool):
         for attention, feed_forward in zip(self.attention, self.feed_forward):
-            x = feed_forward(attention(x, log_cutoff, double_backward))
+            x = feed_forward(attention(x, slots, log_cutoff, double_backward))
         return x
 
 
@@ -339,26 +355,26 @@ class NanoPET(nn.Module):
         if batch.nef_edge.shape[1] == 0:  # no edges anywhere: every atom is isolated, network energy 0
             return energies + 0.0 * self.last_layer.weight.sum()  # (kept on the autograd graph)
 
-        # 2.4 NEF layout; 2.5 cutoff weights, 0 in padding slots
-        mask = batch.nef_mask
-        cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)[batch.nef_edge] * mask  # (N, M)
-        log_cutoff = torch.log(cutoff_weights.clamp_min(1e-30))[:, None, None, :]  # (N, 1, 1, M)
-        neighbor_species = species[batch.neighbors][batch.nef_edge]  # (N, M)
+        # 2.5 cutoff weights per edge; 2.4 NEF layout for attention: log-weights, -69 in padding slots
+        n_slots = batch.nef_edge.shape[1]
+        cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)  # (E,)
+        padded_weights = cutoff_weights.new_zeros(n_atoms * n_slots).index_copy(0, batch.edge_slot, cutoff_weights)
+        log_cutoff = torch.log(padded_weights.clamp_min(1e-30)).view(n_atoms, 1, 1, n_slots)  # (N, 1, 1, M)
+        slots = Slots(batch.edge_slot, n_atoms, n_slots, self.gnn[0].attention[0].num_heads)
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
-        tokens = self.encoder(vectors, batch.nef_edge, species, neighbor_species)  # (N, M, d)
-        features = self.gnn[0](tokens, log_cutoff, double_backward)
-        reverse = batch.nef_reverse.reshape(-1)
+        tokens = self.encoder(vectors, species[batch.centers], species[batch.neighbors])  # (E, d)
+        features = self.gnn[0](tokens, slots, log_cutoff, double_backward)
         d = features.shape[-1]
         for message, transformer in zip(self.messages, self.gnn[1:]):
-            # message(cat[F_ij, F_ji]) = F_ij W_1^T + F_ji W_2^T, F_ji gathered through the reverse-slot index
-            flat = features.reshape(-1, d)  # (N*M, d)
+            # message(cat[F_ij, F_ji]) = F_ij W_1^T + F_ji W_2^T, F_ji gathered through the reverse-edge index
             w_self, w_reverse = message.weight.split(d, dim=1)
-            messages = torch.addmm((flat @ w_reverse.T)[reverse], flat, w_self.T).view_as(features)
-            features = (features + transformer(messages, log_cutoff, double_backward)) * 0.5**0.5
+            messages = torch.addmm((features @ w_reverse.T)[batch.edge_reverse], features, w_self.T)  # (E, d)
+            features = (features + transformer(messages, slots, log_cutoff, double_backward)) * 0.5**0.5
 
-        # 2.9 per-atom features: cutoff-weighted sum over slots; 2.10 readout
-        atom_features = (features * cutoff_weights[..., None]).sum(dim=1)  # (N, d)
+        # 2.9 per-atom features: cutoff-weighted sum over the centre's edges; 2.10 readout
+        weighted = features * cutoff_weights[:, None]  # (E, d)
+        atom_features = weighted.new_zeros(n_atoms, d).index_add(0, batch.centers, weighted)  # (N, d)
         network = self.last_layer(self.head(atom_features)).squeeze(-1) * self.energy_scale  # (N,)
         return energies + network
 

@@ -215,12 +215,13 @@ def test_batch_nef_layout_is_consistent():
     assert sorted(edges.tolist()) == list(range(len(batch.centers)))  # every edge in exactly one slot
     rows = torch.arange(n)[:, None].expand(n, m)[valid]
     assert torch.equal(batch.centers[edges], rows)
-    # the reverse slot of (i, j, S) holds (j, i, -S)
-    reverse = batch.nef_reverse[valid]
-    reverse_edges = batch.nef_edge.reshape(-1)[reverse]
-    assert torch.equal(batch.centers[reverse_edges], batch.neighbors[edges])
-    assert torch.equal(batch.neighbors[reverse_edges], batch.centers[edges])
-    assert torch.equal(batch.shifts[reverse_edges], -batch.shifts[edges])
+    assert torch.equal(batch.nef_edge.reshape(-1)[batch.edge_slot], torch.arange(len(batch.centers)))  # slot of each edge
+    # the reverse of (i, j, S) is (j, i, -S)
+    reverse = batch.edge_reverse
+    assert torch.equal(batch.centers[reverse], batch.neighbors)
+    assert torch.equal(batch.neighbors[reverse], batch.centers)
+    assert torch.equal(batch.shifts[reverse], -batch.shifts)
+    assert torch.equal(reverse[reverse], torch.arange(len(reverse)))
     assert not batch.nef_mask[-1].any()  # the isolated atom has no valid slot
 
 

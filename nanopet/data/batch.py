@@ -4,8 +4,10 @@ A dataset computes its neighbour lists once (``GraphDataset``); each batch is th
 numpy concatenations with atom/edge offsets, so nothing per-atom runs in Python.
 
 NEF layout (spec 2.4): ``nef_edge[n, k]`` is the k-th edge of centre atom n (``0`` in padding
-slots, whose ``nef_mask`` is False); ``nef_reverse[n, k]`` is the flat index ``n' * M + k'`` of the
-reverse edge's slot, so message passing is one gather on the flattened (N*M, d) tokens.
+slots, whose ``nef_mask`` is False). The model keeps tokens packed, one row per real edge, and
+places them into the padded layout only for attention: ``edge_slot[e]`` is edge e's flat slot
+``n * M + k``; ``edge_reverse[e]`` is the edge going the other way, so message passing is one
+gather on the (E, d) tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Batch:
     shifts: torch.Tensor  # (E, 3) integer shifts, stored in the float dtype
     nef_edge: torch.Tensor  # (N, M)
     nef_mask: torch.Tensor  # (N, M) bool
-    nef_reverse: torch.Tensor  # (N, M) flat index into N*M
+    edge_slot: torch.Tensor  # (E,) flat index into N*M
+    edge_reverse: torch.Tensor  # (E,) index of the reverse edge
     energy: torch.Tensor | None = None  # (B,) target, baseline-subtracted if offsets were given
     forces: torch.Tensor | None = None  # (N, 3)
     stress: torch.Tensor | None = None  # (B, 3, 3), zeros where stress_mask is False
@@ -90,10 +93,8 @@ class GraphDataset:
 
         nef_edge = np.zeros((n_total, max_slots), dtype=np.int64)
         nef_mask = np.zeros((n_total, max_slots), dtype=bool)
-        nef_reverse = np.arange(n_total * max_slots, dtype=np.int64).reshape(n_total, max_slots)
         nef_edge[centers, slot] = np.arange(len(centers))
         nef_mask[centers, slot] = True
-        nef_reverse[centers, slot] = centers[reverse] * max_slots + slot[reverse]
 
         def tensor(array, kind=dtype):
             return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=kind)
@@ -109,7 +110,8 @@ class GraphDataset:
             shifts=tensor(shifts),
             nef_edge=tensor(nef_edge, torch.long),
             nef_mask=tensor(nef_mask, torch.bool),
-            nef_reverse=tensor(nef_reverse, torch.long),
+            edge_slot=tensor(centers * max_slots + slot, torch.long),
+            edge_reverse=tensor(reverse, torch.long),
         )
         if all(s.energy is not None for s in structures):
             energy = np.array([s.energy for s in structures], dtype=np.float64)
