@@ -593,7 +593,9 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
                         "optimizer": copy.deepcopy(optimizer.state_dict())}
             if lr_after < lr_before:
                 model.load_state_dict(best["model"])
-                optimizer.load_state_dict(best["optimizer"])
+                # a copy: Optimizer.load_state_dict keeps the given tensors as its state, and Adam would then
+                # update the best state in place
+                optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
                 for group in optimizer.param_groups:
                     group["lr"] = lr_after
                 scheduler = new_scheduler()

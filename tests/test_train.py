@@ -336,6 +336,23 @@ def test_plateau_halves_the_learning_rate_and_reloads_the_best_state(emt_options
     assert state_equal(result.model.state_dict(), states[2]["model_state_dict"])
 
 
+def test_a_second_plateau_reloads_the_best_adam_moments_unchanged(emt_options, no_test_data, monkeypatch, tmp_path):
+    # no epoch improves on epoch 0: epochs 1 and 3 drop the LR and reload epoch 0's state (the patience restarts
+    # after a drop, so epoch 2 only sets the new scheduler's reference). Adam must not have updated the stored
+    # best moments in place while training epochs 2 and 3 (Optimizer.load_state_dict keeps the given tensors).
+    scripted_validation_loss(monkeypatch, [1.0, 2.0, 3.0, 4.0])
+    options = emt_options(num_epochs=4, learning_rate=1e-2, scheduler_patience=0, scheduler_factor=0.5, checkpoint_interval=1)
+    result = quiet_train(options, no_test_data, output_dir=tmp_path)
+    assert [row["learning_rate"] for row in result.history] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])
+    states = [load_checkpoint(tmp_path / "checkpoints" / f"model_{k}.ckpt") for k in range(4)]
+    assert states[3]["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(2.5e-3)
+    moments = lambda s: s["optimizer_state_dict"]["state"]  # noqa: E731
+    for key in moments(states[0]):
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(moments(states[3])[key][name], moments(states[0])[key][name]), (key, name)
+    assert state_equal(states[3]["model_state_dict"], states[0]["model_state_dict"])
+
+
 def test_without_a_plateau_the_learning_rate_stays(emt_options, no_test_data, monkeypatch, tmp_path):
     scripted_validation_loss(monkeypatch, [1.0, 2.0, 3.0])
     options = emt_options(num_epochs=3, scheduler_patience=2, scheduler_factor=0.5, checkpoint_interval=1)
