@@ -74,6 +74,14 @@ def _native_gelu():
         torch.backends.mkldnn.enabled = enabled
 
 
+def _derivative(kind, grad, x):
+    """grad * f'(x)."""
+    if kind == "silu":
+        return _aten.silu_backward(grad, x)
+    with _native_gelu():
+        return _aten.gelu_backward(grad, x)
+
+
 class _ActivationGrad(torch.autograd.Function):
     """g * f'(x), differentiable once more: d/dg = f'(x), d/dx = g * f''(x)."""
 
@@ -81,10 +89,7 @@ class _ActivationGrad(torch.autograd.Function):
     def forward(ctx, grad, x, kind):
         ctx.save_for_backward(grad, x)
         ctx.kind = kind
-        if kind == "silu":
-            return _aten.silu_backward(grad, x)
-        with _native_gelu():
-            return _aten.gelu_backward(grad, x)
+        return _derivative(kind, grad, x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -92,11 +97,7 @@ class _ActivationGrad(torch.autograd.Function):
         grad, x = ctx.saved_tensors
         d_grad = d_x = None
         if ctx.needs_input_grad[0]:
-            if ctx.kind == "silu":
-                d_grad = _aten.silu_backward(outer, x)
-            else:
-                with _native_gelu():
-                    d_grad = _aten.gelu_backward(outer, x)
+            d_grad = _derivative(ctx.kind, outer, x)
         if ctx.needs_input_grad[1]:
             # few passes over the (rows, 4d) tensors, and in place where the tensor is our own
             if ctx.kind == "silu":  # f'' = s(1-s)(2 + x(1-2s)), s = sigmoid(x)
@@ -375,11 +376,11 @@ class NanoPET(nn.Module):
         if self.zbl is not None and len(distances):
             zbl = self.zbl(distances, species[batch.centers], species[batch.neighbors])
             energies = energies.index_add(0, batch.centers, zbl)
-        if batch.nef_edge.shape[1] == 0:  # no edges anywhere: every atom is isolated, network energy 0
+        if batch.num_slots == 0:  # no edges anywhere: every atom is isolated, network energy 0
             return energies + 0.0 * self.last_layer.weight.sum()  # (kept on the autograd graph)
 
         # 2.5 cutoff weights per edge; 2.4 NEF layout for attention: log-weights, -69 in padding slots
-        n_slots = batch.nef_edge.shape[1]
+        n_slots = batch.num_slots
         cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)  # (E,)
         padded_weights = cutoff_weights.new_zeros(n_atoms * n_slots).index_copy(0, batch.edge_slot, cutoff_weights)
         log_cutoff = torch.log(padded_weights.clamp_min(1e-30)).view(n_atoms, 1, 1, n_slots)  # (N, 1, 1, M)

@@ -208,21 +208,20 @@ def test_restrict_equals_fresh_list():
 def test_batch_nef_layout_is_consistent():
     structures = [cuau_cell(seed=1), cluster(), Atoms("Cu", positions=[[0, 0, 0]])]
     batch = batch_of(structures, CUTOFF)
-    n, m = batch.nef_edge.shape
-    assert n == sum(len(a) for a in structures) and m == max(int(np.bincount(batch.centers.numpy()).max()), 0)
-    valid = batch.nef_mask
-    edges = batch.nef_edge[valid]
-    assert sorted(edges.tolist()) == list(range(len(batch.centers)))  # every edge in exactly one slot
-    rows = torch.arange(n)[:, None].expand(n, m)[valid]
-    assert torch.equal(batch.centers[edges], rows)
-    assert torch.equal(batch.nef_edge.reshape(-1)[batch.edge_slot], torch.arange(len(batch.centers)))  # slot of each edge
+    n, m = len(batch.numbers), batch.num_slots
+    counts = np.bincount(batch.centers.numpy(), minlength=n)
+    assert n == sum(len(a) for a in structures) and m == int(counts.max())
+    # every edge in its own slot, in its centre's row, at a position below the centre's edge count
+    assert len(set(batch.edge_slot.tolist())) == len(batch.centers)
+    assert torch.equal(batch.edge_slot // m, batch.centers)
+    assert bool((batch.edge_slot % m < torch.from_numpy(counts)[batch.centers]).all())
+    assert counts[-1] == 0  # the isolated atom has no slot in use
     # the reverse of (i, j, S) is (j, i, -S)
     reverse = batch.edge_reverse
     assert torch.equal(batch.centers[reverse], batch.neighbors)
     assert torch.equal(batch.neighbors[reverse], batch.centers)
     assert torch.equal(batch.shifts[reverse], -batch.shifts)
     assert torch.equal(reverse[reverse], torch.arange(len(reverse)))
-    assert not batch.nef_mask[-1].any()  # the isolated atom has no valid slot
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 A dataset computes its neighbour lists once (``GraphDataset``); each batch is then a few
 numpy concatenations with atom/edge offsets, so nothing per-atom runs in Python.
 
-NEF layout (spec 2.4): ``nef_edge[n, k]`` is the k-th edge of centre atom n (``0`` in padding
-slots, whose ``nef_mask`` is False). The model keeps tokens packed, one row per real edge, and
-places them into the padded layout only for attention: ``edge_slot[e]`` is edge e's flat slot
-``n * M + k``; ``edge_reverse[e]`` is the edge going the other way, so message passing is one
-gather on the (E, d) tokens.
+NEF layout (spec 2.4): N centre atoms x M = ``num_slots`` edge slots (the most neighbours of any
+atom in the batch). The model keeps tokens packed, one row per real edge, and places them into
+that padded layout only for attention: ``edge_slot[e]`` is edge e's flat slot ``n * M + k`` (its
+centre n, its position k among n's edges); ``edge_reverse[e]`` is the edge going the other way,
+so message passing is one gather on the (E, d) tokens.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ class Batch:
     centers: torch.Tensor  # (E,)
     neighbors: torch.Tensor  # (E,)
     shifts: torch.Tensor  # (E, 3) integer shifts, stored in the float dtype
-    nef_edge: torch.Tensor  # (N, M)
-    nef_mask: torch.Tensor  # (N, M) bool
+    num_slots: int  # M
     edge_slot: torch.Tensor  # (E,) flat index into N*M
     edge_reverse: torch.Tensor  # (E,) index of the reverse edge
     energy: torch.Tensor | None = None  # (B,) target, baseline-subtracted if offsets were given
@@ -91,10 +90,6 @@ class GraphDataset:
         slot = np.concatenate([g.slot for g in graphs])
         reverse = np.concatenate([g.reverse + o for g, o in zip(graphs, edge_offset)])
 
-        nef_edge = np.zeros((n_total, max_slots), dtype=np.int64)
-        nef_mask = np.zeros((n_total, max_slots), dtype=bool)
-        nef_edge[centers, slot] = np.arange(len(centers))
-        nef_mask[centers, slot] = True
 
         def tensor(array, kind=dtype):
             return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=kind)
@@ -108,8 +103,7 @@ class GraphDataset:
             centers=tensor(centers, torch.long),
             neighbors=tensor(neighbors, torch.long),
             shifts=tensor(shifts),
-            nef_edge=tensor(nef_edge, torch.long),
-            nef_mask=tensor(nef_mask, torch.bool),
+            num_slots=int(max_slots),
             edge_slot=tensor(centers * max_slots + slot, torch.long),
             edge_reverse=tensor(reverse, torch.long),
         )
