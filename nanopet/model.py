@@ -330,9 +330,10 @@ class NanoPET(nn.Module):
         lookup[self.atomic_types] = torch.arange(len(self.atomic_types))
         self.register_buffer("species_index", lookup)
 
+        self.num_heads = int(hypers["num_heads"])
         self.encoder = Encoder(len(self.atomic_types), d)
         self.gnn = nn.ModuleList(
-            Transformer(d, int(hypers["num_heads"]), int(hypers["num_attention_layers"]))
+            Transformer(d, self.num_heads, int(hypers["num_attention_layers"]))
             for _ in range(int(hypers["num_gnn_layers"]))
         )
         self.messages = nn.ModuleList(nn.Linear(2 * d, d, bias=False) for _ in range(int(hypers["num_gnn_layers"]) - 1))
@@ -371,23 +372,24 @@ class NanoPET(nn.Module):
         edge_cells = cells[batch.structure_index[batch.centers]]  # (E, 3, 3)
         vectors = positions[batch.neighbors] - positions[batch.centers] + torch.einsum("ei,eij->ej", batch.shifts, edge_cells)
         distances = vectors.norm(dim=-1)  # (E,)
+        center_species, neighbor_species = species[batch.centers], species[batch.neighbors]  # (E,)
 
         energies = torch.zeros(n_atoms, dtype=positions.dtype, device=positions.device)
         if self.zbl is not None and len(distances):
-            zbl = self.zbl(distances, species[batch.centers], species[batch.neighbors])
+            zbl = self.zbl(distances, center_species, neighbor_species)
             energies = energies.index_add(0, batch.centers, zbl)
         if batch.num_slots == 0:  # no edges anywhere: every atom is isolated, network energy 0
             return energies + 0.0 * self.last_layer.weight.sum()  # (kept on the autograd graph)
 
         # 2.5 cutoff weights per edge; 2.4 NEF layout for attention: log-weights, -69 in padding slots
-        n_slots = batch.num_slots
+        n_slots = batch.num_slots  # M
         cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)  # (E,)
         padded_weights = cutoff_weights.new_zeros(n_atoms * n_slots).index_copy(0, batch.edge_slot, cutoff_weights)
         log_cutoff = torch.log(padded_weights.clamp_min(1e-30)).view(n_atoms, 1, 1, n_slots)  # (N, 1, 1, M)
-        slots = Slots(batch.edge_slot, n_atoms, n_slots, self.gnn[0].attention[0].num_heads)
+        slots = Slots(batch.edge_slot, n_atoms, n_slots, self.num_heads)
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
-        tokens = self.encoder(vectors, species[batch.centers], species[batch.neighbors])  # (E, d)
+        tokens = self.encoder(vectors, center_species, neighbor_species)  # (E, d)
         features = self.gnn[0](tokens, slots, log_cutoff, double_backward)
         d = features.shape[-1]
         for message, transformer in zip(self.messages, self.gnn[1:]):
