@@ -535,6 +535,8 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
     output_dir = Path(output_dir) if output_dir is not None else None
     if output_dir is not None and distribution.is_main:
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if resume is not None:  # epochs logged after the checkpoint was written (then lost, e.g. a kill) run again
+            forget_epochs(output_dir / "metrics.csv", start_epoch)
 
     def checkpoint(epoch: int) -> dict:
         return {
@@ -697,6 +699,18 @@ def progress_line(metrics: dict, num_epochs: int, log_mae: bool) -> str:
             parts.append(f"{text} {unit}")
     parts.append(f"{metrics['epoch_time']:.1f} s")
     return ", ".join(parts)
+
+
+def forget_epochs(path: Path, first: int) -> None:
+    """Drop the rows of epochs >= ``first`` from a metrics CSV (atomically), so that no epoch is listed twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < first]
+    if len(kept) < len(lines):
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(kept))
+        os.replace(temporary, path)
 
 
 def append_csv(path: Path, metrics: dict, log_mae: bool) -> None:

@@ -551,6 +551,16 @@ def test_resume_from_a_checkpoint_is_exact(emt_options, no_test_data, tmp_path):
     assert (straight.best_epoch, straight.best_val_loss) == (resumed.best_epoch, resumed.best_val_loss)
 
 
+def test_resume_from_an_older_checkpoint_lists_each_epoch_once(emt_options, no_test_data, tmp_path):
+    # a kill after epoch 2 was logged but before its checkpoint replaced the one of epoch 0 a driver resumes from
+    options = emt_options(num_epochs=3, checkpoint_interval=1)
+    quiet_train(options, no_test_data, output_dir=tmp_path)
+    resumed = quiet_train(options, no_test_data, output_dir=tmp_path, resume=tmp_path / "checkpoints" / "model_0.ckpt")
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "0", "1", "2"]
+    assert float(rows[-1].split(",")[rows[0].split(",").index("val_loss")]) == resumed.history[-1]["val_loss"]
+
+
 def test_resume_from_a_missing_checkpoint_is_an_input_error(emt_options, no_test_data, tmp_path):
     with pytest.raises(InputError, match="no such checkpoint"):
         quiet_train(emt_options(), no_test_data, resume=tmp_path / "nothing.ckpt")
