@@ -136,6 +136,25 @@ def test_staged_search_fixes_each_stage_best_in_the_next(ray_runtime, tmp_path):
     assert all(t.user_attrs["driver"] == "ray" for t in first + second if t.user_attrs.get("role") != "carried")
 
 
+def test_a_repeated_configuration_is_copied_not_trained_again(ray_runtime, tmp_path):
+    space = ray_space(tmp_path, budget={"n_trials": 4, "epochs": 2}, pruner={"type": "none"})
+    lines = []
+    ray_driver.run(space, workers=1, out=lines.append, points=[{"learning_rate": GOOD}, {"learning_rate": BAD},
+                                                                {"learning_rate": BAD}])
+    done = trials(tmp_path, "tiny")  # one at a time: the defaults (good), good, bad, bad
+    assert [t.params["learning_rate"] for t in done] == [GOOD, GOOD, BAD, BAD]
+    assert all(t.state == TrialState.COMPLETE for t in done)
+    for first, again in ((done[0], done[1]), (done[2], done[3])):
+        assert "duplicate_of" not in first.user_attrs and again.user_attrs["duplicate_of"] == first.number
+        assert again.values == first.values and again.intermediate_values == first.intermediate_values
+        for key in ("metrics", "best_epoch", "epochs", "artifacts"):
+            assert again.user_attrs[key] == first.user_attrs[key]
+    assert done[0].values != done[2].values
+    folders = sorted(p.name for p in (tmp_path / "tiny" / "trials").iterdir())
+    assert folders == sorted(f"ray-{t.user_attrs['ray_trial_id']}" for t in (done[0], done[2]))  # the repeats trained nothing
+    assert sum("result copied" in line for line in lines) == 2
+
+
 def test_timeout_stops_proposing_and_a_second_run_continues_the_study(ray_runtime, tmp_path):
     space = ray_space(tmp_path, budget={"n_trials": None, "timeout": 4, "epochs": 2}, pruner={"type": "none"})
     result = ray_driver.run(space, workers=2, out=lambda m: None)

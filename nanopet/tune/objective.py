@@ -35,7 +35,7 @@ from nanopet.model import NanoPET
 from nanopet.train import Data, train
 from nanopet.tune.lease import Lease, claim, fail_and_retry
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, short, suggest
+from nanopet.tune.study import Stage, result_attrs, short, suggest
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",
@@ -198,9 +198,8 @@ class TrialRunner:
     def copy_result(self, study, trial, twin, values: dict, started: float):
         trial.set_user_attr("config", values)
         trial.set_user_attr("duplicate_of", twin.number)
-        for key in ("metrics", "best_epoch", "epochs", "cost", "artifacts"):
-            if key in twin.user_attrs:
-                trial.set_user_attr(key, twin.user_attrs[key])
+        for key, value in result_attrs(twin).items():
+            trial.set_user_attr(key, value)
         for step, value in twin.intermediate_values.items():
             trial.report(value, step)
         frozen = study.tell(trial, twin.values)

@@ -9,7 +9,8 @@ The same search-space file as the Optuna driver, run as a Ray Tune experiment:
   the defaults as the first trial; scheduler: ASHA on the objective value (grace period from the
   pruner's ``min_resource`` / ``n_warmup_steps``, else 1 epoch), none for ``pruner: {type: none}``;
 - results: every Ray trial is written into the study's Optuna storage (COMPLETE, PRUNED when ASHA
-  stopped it before the last epoch, FAIL), so ``report``, ``retrain`` and ``dashboard`` work unchanged.
+  stopped it before the last epoch, FAIL), so ``report``, ``retrain`` and ``dashboard`` work unchanged;
+  a proposal repeating a finished trial's parameters is not trained again but recorded as its copy.
 
 Staged search runs one Ray experiment per stage (earlier stages' best values fixed, the previous best carried
 in as in the Optuna driver). Ray state lives in ``studies/<name>/ray/<study of the stage>[-k]/``: running
@@ -43,13 +44,14 @@ from ray.tune.search.optuna import OptunaSearch
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import (check_resumable, chosen_values, counted, decode, distribution, encode, make_sampler, masked,
-                                open_stage, open_storage, plan, record_storage, short, storage_url)
+                                open_stage, open_storage, plan, record_storage, result_attrs, short, storage_url)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
 COST = "cost"  # the second objective of a two-objective front
 LAST_CHECKPOINT = "last.ckpt"  # a Ray trial's newest epoch checkpoint, in its folder
 MARKER = "epoch.json"  # what a Ray checkpoint holds: the epoch and the path of last.ckpt
 RECORDED = ".recorded"  # written into a Ray experiment's folder once its trials are in the Optuna storage
+DUPLICATE = "duplicate_of"  # config and result key of a proposal that repeats a finished trial (JSON: which, its values)
 TIME_ATTR = "epoch"  # epochs trained (1-based), ASHA's time axis
 CONNECT_TIMEOUT = 5.0  # s to reach a cluster given by --address
 GCS_WAIT = "RAY_gcs_server_port_wait_time_s"  # ray.init's retries (about 1 s each) to reach the cluster's GCS
@@ -290,8 +292,8 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
 
 
 def history(study: optuna.Study, stage) -> list[tuple]:
-    """(params, values, pruned, intermediate values) of the stage's finished trials, to tell the searcher of a
-    new experiment what earlier ones (and the carried-in best) found."""
+    """(params, values, pruned, intermediate values, number) of the stage's finished trials, to tell the searcher
+    of a new experiment what earlier ones (and the carried-in best) found."""
     told = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if set(t.params) != set(stage.parameters):
@@ -300,7 +302,7 @@ def history(study: optuna.Study, stage) -> list[tuple]:
         if pruned and not t.intermediate_values:
             continue
         values = t.values if not pruned else None
-        told.append(({k: t.params[k] for k in stage.parameters}, values, pruned, dict(t.intermediate_values)))
+        told.append(({k: t.params[k] for k in stage.parameters}, values, pruned, dict(t.intermediate_values), t.number))
     return told
 
 
@@ -313,7 +315,7 @@ class ProgressLines(Callback):
         self.last: dict = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        shown = ", ".join(f"{k}={short(decode(v))}" for k, v in (trial.config or {}).items())
+        shown = ", ".join(f"{k}={short(decode(v))}" for k, v in (trial.config or {}).items() if k != DUPLICATE)
         self.out(f"trial {trial.trial_id} [{self.label}] {shown}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -328,7 +330,12 @@ class ProgressLines(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = self.last.pop(trial.trial_id, {})
         epoch = int(result.get(TIME_ATTR, 0))
-        if result.get("finished"):
+        if result.get(DUPLICATE):
+            twin = json.loads(result[DUPLICATE])
+            which = f"trial {twin['ray_trial_id']}" if "ray_trial_id" in twin else f"trial {twin['number']} of the study"
+            self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g}: same parameters as {which}, result copied "
+                     "(training is deterministic)")
+        elif result.get("finished"):
             self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g} (best epoch {result.get('best_epoch')})")
         else:
             self.out(f"trial {trial.trial_id} PRUNED: stopped by ASHA after epoch {epoch}/{self.epochs}")
@@ -339,26 +346,44 @@ class ProgressLines(Callback):
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch that (a) knows the trials earlier experiments of the stage ran (``history``) and (b) proposes
-    nothing after the search's deadline (running trials finish, as with the Optuna driver)."""
+    """OptunaSearch that (a) knows the trials earlier experiments of the stage ran (``history``), (b) proposes
+    nothing after the search's deadline (running trials finish, as with the Optuna driver), (c) tells the
+    sampler that a trial ASHA stopped was pruned and a failed one failed (OptunaSearch tells their last value
+    as a complete result), and (d) marks a proposal that repeats a finished trial's parameters: the trainable
+    then reports that trial's values instead of training again (training is deterministic; small discrete
+    stages propose repeats often), and the recorded trial copies its result, as the Optuna driver does."""
 
     def __init__(self, *args, history: list | None = None, **kwargs):
         self._history = history or []
+        self._finished: dict[int, dict] = {}  # number in the searcher's study -> the finished trial in Ray or the storage
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
         single = not isinstance(mode, list)
-        for params, values, pruned, intermediate in self._history:
+        for params, values, pruned, intermediate, number in self._history:
             self._ot_study.add_trial(optuna.trial.create_trial(
                 params=params, distributions=self._space, values=values,
                 state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
                 intermediate_values=intermediate if single else None))
+            if not pruned:
+                self._finished[len(self._ot_study.get_trials(deepcopy=False)) - 1] = {"number": number}
 
     def suggest(self, trial_id: str):
         if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
             return Searcher.FINISHED
-        return super().suggest(trial_id)
+        config = super().suggest(trial_id)
+        proposed = self._ot_trials[trial_id]
+        for other in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.number != proposed.number and other.params == proposed.params and other.number in self._finished:
+                return {**config, DUPLICATE: json.dumps({**self._finished[other.number], "values": other.values})}
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        finished = bool(result and result.get("finished")) and not error
+        super().on_trial_complete(trial_id, result=result if finished else None, error=error)
+        if finished and trial_id in self._ot_trials:
+            self._finished[self._ot_trials[trial_id].number] = {"ray_trial_id": trial_id}
 
 
 def asha_settings(space: SearchSpace) -> tuple[int, int]:
@@ -411,6 +436,11 @@ def trainable_fn(config: dict, payload: dict) -> None:
 
     started = time.perf_counter()
     space = space_of(payload)
+    if DUPLICATE in config:  # a finished trial's parameters: its values, reported at the last epoch (copied when recorded)
+        values = json.loads(config[DUPLICATE])["values"]
+        tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.epochs,
+                     "finished": True, DUPLICATE: config[DUPLICATE], "clock": time.time()})
+        return
     objective = space.objective
     values = {**payload["fixed"], **{name: decode(config[name]) for name in space.parameters if name in config}}
     trial_id = tune.get_context().get_trial_id()
@@ -542,7 +572,11 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     if stage.index == 1 and params == {k: encode(defaults.get(k)) for k in stage.parameters} and \
             not any(t.user_attrs.get("role") == "defaults" for t in earlier):
         attrs["role"] = "defaults"  # the study's gain over defaults is measured from it
-    if result.error is not None:
+    twin = duplicated(earlier, last)
+    if twin is not None:  # recorded as the Optuna driver records a repeat: the twin's result, not trained again
+        attrs = {**{k: v for k, v in attrs.items() if k != "epochs"}, **result_attrs(twin), DUPLICATE: twin.number}
+        state, value, intermediate = TrialState.COMPLETE, twin.values, dict(twin.intermediate_values)
+    elif result.error is not None:
         state, value = TrialState.FAIL, None
         message = str(result.error).strip().splitlines()
         attrs["reason"] = f"{type(result.error).__name__}: {message[-1] if message else ''}"
@@ -565,6 +599,17 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
         frozen.datetime_complete = datetime.fromtimestamp(float(end))
         frozen.datetime_start = frozen.datetime_complete - timedelta(seconds=attrs["timing"]["wall"])
     return frozen
+
+
+def duplicated(earlier: list, last: dict):
+    """The recorded trial a duplicate's result (``last``) names, or None."""
+    if not last.get(DUPLICATE):
+        return None
+    twin = json.loads(last[DUPLICATE])
+    for t in earlier:
+        if t.state == TrialState.COMPLETE and (t.user_attrs.get("ray_trial_id") == twin.get("ray_trial_id", "") or t.number == twin.get("number")):
+            return t
+    return None
 
 
 def _finite(value) -> bool:

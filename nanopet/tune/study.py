@@ -265,10 +265,17 @@ def start_trial(study: optuna.Study, space: SearchSpace, stage: Stage, fixed: di
         state=TrialState.COMPLETE, values=previous.values,
         params={k: encode(v) for k, v in params.items()},
         distributions={k: distribution(parameters[k]) for k in params},
-        user_attrs={**{k: v for k, v in previous.user_attrs.items() if k in ("metrics", "artifacts", "best_epoch", "cost")},
-                    "role": "carried", "config": {**fixed, **params}, "trial": previous.user_attrs.get("trial")},
+        user_attrs={**result_attrs(previous), "role": "carried", "config": {**fixed, **params}, "trial": previous.user_attrs.get("trial")},
         intermediate_values=dict(previous.intermediate_values),
     ))
+
+
+RESULT_ATTRS = ("metrics", "best_epoch", "epochs", "cost", "artifacts")
+
+
+def result_attrs(trial) -> dict:
+    """A finished trial's result besides its values and curve: what a carried-in or duplicate trial copies."""
+    return {k: trial.user_attrs[k] for k in RESULT_ATTRS if k in trial.user_attrs}
 
 
 def best_trial(study: optuna.Study):
