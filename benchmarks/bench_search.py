@@ -8,7 +8,10 @@
    and until the pruned study first reaches the unpruned study's best validation loss: the pruned
    study runs more trials (never more epochs in total than the unpruned one) until it does, since
    the point of pruning is to try more configurations for the same compute. Goal: <= 1/3 of the
-   epochs. ``--seeds 0 1 2`` repeats it per TPE seed (one seed is one draw of luck).
+   epochs. ``--seeds 0 1 2`` repeats it per TPE seed (one seed is one draw of luck). Then a replay:
+   the unpruned study's learning curves, in order, through several pruners (no training): the share
+   of epochs each would run and whether it keeps the unpruned best, i.e. the pruner without the
+   sampler's reaction to what it pruned.
 2. Per-trial overhead: everything that is not an epoch (worker start, data loading and neighbour
    lists once per worker, neighbour filtering to the trial's cutoff, model build, storage) as a
    share of the trial wall time. Goal: <= 5%.
@@ -163,11 +166,56 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
     full = [t for t in a if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
     tau = kendalltau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])[0]
     rows.append(("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", f"{tau:.2f}", "", "", ""))
+    rows += replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
              f"best, at most the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "
              f"{args.trials} trials x {args.epochs} epochs, TPE seed {seed}"]
     return rows, notes, ratio
+
+
+REPLAYED = [{"type": "successive_halving", "min_resource": r, "reduction_factor": 3} for r in (1, 2, 3)] + [
+    {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 2}, {"type": "hyperband", "min_resource": 1, "reduction_factor": 3}]
+
+
+def replay(curves: list, settings: dict, epochs: int) -> tuple[list, list]:
+    """The unpruned trials' curves, in their order, through a pruner: the epochs each would have run and whether
+    it would have completed. Isolates the pruner from the sampler (which, live, reacts to what was pruned)."""
+    import optuna
+
+    from nanopet.tune.study import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="replay", pruner=make_pruner(settings, epochs))  # a fixed name: hyperband's brackets
+    spent, kept = [], []
+    for curve in curves:
+        trial, completed = study.ask(), True
+        for epoch, value in enumerate(curve):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                completed = False
+                break
+        study.tell(trial, curve[-1] if completed else None,
+                   state=optuna.trial.TrialState.COMPLETE if completed else optuna.trial.TrialState.PRUNED)
+        spent.append(epoch + 1)
+        kept.append(completed)
+    return spent, kept
+
+
+def replay_rows(unpruned: list, epochs: int, tag: str) -> list:
+    """Would each pruner have kept the unpruned study's best trial, and at what share of the epochs?"""
+    full = [t for t in unpruned if t.state.name == "COMPLETE" and len(t.intermediate_values) == epochs]
+    curves = [[t.intermediate_values[k] for k in sorted(t.intermediate_values)] for t in full]
+    best = min(range(len(full)), key=lambda k: full[k].value)
+    rows = []
+    for settings in REPLAYED:
+        spent, kept = replay(curves, settings, epochs)
+        label = " ".join(f"{k}={v}" for k, v in settings.items() if k != "type")
+        reach = sum(spent[: best + 1]) / (epochs * (best + 1)) if kept[best] else None
+        rows.append(("replay", tag + f"{settings['type']} {label}: epochs share; best kept; epochs to reach it",
+                     f"{sum(spent) / (epochs * len(full)):.2f}", "kept" if kept[best] else "pruned",
+                     "-" if reach is None else f"{reach:.2f}", "<= 0.33"))
+    return rows
 
 
 def overhead_rows(directory: Path, name: str, workers: int) -> tuple[list, list]:
