@@ -57,6 +57,20 @@ def test_two_workers_share_one_study(tmp_path):
     assert "[w0] trial" in result.stdout and "[w1] trial" in result.stdout
 
 
+def test_a_worker_waits_for_a_running_trial_with_the_same_parameters(tmp_path):
+    # one configuration (the defaults), two workers: the second trial must not train it again at the same time
+    raw = tiny_space(tmp_path / "studies", budget={"n_trials": 3, "epochs": 8},
+                     parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3]}})
+    result = cli(write_space(tmp_path / "space.yaml", raw), "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    done = trials(tmp_path / "studies", "tiny")
+    assert len(done) == 3 and all(t.state == TrialState.COMPLETE for t in done)
+    assert [t.user_attrs.get("duplicate_of") for t in done] == [None, 0, 0]
+    assert len({t.value for t in done}) == 1
+    assert sorted(p.name for p in (tmp_path / "studies" / "tiny" / "trials").iterdir()) == ["0"]  # trained once
+    assert "same parameters as trial 0, running now: waiting for its result" in result.stdout
+
+
 def test_sigkill_of_a_worker_then_of_everything_and_resume(tmp_path):
     studies = tmp_path / "studies"
     raw = tiny_space(studies, budget={"n_trials": 6, "epochs": 6})

@@ -18,6 +18,7 @@ metrics.csv, train.log and trial.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -33,7 +34,7 @@ from optuna.trial import TrialState
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.model import NanoPET
 from nanopet.train import Data, train
-from nanopet.tune.lease import Lease, claim, fail_and_retry
+from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import Stage, result_attrs, short, suggest
 
@@ -42,6 +43,9 @@ PRUNE_REASONS = {
     "hyperband": "not in the top fraction of its Hyperband bracket at this rung",
     "successive_halving": "not in the top fraction at this successive-halving rung",
 }
+
+
+WAIT_SECONDS = 1.0  # polling while a trial waits for another worker's trial with the same parameters
 
 
 class TrialInterrupted(Exception):
@@ -88,7 +92,7 @@ class TrialRunner:
         role = trial.user_attrs.get("role")
         self.out(f"{self.prefix}trial {trial.number} [{stage.label}] {shown}" + (f" ({role})" if role else "")
                  + (f" (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""))
-        twin = self.duplicate_of(study, trial)
+        twin = self.wait_for_twin(study, trial)
         if twin is not None:
             return self.copy_result(study, trial, twin, values, started)
         folder = trial_dir(space, stage, trial.number)
@@ -194,6 +198,35 @@ class TrialRunner:
             if other.number != trial.number and other.params == params and other.values:
                 return other
         return None
+
+    def wait_for_twin(self, study: optuna.Study, trial: optuna.Trial):
+        """While an earlier trial with the same parameters runs on another worker, wait for it (training them
+        again would end later with the same result; the sampler proposes repeats in small discrete stages, most
+        often with several workers). Returns the completed twin, or None if it ended otherwise (then this trial
+        trains). Earlier trials only: two workers never wait for each other."""
+        def earlier_running():
+            return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.number < trial.number and t.params == trial.params]
+
+        settings, waited = self.space.study, None
+        with contextlib.ExitStack() as held:
+            while True:
+                twin, running = self.duplicate_of(study, trial), earlier_running()
+                if twin is not None or not running:
+                    return twin
+                if waited is None:  # other workers must see this trial's worker alive while it waits
+                    held.enter_context(Lease(study, trial, settings.heartbeat_interval))
+                if waited != running[0].number:
+                    waited = running[0].number
+                    self.out(f"{self.prefix}trial {trial.number}: same parameters as trial {waited}, running now: waiting for its result")
+                if self.stop_requested():
+                    reason = f"interrupted by the user while waiting for trial {waited}"
+                    fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number], reason, settings.max_retries,
+                                   count_attempt=False)
+                    self.out(f"{self.prefix}trial {trial.number} FAIL: {reason}; re-queued for the next run")
+                    raise TrialInterrupted(reason)
+                time.sleep(WAIT_SECONDS)
+                recover(study, settings.grace_period, settings.max_retries, log=lambda m: self.out(self.prefix + m))
 
     def copy_result(self, study, trial, twin, values: dict, started: float):
         trial.set_user_attr("config", values)
