@@ -28,6 +28,7 @@ from nanopet.tune import load_search_space  # noqa: E402
 from nanopet.tune import ray_driver  # noqa: E402
 
 GOOD, BAD = 3.0e-3, 1.0e-6  # learning rates: the bad one hardly moves in 3 epochs
+GOOD2, BAD2 = 4.0e-3, 2.0e-6
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +50,14 @@ def ray_space(directory, pruner: dict | None = None, **sections):
 
 @pytest.fixture(scope="module")
 def ray_study(ray_runtime, tmp_path_factory):
-    """Four trials, two at once: the defaults (good), good, bad, bad (in this order)."""
+    """Four distinct trials (a repeat would be held and copied), two at once: the defaults (good), good, bad, bad."""
     directory = tmp_path_factory.mktemp("ray")
-    space = ray_space(directory, driver={"gpus_per_trial": 0.5})  # two trials share the one GPU
+    space = ray_space(directory, driver={"gpus_per_trial": 0.5},  # two trials share the one GPU
+                      parameters={"learning_rate": {"type": "categorical", "choices": [GOOD, GOOD2, BAD, BAD2]}})
     lines = []
     started = time.perf_counter()
-    ray_driver.run(space, workers=2, out=lines.append, points=[{"learning_rate": GOOD}, {"learning_rate": BAD},
-                                                                {"learning_rate": BAD}])
+    ray_driver.run(space, workers=2, out=lines.append, points=[{"learning_rate": GOOD2}, {"learning_rate": BAD},
+                                                                {"learning_rate": BAD2}])
     return space, directory, lines, time.perf_counter() - started
 
 
@@ -66,11 +68,11 @@ def test_four_trial_study_lands_in_the_optuna_storage(ray_study):
     assert all(t.user_attrs["driver"] == "ray" and t.user_attrs["ray_trial_id"] for t in done)
     assert len({t.user_attrs["ray_trial_id"] for t in done}) == 4
     completed = [t for t in done if t.state == TrialState.COMPLETE]
-    assert completed and all(t.params["learning_rate"] == GOOD for t in completed)
+    assert completed and all(t.params["learning_rate"] in (GOOD, GOOD2) for t in completed)
     for t in completed:
         assert t.user_attrs["epochs"] == 3 and sorted(t.intermediate_values) == [0, 1, 2]
         assert t.value == pytest.approx(t.intermediate_values[2])
-        assert t.user_attrs["config"] == {"learning_rate": GOOD}
+        assert t.user_attrs["config"] == {"learning_rate": t.params["learning_rate"]}
         assert "val_forces_rmse" in t.user_attrs["metrics"] and t.user_attrs["best_epoch"] in (0, 1, 2)
         assert os.path.isfile(os.path.join(t.user_attrs["artifacts"], "model.ckpt"))
     assert any("recorded 4 Ray trials" in line for line in lines)
@@ -84,7 +86,7 @@ def test_four_trial_study_lands_in_the_optuna_storage(ray_study):
 
 def test_asha_stops_the_bad_trial_early_and_it_is_pruned(ray_study):
     _, directory, _, _ = ray_study
-    bad = [t for t in trials(directory, "tiny") if t.params["learning_rate"] == BAD]
+    bad = [t for t in trials(directory, "tiny") if t.params["learning_rate"] in (BAD, BAD2)]
     assert len(bad) == 2
     for t in bad:  # never COMPLETE with a partial value
         assert t.state == TrialState.PRUNED and t.value is None
@@ -153,6 +155,30 @@ def test_a_repeated_configuration_is_copied_not_trained_again(ray_runtime, tmp_p
     folders = sorted(p.name for p in (tmp_path / "tiny" / "trials").iterdir())
     assert folders == sorted(f"ray-{t.user_attrs['ray_trial_id']}" for t in (done[0], done[2]))  # the repeats trained nothing
     assert sum("result copied" in line for line in lines) == 2
+
+
+def test_a_repeat_of_a_running_trial_is_held_until_it_ends(ray_runtime, tmp_path):
+    space = ray_space(tmp_path, budget={"n_trials": 3, "epochs": 3}, pruner={"type": "none"},
+                      parameters={"learning_rate": {"type": "categorical", "choices": [GOOD]}})
+    ray_driver.run(space, workers=2, out=lambda m: None)  # two slots, one configuration
+    done = trials(tmp_path, "tiny")
+    assert len(done) == 3 and all(t.state == TrialState.COMPLETE for t in done)
+    assert [t.user_attrs.get("duplicate_of") for t in done] == [None, 0, 0]
+    folders = [p.name for p in (tmp_path / "tiny" / "trials").iterdir()]
+    assert folders == [f"ray-{done[0].user_attrs['ray_trial_id']}"]  # trained once, not twice side by side
+
+
+def test_a_repeat_of_a_stopped_trial_is_a_pruned_copy(ray_runtime, tmp_path):
+    space = ray_space(tmp_path, budget={"n_trials": 3, "epochs": 3})  # ASHA
+    lines = []
+    ray_driver.run(space, workers=1, out=lines.append, points=[{"learning_rate": BAD}, {"learning_rate": BAD}])
+    done = trials(tmp_path, "tiny")  # the defaults (good), bad (stopped by ASHA), bad again
+    assert [t.state for t in done] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert "duplicate_of" not in done[1].user_attrs and done[2].user_attrs["duplicate_of"] == 1
+    assert done[2].intermediate_values == done[1].intermediate_values
+    assert "not trained again" in done[2].user_attrs["reason"] and "ASHA" in done[2].user_attrs["reason"]
+    assert len(list((tmp_path / "tiny" / "trials").iterdir())) == 2
+    assert any("PRUNED: same parameters as trial" in line for line in lines), lines
 
 
 def test_timeout_stops_proposing_and_a_second_run_continues_the_study(ray_runtime, tmp_path):

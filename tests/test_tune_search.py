@@ -66,15 +66,19 @@ def test_staged_search_fixes_earlier_stages_best(tmp_path):
 def test_pruner_prunes_a_bad_trial(tmp_path):
     raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-6]}},
                      study={"sampler": {"type": "random", "seed": 3}, "pruner": {"type": "median", "n_startup_trials": 1}},
-                     objective={"metric": "val_energy_rmse"}, budget={"n_trials": 4, "epochs": 3})
+                     objective={"metric": "val_energy_rmse"}, budget={"n_trials": 6, "epochs": 3})
     search(raw)
     done = trials(tmp_path, "tiny")
     bad = [t for t in done if t.params["learning_rate"] == 1.0e-6]
-    assert bad, "the seed must draw the bad learning rate"
+    assert len(bad) >= 2, "the seed must draw the bad learning rate twice"
     for t in bad:
         assert t.state == TrialState.PRUNED
         assert "pruned after epoch 1/3 by the median pruner" in t.user_attrs["reason"]
         assert t.intermediate_values  # the curve is kept
+    for t in bad[1:]:  # a repeat of a pruned trial is its copy (deterministic training: the same curve again)
+        assert t.user_attrs["duplicate_of"] == bad[0].number and t.intermediate_values == bad[0].intermediate_values
+        assert "not trained again" in t.user_attrs["reason"]
+    assert not (tmp_path / "tiny" / "trials" / str(bad[1].number)).exists()
     good = [t for t in done if t.params["learning_rate"] == 3.0e-3]
     assert good[0].state == TrialState.COMPLETE
     assert all(t.user_attrs.get("duplicate_of") == good[0].number for t in good[1:])  # deterministic: not retrained

@@ -191,19 +191,17 @@ class TrialRunner:
 
     @staticmethod
     def duplicate_of(study: optuna.Study, trial: optuna.Trial):
-        """A completed trial of this study with the same parameters (training is deterministic: no need
-        to train again; small discrete stages propose repeats often)."""
-        params = trial.params
-        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.number != trial.number and other.params == params and other.values:
-                return other
-        return None
+        """A finished trial of this study with the same parameters: a completed one, else a pruned one (training
+        is deterministic: the same curve again; small discrete stages propose repeats often)."""
+        twins = [other for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                 if other.number != trial.number and other.params == trial.params and (other.values or other.intermediate_values)]
+        return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
 
     def wait_for_twin(self, study: optuna.Study, trial: optuna.Trial):
         """While an earlier trial with the same parameters runs on another worker, wait for it (training them
         again would end later with the same result; the sampler proposes repeats in small discrete stages, most
-        often with several workers). Returns the completed twin, or None if it ended otherwise (then this trial
-        trains). Earlier trials only: two workers never wait for each other."""
+        often with several workers). Returns the twin if it completed or was pruned, None if it failed (then this
+        trial trains). Earlier trials only: two workers never wait for each other."""
         def earlier_running():
             return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     if t.number < trial.number and t.params == trial.params]
@@ -235,6 +233,12 @@ class TrialRunner:
             trial.set_user_attr(key, value)
         for step, value in twin.intermediate_values.items():
             trial.report(value, step)
+        if twin.state == TrialState.PRUNED:
+            reason = f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
+            trial.set_user_attr("reason", reason)
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+            self.out(f"{self.prefix}trial {trial.number} PRUNED: {reason}")
+            return frozen
         frozen = study.tell(trial, twin.values)
         self.out(f"{self.prefix}trial {trial.number} COMPLETE {self._describe(frozen.values)}: same parameters as trial "
                  f"{twin.number}, result copied (training is deterministic)")

@@ -10,7 +10,8 @@ The same search-space file as the Optuna driver, run as a Ray Tune experiment:
   pruner's ``min_resource`` / ``n_warmup_steps``, else 1 epoch), none for ``pruner: {type: none}``;
 - results: every Ray trial is written into the study's Optuna storage (COMPLETE, PRUNED when ASHA
   stopped it before the last epoch, FAIL), so ``report``, ``retrain`` and ``dashboard`` work unchanged;
-  a proposal repeating a finished trial's parameters is not trained again but recorded as its copy.
+  a proposal repeating a finished trial's parameters is not trained again but recorded as its copy, one
+  repeating a running trial is held back until that trial ends.
 
 Staged search runs one Ray experiment per stage (earlier stages' best values fixed, the previous best carried
 in as in the Optuna driver). Ray state lives in ``studies/<name>/ray/<study of the stage>[-k]/``: running
@@ -51,8 +52,9 @@ COST = "cost"  # the second objective of a two-objective front
 LAST_CHECKPOINT = "last.ckpt"  # a Ray trial's newest epoch checkpoint, in its folder
 MARKER = "epoch.json"  # what a Ray checkpoint holds: the epoch and the path of last.ckpt
 RECORDED = ".recorded"  # written into a Ray experiment's folder once its trials are in the Optuna storage
-DUPLICATE = "duplicate_of"  # config and result key of a proposal that repeats a finished trial (JSON: which, its values)
+DUPLICATE = "duplicate_of"  # config and result key of a proposal that repeats a finished trial (JSON: which, its result)
 TIME_ATTR = "epoch"  # epochs trained (1-based), ASHA's time axis
+HELD_AT_MOST = 8  # proposals the searcher holds back at once because they repeat a running trial
 CONNECT_TIMEOUT = 5.0  # s to reach a cluster given by --address
 GCS_WAIT = "RAY_gcs_server_port_wait_time_s"  # ray.init's retries (about 1 s each) to reach the cluster's GCS
 _DATA: dict = {}  # per Ray worker process: data loaded once, keyed by dataset options + cutoff
@@ -333,8 +335,11 @@ class ProgressLines(Callback):
         if result.get(DUPLICATE):
             twin = json.loads(result[DUPLICATE])
             which = f"trial {twin['ray_trial_id']}" if "ray_trial_id" in twin else f"trial {twin['number']} of the study"
-            self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g}: same parameters as {which}, result copied "
-                     "(training is deterministic)")
+            if twin["pruned"]:
+                self.out(f"trial {trial.trial_id} PRUNED: same parameters as {which}, stopped there: not trained again")
+            else:
+                self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g}: same parameters as {which}, result copied "
+                         "(training is deterministic)")
         elif result.get("finished"):
             self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g} (best epoch {result.get('best_epoch')})")
         else:
@@ -349,13 +354,17 @@ class StudySearch(OptunaSearch):
     """OptunaSearch that (a) knows the trials earlier experiments of the stage ran (``history``), (b) proposes
     nothing after the search's deadline (running trials finish, as with the Optuna driver), (c) tells the
     sampler that a trial ASHA stopped was pruned and a failed one failed (OptunaSearch tells their last value
-    as a complete result), and (d) marks a proposal that repeats a finished trial's parameters: the trainable
-    then reports that trial's values instead of training again (training is deterministic; small discrete
-    stages propose repeats often), and the recorded trial copies its result, as the Optuna driver does."""
+    as a complete result), (d) marks a proposal that repeats a finished (completed or stopped) trial's
+    parameters: the trainable then reports that trial's result instead of training again (training is
+    deterministic; small discrete stages propose repeats often), and the recorded trial copies it, as the
+    Optuna driver does, and (e) holds back a proposal that repeats a running trial until that trial ends
+    (then it is such a copy, or trains if that trial failed), asking for other proposals meanwhile: free
+    slots train other configurations, or wait if every proposal is a repeat."""
 
     def __init__(self, *args, history: list | None = None, **kwargs):
         self._history = history or []
-        self._finished: dict[int, dict] = {}  # number in the searcher's study -> the finished trial in Ray or the storage
+        self._ended: dict[int, dict] = {}  # number in the searcher's study -> the finished trial in Ray or the storage
+        self._held: list[tuple] = []  # (proposal, Ray id of the running trial it repeats)
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
@@ -366,24 +375,45 @@ class StudySearch(OptunaSearch):
                 params=params, distributions=self._space, values=values,
                 state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
                 intermediate_values=intermediate if single else None))
-            if not pruned:
-                self._finished[len(self._ot_study.get_trials(deepcopy=False)) - 1] = {"number": number}
+            self._ended[len(self._ot_study.get_trials(deepcopy=False)) - 1] = {"number": number}
 
     def suggest(self, trial_id: str):
         if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
             return Searcher.FINISHED
-        config = super().suggest(trial_id)
-        proposed = self._ot_trials[trial_id]
-        for other in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.number != proposed.number and other.params == proposed.params and other.number in self._finished:
-                return {**config, DUPLICATE: json.dumps({**self._finished[other.number], "values": other.values})}
-        return config
+        for k, (proposed, running) in enumerate(self._held):  # a held repeat whose twin has ended goes first
+            if running in self._completed_trials:
+                del self._held[k]
+                self._ot_trials[trial_id] = proposed
+                return self._copy_of_ended(super().suggest(trial_id), proposed)
+        while len(self._held) < HELD_AT_MOST:
+            config = super().suggest(trial_id)
+            proposed = self._ot_trials[trial_id]
+            marked = self._copy_of_ended(config, proposed)
+            running = next((other_id for other_id, other in self._ot_trials.items() if other_id not in self._completed_trials
+                            and other.number != proposed.number and other.params == proposed.params), None)
+            if marked is not config or running is None:
+                return marked
+            self._held.append((proposed, running))
+            del self._ot_trials[trial_id]
+        return None  # every proposal repeats a running trial: ask again when one ends
+
+    def _copy_of_ended(self, config: dict, proposed) -> dict:
+        """``config``, marked as a copy if a finished trial had the same parameters (a completed one first)."""
+        twins = [other for other in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                 if other.number != proposed.number and other.params == proposed.params and other.number in self._ended
+                 and (other.values or other.intermediate_values)]
+        twin = min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
+        if twin is None:
+            return config
+        curve = twin.intermediate_values
+        return {**config, DUPLICATE: json.dumps({**self._ended[twin.number], "values": twin.values, "pruned": twin.state == TrialState.PRUNED,
+                                                 "last": curve[max(curve)] if curve else None, "epochs": len(curve)})}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         finished = bool(result and result.get("finished")) and not error
         super().on_trial_complete(trial_id, result=result if finished else None, error=error)
-        if finished and trial_id in self._ot_trials:
-            self._finished[self._ot_trials[trial_id].number] = {"ray_trial_id": trial_id}
+        if result and not error and trial_id in self._ot_trials:  # completed, or stopped by ASHA
+            self._ended[self._ot_trials[trial_id].number] = {"ray_trial_id": trial_id}
 
 
 def asha_settings(space: SearchSpace) -> tuple[int, int]:
@@ -436,10 +466,15 @@ def trainable_fn(config: dict, payload: dict) -> None:
 
     started = time.perf_counter()
     space = space_of(payload)
-    if DUPLICATE in config:  # a finished trial's parameters: its values, reported at the last epoch (copied when recorded)
-        values = json.loads(config[DUPLICATE])["values"]
-        tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.epochs,
-                     "finished": True, DUPLICATE: config[DUPLICATE], "clock": time.time()})
+    if DUPLICATE in config:  # a finished trial's parameters: its result, reported at once (copied when recorded)
+        twin = json.loads(config[DUPLICATE])
+        if twin["pruned"]:
+            tune.report({OBJECTIVE: twin["last"], TIME_ATTR: twin["epochs"], "finished": False, DUPLICATE: config[DUPLICATE],
+                         "clock": time.time()})
+        else:
+            values = twin["values"]
+            tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.epochs,
+                         "finished": True, DUPLICATE: config[DUPLICATE], "clock": time.time()})
         return
     objective = space.objective
     values = {**payload["fixed"], **{name: decode(config[name]) for name in space.parameters if name in config}}
@@ -575,7 +610,10 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     twin = duplicated(earlier, last)
     if twin is not None:  # recorded as the Optuna driver records a repeat: the twin's result, not trained again
         attrs = {**{k: v for k, v in attrs.items() if k != "epochs"}, **result_attrs(twin), DUPLICATE: twin.number}
-        state, value, intermediate = TrialState.COMPLETE, twin.values, dict(twin.intermediate_values)
+        state, value, intermediate = twin.state, twin.values, dict(twin.intermediate_values)
+        if state == TrialState.PRUNED:
+            value = None
+            attrs["reason"] = f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
     elif result.error is not None:
         state, value = TrialState.FAIL, None
         message = str(result.error).strip().splitlines()
@@ -607,7 +645,8 @@ def duplicated(earlier: list, last: dict):
         return None
     twin = json.loads(last[DUPLICATE])
     for t in earlier:
-        if t.state == TrialState.COMPLETE and (t.user_attrs.get("ray_trial_id") == twin.get("ray_trial_id", "") or t.number == twin.get("number")):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and \
+                (t.user_attrs.get("ray_trial_id") == twin.get("ray_trial_id", "") or t.number == twin.get("number")):
             return t
     return None
 
