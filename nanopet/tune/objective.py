@@ -36,7 +36,7 @@ from nanopet.model import NanoPET
 from nanopet.train import Data, train
 from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, result_attrs, short, suggest
+from nanopet.tune.study import Stage, copied_reason, finished_twin, result_attrs, short, suggest
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",
@@ -189,14 +189,6 @@ class TrialRunner:
 
     # -----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def duplicate_of(study: optuna.Study, trial: optuna.Trial):
-        """A finished trial of this study with the same parameters: a completed one, else a pruned one (training
-        is deterministic: the same curve again; small discrete stages propose repeats often)."""
-        twins = [other for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                 if other.number != trial.number and other.params == trial.params and (other.values or other.intermediate_values)]
-        return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
-
     def wait_for_twin(self, study: optuna.Study, trial: optuna.Trial):
         """While an earlier trial with the same parameters runs on another worker, wait for it (training them
         again would end later with the same result; the sampler proposes repeats in small discrete stages, most
@@ -209,7 +201,7 @@ class TrialRunner:
         settings, waited = self.space.study, None
         with contextlib.ExitStack() as held:
             while True:
-                twin, running = self.duplicate_of(study, trial), earlier_running()
+                twin, running = finished_twin(study, trial.number, trial.params), earlier_running()
                 if twin is not None or not running:
                     return twin
                 if waited is None:  # other workers must see this trial's worker alive while it waits
@@ -234,7 +226,7 @@ class TrialRunner:
         for step, value in twin.intermediate_values.items():
             trial.report(value, step)
         if twin.state == TrialState.PRUNED:
-            reason = f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
+            reason = copied_reason(twin)
             trial.set_user_attr("reason", reason)
             frozen = study.tell(trial, state=TrialState.PRUNED)
             self.out(f"{self.prefix}trial {trial.number} PRUNED: {reason}")

@@ -44,8 +44,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import (check_resumable, chosen_values, counted, decode, distribution, encode, make_sampler, masked,
-                                open_stage, open_storage, plan, record_storage, result_attrs, short, storage_url)
+from nanopet.tune.study import (check_resumable, chosen_values, copied_reason, counted, decode, distribution, encode, finished_twin,
+                                make_sampler, masked, open_stage, open_storage, plan, record_storage, result_attrs, short, storage_url)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
 COST = "cost"  # the second objective of a two-objective front
@@ -399,10 +399,7 @@ class StudySearch(OptunaSearch):
 
     def _copy_of_ended(self, config: dict, proposed) -> dict:
         """``config``, marked as a copy if a finished trial had the same parameters (a completed one first)."""
-        twins = [other for other in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                 if other.number != proposed.number and other.params == proposed.params and other.number in self._ended
-                 and (other.values or other.intermediate_values)]
-        twin = min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
+        twin = finished_twin(self._ot_study, proposed.number, proposed.params, among=self._ended)
         if twin is None:
             return config
         curve = twin.intermediate_values
@@ -613,7 +610,7 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
         state, value, intermediate = twin.state, twin.values, dict(twin.intermediate_values)
         if state == TrialState.PRUNED:
             value = None
-            attrs["reason"] = f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
+            attrs["reason"] = copied_reason(twin)
     elif result.error is not None:
         state, value = TrialState.FAIL, None
         message = str(result.error).strip().splitlines()

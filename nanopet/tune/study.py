@@ -278,6 +278,22 @@ def result_attrs(trial) -> dict:
     return {k: trial.user_attrs[k] for k in RESULT_ATTRS if k in trial.user_attrs}
 
 
+def finished_twin(study: optuna.Study, number: int, params: dict, among=None):
+    """A finished trial of ``study`` (other than trial ``number``) with the same ``params``: a completed one,
+    else a pruned one with a curve; None if there is none. Training is deterministic, so a repeat (small
+    discrete stages propose them often) takes its twin's result instead of training again. ``among``: only
+    trials with these numbers."""
+    twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+             if t.number != number and t.params == params and (among is None or t.number in among)
+             and (t.values or t.intermediate_values)]
+    return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
+
+
+def copied_reason(twin) -> str:
+    """The reason a repeat of the pruned trial ``twin`` is recorded PRUNED without training."""
+    return f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
+
+
 def best_trial(study: optuna.Study):
     """The best completed trial (single objective), or None."""
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
