@@ -43,7 +43,8 @@ def ray_space(directory, pruner: dict | None = None, **sections):
     raw = tiny_space(directory, budget={"n_trials": 4, "epochs": 3},
                      parameters={"learning_rate": {"type": "categorical", "choices": [GOOD, BAD]}},
                      study={"pruner": pruner or {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2}},
-                     driver={"type": "ray", "gpus_per_trial": 0})
+                     driver={"type": "ray", "gpus_per_trial": 0},
+                     strategy={"type": "joint", "enumerate": False})  # the tests want repeats; one test enumerates
     raw["architecture"]["model"].update(cutoff=3.5)
     return load_search_space(merge(raw, sections))
 
@@ -193,6 +194,18 @@ def test_timeout_stops_proposing_and_a_second_run_continues_the_study(ray_runtim
     assert len(again) > len(done) and len({t.user_attrs["ray_trial_id"] for t in again}) == len(again)
     assert (tmp_path / "tiny" / "ray" / "tiny-2").is_dir()  # a new experiment, told what the first found
     assert [t.user_attrs.get("role") for t in again].count("defaults") == 1  # the defaults ran once
+
+
+def test_a_small_discrete_space_is_enumerated_once_and_ends(ray_runtime, tmp_path):
+    # a timeout-only budget over two configurations: the experiment runs two trials, one each, and the study ends
+    space = ray_space(tmp_path, budget={"n_trials": None, "timeout": 300, "epochs": 1}, pruner={"type": "none"},
+                      strategy={"enumerate": True})
+    lines = []
+    assert ray_driver.run(space, workers=2, out=lines.append).status == "completed"
+    done = trials(tmp_path, "tiny")
+    assert sorted(t.params["learning_rate"] for t in done) == [BAD, GOOD]
+    assert all(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in done)
+    assert "joint: 2 trials" in lines
 
 
 def test_two_objective_front(ray_runtime, tmp_path):

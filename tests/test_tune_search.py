@@ -66,7 +66,8 @@ def test_staged_search_fixes_earlier_stages_best(tmp_path):
 def test_pruner_prunes_a_bad_trial(tmp_path):
     raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-6]}},
                      study={"sampler": {"type": "random", "seed": 3}, "pruner": {"type": "median", "n_startup_trials": 1}},
-                     objective={"metric": "val_energy_rmse"}, budget={"n_trials": 6, "epochs": 3})
+                     objective={"metric": "val_energy_rmse"}, budget={"n_trials": 6, "epochs": 3},
+                     strategy={"type": "joint", "enumerate": False})  # repeats wanted: not each value once
     search(raw)
     done = trials(tmp_path, "tiny")
     bad = [t for t in done if t.params["learning_rate"] == 1.0e-6]
@@ -86,7 +87,8 @@ def test_pruner_prunes_a_bad_trial(tmp_path):
 
 def test_nan_learning_rate_fails_only_its_trial(tmp_path):
     raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e3]}},
-                     study={"sampler": {"type": "random", "seed": 3}}, budget={"n_trials": 4})
+                     study={"sampler": {"type": "random", "seed": 3}}, budget={"n_trials": 4},
+                     strategy={"type": "joint", "enumerate": False})  # four trials of two values: the study goes on
     result, _ = search(raw)
     done = trials(tmp_path, "tiny")
     failed = [t for t in done if t.state == TrialState.FAIL]
@@ -177,7 +179,8 @@ def test_out_of_memory_and_other_errors_fail_only_their_trial(tmp_path, monkeypa
     assert reasons == {1.0e-2: "CUDA out of memory: CUDA out of memory. Tried to allocate 2.00 GiB", 2.0e-2: "RuntimeError: boom"}
     boom = next(t for t in done if t.params["learning_rate"] == 2.0e-2)
     assert "Traceback" in (tmp_path / "tiny" / "trials" / str(boom.number) / "error.txt").read_text()
-    assert len(counted(done)) == 6 and result.status == "completed"
+    assert len(counted(done)) == 3 and result.status == "completed"  # three values: each tried once
+    assert sorted(t.params["learning_rate"] for t in done) == [3.0e-3, 1.0e-2, 2.0e-2]
 
 
 def test_timeout_stops_starting_trials(tmp_path):
@@ -185,3 +188,21 @@ def test_timeout_stops_starting_trials(tmp_path):
     result, lines = search(raw)
     assert result.status == "timeout" and 1 <= len(trials(tmp_path, "tiny")) < 10
     assert any(line.startswith("timeout reached") for line in lines)
+
+
+def test_a_small_discrete_space_is_enumerated_once_and_ends(tmp_path):
+    # a timeout-only budget over three configurations: each trained once, then the study ends (the sampler would
+    # repeat them, and each repeat, copied without training, would start another until the timeout)
+    raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-2, 2.0e-3]}},
+                     study={"sampler": {"type": "tpe", "seed": 0}}, budget={"n_trials": None, "timeout": 300, "epochs": 1})
+    result, lines = search(raw)
+    done = trials(tmp_path, "tiny")
+    assert result.status == "completed" and "joint: each of its 3 configurations tried once" in lines
+    assert sorted(t.params["learning_rate"] for t in done) == [2.0e-3, 3.0e-3, 1.0e-2]
+    assert all(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in done)
+    # strategy.enumerate: false leaves the sampler alone: with more trials than configurations it repeats some
+    raw = tiny_space(tmp_path / "b", parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-2]}},
+                     strategy={"type": "joint", "enumerate": False}, budget={"n_trials": 4, "epochs": 1})
+    search(raw)
+    done = trials(tmp_path / "b", "tiny")
+    assert len(done) == 4 and sum("duplicate_of" in t.user_attrs for t in done) == 2

@@ -27,8 +27,12 @@ def test_default_follows_the_documented_order_of_importance():
     order = [name for stage in space.strategy.stages for name in stage]
     assert order == ["cutoff", "learning_rate", "batch_size", "d_pet", "num_gnn_layers", "num_attention_layers"]
     assert space.strategy.type == "staged"
-    trials = [stage.n_trials for stage in plan(space)]
-    assert trials == sorted(trials, reverse=True) and sum(trials) == space.budget.n_trials
+    stages = plan(space)
+    assert sum(stage.n_trials for stage in stages) == space.budget.n_trials
+    # cutoff (11 values on its 0.25 A step) and the four discrete stages try each value once: their shares by
+    # importance (17, 11, 9, 6, 3 of 60) would repeat values; the rest goes to the continuous learning_rate
+    assert [(stage.n_trials, stage.grid, stage.enumerated) for stage in stages] == [
+        (11, 11, True), (33, None, False), (4, 4, True), (4, 4, True), (4, 4, True), (4, 4, True)]
 
 
 def test_stage_split_by_importance_equal_and_weights():
@@ -36,6 +40,11 @@ def test_stage_split_by_importance_equal_and_weights():
     assert Strategy("staged", stages, "importance").stage_trials(12) == [6, 4, 2]
     assert Strategy("staged", stages, "equal").stage_trials(10) == [4, 3, 3]
     assert Strategy("staged", stages, (1, 1, 8)).stage_trials(10) == [2, 2, 6]  # at least 2 per stage
+    # a stage with fewer configurations than its share gets that many; the rest is split over the others by weight
+    assert Strategy("staged", stages, "importance").stage_trials(12, [2, None, None]) == [2, 7, 3]
+    assert Strategy("staged", stages, "importance").stage_trials(12, [2, None, 3]) == [2, 7, 3]
+    assert Strategy("staged", stages, "importance").stage_trials(12, [None, 2, 1]) == [9, 2, 1]
+    assert Strategy("staged", stages, "importance").stage_trials(12, [3, 2, 1]) == [3, 2, 1]  # fewer in all
 
 
 def test_parameter_names_resolve_to_option_paths():
@@ -89,6 +98,7 @@ INVALID = [
      "parameters.loss.weights.force: weights has no key 'force' (did you mean 'forces'?)"),
     ({"training_set": "missing.xyz"}, "training_set: dataset file"),
     ({"study": {"sampler": {"type": "tpee"}}}, "study.sampler.type: unknown sampler 'tpee' (did you mean 'tpe'?)"),
+    ({"strategy": {"type": "joint", "enumerate": "yes"}}, "strategy.enumerate: expected true or false, got 'yes'"),
     ({"study": {"pruner": {"type": "median", "n_startup": 3}}}, "study.pruner.n_startup: unknown key"),
     ({"objective": {"metric": "val_force_rmse"}}, "objective.metric: unknown metric 'val_force_rmse' (did you mean 'val_forces_rmse'?)"),
     ({"objective": {"cost": "front"}, "study": {"pruner": {"type": "median"}}}, "study.pruner: Optuna cannot prune a two-objective study"),

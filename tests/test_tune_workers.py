@@ -59,8 +59,9 @@ def test_two_workers_share_one_study(tmp_path):
 
 def test_a_worker_waits_for_a_running_trial_with_the_same_parameters(tmp_path):
     # one configuration (the defaults), two workers: the second trial must not train it again at the same time
-    raw = tiny_space(tmp_path / "studies", budget={"n_trials": 3, "epochs": 8},
-                     parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3]}})
+    raw = tiny_space(tmp_path / "studies", budget={"n_trials": 3, "epochs": 24},  # long enough for the second worker to start
+                     parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3]}},
+                     strategy={"type": "joint", "enumerate": False})  # repeats wanted: the sampler proposes them
     result = cli(write_space(tmp_path / "space.yaml", raw), "--workers", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     done = trials(tmp_path / "studies", "tiny")

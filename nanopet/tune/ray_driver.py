@@ -45,7 +45,8 @@ from ray.tune.search.optuna import OptunaSearch
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import (check_resumable, chosen_values, copied_reason, counted, decode, distribution, encode, finished_twin,
-                                make_sampler, masked, open_stage, open_storage, plan, record_storage, result_attrs, short, storage_url)
+                                masked, open_stage, open_storage, plan, record_storage, remaining, result_attrs, short, stage_sampler,
+                                storage_url)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
 COST = "cost"  # the second objective of a two-objective front
@@ -159,18 +160,20 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
         tuner = tune.Tuner.restore(str(last), trainable=trainable, resume_errored=True)
         experiment = last
     else:
-        done = len(counted(study.get_trials(deepcopy=False)))
-        remaining = None if stage.n_trials is None else stage.n_trials - done
-        if remaining is not None and remaining <= 0:
-            out(f"{stage.label}: all {stage.n_trials} trials recorded; nothing to run")
+        trials = study.get_trials(deepcopy=False)
+        done, left = len(counted(trials)), remaining(stage, trials)
+        if left is not None and left <= 0:
+            out(f"{stage.label}: " + (f"each of its {stage.grid} configurations tried once" if stage.enumerated and
+                                      (stage.n_trials is None or done < stage.n_trials) else f"all {stage.n_trials} trials recorded")
+                + "; nothing to run")
             return "completed"
         if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
             return "timeout"
         name = stage.study_name if not runs else f"{stage.study_name}-{len(runs) + 1}"
         experiment = root / name
-        planned = "trials until the timeout" if remaining is None else f"{remaining} trials"
+        planned = "trials until the timeout" if left is None else f"{left} trials"
         out(f"{stage.label}: {planned}" + (f" ({done} recorded before)" if done else ""))
-        tuner = tune.Tuner(trainable, tune_config=tune_config(space, stage, study, workers, remaining, points),
+        tuner = tune.Tuner(trainable, tune_config=tune_config(space, stage, study, workers, left, points),
                            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
                                                      failure_config=tune.FailureConfig(max_failures=space.study.max_retries),
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers: tiny
@@ -185,7 +188,8 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
     if unfinished:
         return "interrupted"
     (experiment / RECORDED).write_text(f"{written}\n")
-    if stage.n_trials is not None and len(counted(study.get_trials(deepcopy=False))) >= stage.n_trials:
+    left = remaining(stage, study.get_trials(deepcopy=False))
+    if left is not None and left <= 0:
         return "completed"
     return "timeout"  # the searcher stopped proposing at the deadline
 
@@ -282,7 +286,7 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
     first = [point for point in first if point not in tried]  # after a timeout, the next experiment skips them
     objective = space.objective
     metric, mode = ([OBJECTIVE, COST], ["min", "min"]) if objective.n_values > 1 else (OBJECTIVE, "min")
-    searcher = StudySearch(space=distributions, metric=metric, mode=mode, sampler=make_sampler(space.study.sampler, len(study.trials)),
+    searcher = StudySearch(space=distributions, metric=metric, mode=mode, sampler=stage_sampler(space, stage, len(study.trials)),
                            points_to_evaluate=first or None, history=history(study, stage))
     scheduler = None  # `pruner: {type: none}` (and two-objective fronts): every trial runs all epochs
     if space.study.pruner["type"] != "none":

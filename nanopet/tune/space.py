@@ -7,7 +7,7 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
     objective:  {metric: val_forces_rmse, cost: none | penalty | front, cost_measure, cost_weight}
     budget:     {n_trials, timeout, epochs}
-    strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance}
+    strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
     driver:     optuna | ray | {type: ray, address: auto, cpus_per_trial: 1, gpus_per_trial: 0.5}
 
@@ -50,7 +50,7 @@ OBJECTIVE_KEYS = ("metric", "cost", "cost_measure", "cost_weight")
 COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
 BUDGET_KEYS = ("n_trials", "timeout", "epochs")
-STRATEGY_KEYS = ("type", "importance", "split")
+STRATEGY_KEYS = ("type", "importance", "split", "enumerate")
 STRATEGIES = ("joint", "staged")  # the first is the default
 DRIVERS = ("optuna", "ray")
 DRIVER_KEYS = ("type", "address", "cpus_per_trial", "gpus_per_trial")  # all but type: ray only
@@ -103,6 +103,14 @@ class Parameter:
             value = min(value, self.high)
         return int(round(value)) if self.type == "int" else float(value)
 
+    @property
+    def size(self) -> int | None:
+        """How many values the parameter can take; None for a continuous range."""
+        if self.type == "categorical":
+            return len(self.choices)
+        step = self.step if self.step is not None else (1 if self.type == "int" else None)
+        return None if step is None else int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+
     def describe(self) -> str:
         if self.type == "categorical":
             return f"{self.name} in {list(self.choices)}"
@@ -152,9 +160,12 @@ class Strategy:
     type: str  # staged | joint
     stages: tuple  # tuple of tuples of parameter names, most important first (joint: one stage)
     split: object = "importance"  # importance | equal | list of weights
+    enumerate: bool = True  # a stage with no more (discrete) configurations than its budget tries each once
 
-    def stage_trials(self, n_trials: int) -> list[int]:
-        """Trials per stage: ``n_trials`` split by weight (largest remainder), at least 2 per stage."""
+    def stage_trials(self, n_trials: int, grids: list | None = None) -> list[int]:
+        """Trials per stage: ``n_trials`` split by weight (largest remainder), at least 2 per stage. A stage
+        with fewer configurations than its share (``grids``: each stage's count, None where a range is
+        continuous) gets that many, and what it does not need goes to the other stages by weight."""
         count = len(self.stages)
         if count == 1:
             return [n_trials]
@@ -164,13 +175,22 @@ class Strategy:
             weights = [1.0] * count
         else:
             weights = list(self.split)
-        total = sum(weights)
-        share = [n_trials * w / total for w in weights]
-        trials = [int(s) for s in share]
-        for k in sorted(range(count), key=lambda k: share[k] - trials[k], reverse=True)[: n_trials - sum(trials)]:
-            trials[k] += 1
+        grids = grids or [None] * count
+        capped: dict[int, int] = {}
+        while True:
+            free = [k for k in range(count) if k not in capped]
+            total, left = sum(weights[k] for k in free), n_trials - sum(capped.values())
+            share = {k: left * weights[k] / total if total else left / len(free) for k in free}
+            trials = {k: int(share[k]) for k in free}
+            for k in sorted(free, key=lambda k: share[k] - trials[k], reverse=True)[: left - sum(trials.values())]:
+                trials[k] += 1
+            over = {k: grids[k] for k in free if grids[k] is not None and trials[k] >= grids[k]}
+            capped.update(over)
+            if not over or len(capped) == count:
+                break
+        trials = [capped.get(k, trials.get(k, 0)) for k in range(count)]
         for k in range(count):  # every stage gets a few trials, taken from the largest
-            while trials[k] < MIN_TRIALS_PER_STAGE:
+            while trials[k] < min(MIN_TRIALS_PER_STAGE, grids[k] or MIN_TRIALS_PER_STAGE):
                 trials[max(range(count), key=lambda j: trials[j])] -= 1
                 trials[k] += 1
         return trials
@@ -535,9 +555,12 @@ def _strategy(raw, parameters: dict) -> Strategy:
         split = tuple(_number(w, f"strategy.split[{k}]", positive=True) for k, w in enumerate(split))
     elif split not in ("importance", "equal"):
         raise InputError(f"strategy.split: must be importance, equal or a list of weights per stage, got {split!r}")
+    enumerate_ = raw.get("enumerate", True)
+    if not isinstance(enumerate_, bool):
+        raise InputError(f"strategy.enumerate: expected true or false, got {enumerate_!r}")
     if kind == "joint":
         stages = (tuple(parameters),)
-    return Strategy(kind, stages, split)
+    return Strategy(kind, stages, split, enumerate_)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,12 +8,16 @@
 - The first trial of a study is the default hypers (enqueued); a later stage starts instead from
   the previous stage's best trial, added as an already-completed trial (role ``carried``) so it
   is not trained twice. Either way each study reports its gain over where it started.
+- A stage (or joint study) whose parameters have no more configurations than its budget, all
+  discrete, is enumerated: each configuration once in a seeded random order, whatever the sampler
+  (a sampler would repeat some and miss others), and it ends when none is left.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +139,27 @@ def make_sampler(settings: dict, seed_offset: int = 0) -> optuna.samplers.BaseSa
     raise InputError(f"study.sampler.type: unknown sampler {kind!r}")
 
 
+class Enumerate(optuna.samplers.BruteForceSampler):
+    """Every configuration once, in a seeded random order, skipping those finished, failed or running. The
+    stage ends by ``remaining`` (BruteForceSampler's own ``study.stop()`` works only inside ``optimize``)."""
+
+    def __init__(self, seed: int | None = None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(seed=seed)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def stage_sampler(space: SearchSpace, stage: Stage, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """``Enumerate`` for an enumerated stage, else the sampler of ``study.sampler``."""
+    if stage.enumerated:
+        seed = space.study.sampler.get("seed")
+        return Enumerate(None if seed is None else int(seed) + seed_offset)
+    return make_sampler(space.study.sampler, seed_offset)
+
+
 def make_pruner(settings: dict, epochs: int) -> optuna.pruners.BasePruner:
     kwargs = {k: v for k, v in settings.items() if k != "type"}
     kind = settings["type"]
@@ -196,6 +221,12 @@ class Stage:
     parameters: tuple
     n_trials: int | None
     study_name: str
+    grid: int | None = None  # how many configurations the parameters make; None if one is continuous
+
+    @property
+    def enumerated(self) -> bool:
+        """Small and discrete: every configuration is tried once, and then the stage ends."""
+        return self.grid is not None and (self.n_trials is None or self.grid <= self.n_trials)
 
     @property
     def label(self) -> str:
@@ -210,11 +241,42 @@ def plan(space: SearchSpace) -> list[Stage]:
     """The stages in order of importance with their trial budgets (joint: one stage)."""
     stages = space.strategy.stages
     n_trials = space.budget.n_trials
+    grids = [grid_size(space, group) if space.strategy.enumerate else None for group in stages]
     if len(stages) == 1:
-        return [Stage(1, 1, stages[0], n_trials, space.study.name)]
-    budgets = space.strategy.stage_trials(n_trials)
-    return [Stage(k + 1, len(stages), group, budgets[k], f"{space.study.name}.stage{k + 1}-{'+'.join(group)}")
+        return [Stage(1, 1, stages[0], n_trials, space.study.name, grids[0])]
+    budgets = space.strategy.stage_trials(n_trials, grids)
+    return [Stage(k + 1, len(stages), group, budgets[k], f"{space.study.name}.stage{k + 1}-{'+'.join(group)}", grids[k])
             for k, group in enumerate(stages)]
+
+
+def grid_size(space: SearchSpace, names) -> int | None:
+    """The number of configurations of these parameters; None if one of them is continuous."""
+    size = 1
+    for name in names:
+        count = space.parameters[name].size
+        if count is None:
+            return None
+        size *= count
+    return size
+
+
+def remaining(stage: Stage, trials) -> int | None:
+    """Trials the stage may still start (None: as many as the timeout allows): its budget less the counted
+    trials, and in an enumerated stage at most the configurations no trial has taken (the carried-in one
+    included) plus the trials waiting in the queue (their configurations are taken when they start)."""
+    left = None if stage.n_trials is None else stage.n_trials - len(counted(trials))
+    if stage.enumerated:
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        taken = {json.dumps(t.params, sort_keys=True, default=str) for t in counted(trials) + carried(trials) if t.params}
+        taken |= {json.dumps(t.system_attrs.get("fixed_params", {}), sort_keys=True, default=str) for t in waiting}
+        drawing = sum(t.state == TrialState.RUNNING and not t.params for t in trials)  # asked, parameters not drawn yet
+        untried = max(0, stage.grid - len(taken) - drawing) + len(waiting)
+        left = untried if left is None else min(left, untried)
+    return left
+
+
+def carried(trials) -> list:
+    return [t for t in trials if t.user_attrs.get("role") == "carried"]
 
 
 def directions(space: SearchSpace) -> list[str]:
@@ -243,7 +305,7 @@ def open_stage(storage, space: SearchSpace, stage: Stage, fixed: dict, previous:
         raise InputError(f"study {stage.study_name!r} was run with earlier stages' values {attrs.get('fixed')}, but they are "
                          f"now {fixed} (an earlier stage's budget grew); use --study-name NEW")
     trials = study.get_trials(deepcopy=False)
-    study.sampler = make_sampler(space.study.sampler, seed_offset=1_000_003 * worker_index + len(trials))
+    study.sampler = stage_sampler(space, stage, seed_offset=1_000_003 * worker_index + len(trials))
     if not trials and (previous is not None or enqueue_defaults):
         start_trial(study, space, stage, fixed, previous)
     return study

@@ -90,7 +90,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     from nanopet.train import load_data
     from nanopet.tune.lease import recover
     from nanopet.tune.objective import TrialInterrupted, TrialRunner
-    from nanopet.tune.study import chosen_values, counted, open_stage, open_storage, plan, storage_url
+    from nanopet.tune.study import chosen_values, open_stage, open_storage, plan, remaining, storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop = stop or StopFlag()
@@ -120,7 +120,8 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
             trial, busy = None, False
             with study_lock(space):
                 trials = study.get_trials(deepcopy=False)
-                if stage.n_trials is None or len(counted(trials)) < stage.n_trials:
+                left = remaining(stage, trials)
+                if left is None or left > 0:
                     trial = study.ask()
                 else:
                     busy = any(t.state.name == "RUNNING" for t in trials)
@@ -132,6 +133,8 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
             elif busy and stage.index < stage.count:
                 time.sleep(POLL_SECONDS)  # the next stage starts from this one's best: wait for its last trials
             else:
+                if stage.enumerated and index == 0:
+                    out(f"{prefix}{stage.label}: each of its {stage.grid} configurations tried once")
                 break
         if stage.index < stage.count:
             fixed, previous = chosen_values(space, stage, fixed, study)
