@@ -208,6 +208,27 @@ def test_a_small_discrete_space_is_enumerated_once_and_ends(ray_runtime, tmp_pat
     assert "joint: 2 trials" in lines
 
 
+def test_an_enumerating_searcher_skips_what_earlier_experiments_tried_failures_included():
+    # a later experiment of an enumerated stage (after a timeout) is told every finished trial, a failed one too
+    import optuna
+
+    from nanopet.tune.study import Enumerate, Stage
+
+    choices = [GOOD, BAD, 1.0e3]
+    distributions = {"learning_rate": optuna.distributions.CategoricalDistribution(choices)}
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": GOOD}, distributions=distributions, value=0.5,
+                                              intermediate_values={0: 0.6, 1: 0.5}))
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1.0e3}, distributions=distributions,
+                                              state=TrialState.FAIL))
+    told = ray_driver.history(study, Stage(1, 1, ("learning_rate",), None, "tiny", 3))
+    assert [state for _, _, state, _, _ in told] == [TrialState.COMPLETE, TrialState.FAIL]
+    for seed in range(6):
+        searcher = ray_driver.StudySearch(space=distributions, metric=ray_driver.OBJECTIVE, mode="min",
+                                          sampler=Enumerate(seed), history=told)
+        assert searcher.suggest(f"t{seed}")["learning_rate"] == BAD  # the one configuration not tried
+
+
 def test_two_objective_front(ray_runtime, tmp_path):
     space = ray_space(tmp_path, budget={"n_trials": 3, "epochs": 2}, objective={"cost": "front", "cost_measure": "parameters"},
                       pruner={"type": "none"},

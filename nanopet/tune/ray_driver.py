@@ -298,17 +298,17 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
 
 
 def history(study: optuna.Study, stage) -> list[tuple]:
-    """(params, values, pruned, intermediate values, number) of the stage's finished trials, to tell the searcher
-    of a new experiment what earlier ones (and the carried-in best) found."""
+    """(params, values, state, intermediate values, number) of the stage's finished trials, to tell the searcher
+    of a new experiment what earlier ones (and the carried-in best) found; failed ones too, so an enumerated
+    stage does not propose their configurations again."""
     told = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         if set(t.params) != set(stage.parameters):
             continue
-        pruned = t.state == TrialState.PRUNED
-        if pruned and not t.intermediate_values:
+        if t.state == TrialState.PRUNED and not t.intermediate_values:
             continue
-        values = t.values if not pruned else None
-        told.append(({k: t.params[k] for k in stage.parameters}, values, pruned, dict(t.intermediate_values), t.number))
+        values = t.values if t.state == TrialState.COMPLETE else None
+        told.append(({k: t.params[k] for k in stage.parameters}, values, t.state, dict(t.intermediate_values), t.number))
     return told
 
 
@@ -374,12 +374,12 @@ class StudySearch(OptunaSearch):
     def _setup_study(self, mode):
         super()._setup_study(mode)
         single = not isinstance(mode, list)
-        for params, values, pruned, intermediate, number in self._history:
+        for params, values, state, intermediate, number in self._history:
             self._ot_study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self._space, values=values,
-                state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                params=params, distributions=self._space, values=values, state=state,
                 intermediate_values=intermediate if single else None))
-            self._ended[len(self._ot_study.get_trials(deepcopy=False)) - 1] = {"number": number}
+            if state != TrialState.FAIL:  # a repeat of a failed trial trains (as with the Optuna driver)
+                self._ended[len(self._ot_study.get_trials(deepcopy=False)) - 1] = {"number": number}
 
     def suggest(self, trial_id: str):
         if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
