@@ -229,6 +229,24 @@ def test_an_enumerating_searcher_skips_what_earlier_experiments_tried_failures_i
         assert searcher.suggest(f"t{seed}")["learning_rate"] == BAD  # the one configuration not tried
 
 
+def test_asha_never_stops_the_defaults_trial():
+    # the study's gain over the defaults is measured from that trial: ASHA may not stop it, worse than the rung or not
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = ray_driver.asha({"learning_rate": BAD}, time_attr=ray_driver.TIME_ATTR, metric=ray_driver.OBJECTIVE,
+                                mode="min", max_t=3, grace_period=1, reduction_factor=2)
+    good = [Trial("nanopet", config={"learning_rate": GOOD}, stub=True) for _ in range(3)]
+    defaults, other = Trial("nanopet", config={"learning_rate": BAD}, stub=True), Trial("nanopet", config={"learning_rate": BAD2}, stub=True)
+    for trial in good + [defaults, other]:
+        scheduler.on_trial_add(None, trial)
+    for trial in good:
+        assert scheduler.on_trial_result(None, trial, {ray_driver.TIME_ATTR: 1, ray_driver.OBJECTIVE: 0.1}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, other, {ray_driver.TIME_ATTR: 1, ray_driver.OBJECTIVE: 5.0}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, defaults, {ray_driver.TIME_ATTR: 1, ray_driver.OBJECTIVE: 5.0}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, defaults, {ray_driver.TIME_ATTR: 3, ray_driver.OBJECTIVE: 5.0}) == TrialScheduler.STOP  # done
+
+
 def test_two_objective_front(ray_runtime, tmp_path):
     space = ray_space(tmp_path, budget={"n_trials": 3, "epochs": 2}, objective={"cost": "front", "cost_measure": "parameters"},
                       pruner={"type": "none"},

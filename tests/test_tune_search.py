@@ -206,3 +206,27 @@ def test_a_small_discrete_space_is_enumerated_once_and_ends(tmp_path):
     search(raw)
     done = trials(tmp_path / "b", "tiny")
     assert len(done) == 4 and sum("duplicate_of" in t.user_attrs for t in done) == 2
+
+
+def test_the_defaults_trial_is_never_pruned(tmp_path):
+    # the gain over the defaults is measured from it: worse than every earlier trial at every epoch, it still runs
+    # all its epochs, while the pruner prunes the next trial that is as bad
+    import optuna
+
+    from nanopet.tune.study import distribution, open_stage, open_storage, plan, storage_url
+
+    raw = tiny_space(tmp_path, study={"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
+                     parameters={"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+                     budget={"n_trials": 4, "epochs": 2})
+    space = load_search_space(raw)
+    stage = plan(space)[0]
+    study = open_stage(open_storage(storage_url(space)), space, stage, {}, None)  # a new study: the defaults enqueued
+    for learning_rate in (2.0e-3, 5.0e-3):  # earlier results that every real trial is worse than
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": learning_rate}, distributions={"learning_rate": distribution(space.parameters["learning_rate"])},
+            value=1.0e-6, intermediate_values={0: 1.0e-6, 1: 1.0e-6}, user_attrs={"config": {"learning_rate": learning_rate}}))
+    search(raw)
+    done = trials(tmp_path, "tiny")
+    assert done[0].user_attrs["role"] == "defaults" and done[0].state == TrialState.COMPLETE
+    assert len(done[0].intermediate_values) == 2
+    assert done[3].state == TrialState.PRUNED and len(done[3].intermediate_values) == 1

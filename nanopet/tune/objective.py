@@ -136,7 +136,7 @@ class TrialRunner:
                                  f"{objective.metric} {metric:.4g} (at best val_loss so far {so_far['metric']:.4g})")
                     if self.stop_requested():
                         raise TrialInterrupted(f"interrupted by the user after epoch {epoch + 1}")
-                    if objective.n_values == 1 and trial.should_prune():
+                    if objective.n_values == 1 and role != "defaults" and trial.should_prune():  # the gain is measured from it
                         why = PRUNE_REASONS.get(space.study.pruner["type"], "pruned")
                         raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}/{space.budget.epochs} by the {space.study.pruner['type']} pruner "
                                                  f"({objective.metric} {so_far['metric']:.4g}: {why})")

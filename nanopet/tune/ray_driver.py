@@ -273,17 +273,18 @@ def quiet_stderr():
 
 def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_trials: int | None, points: list[dict] | None):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     distributions = {name: distribution(space.parameters[name]) for name in stage.parameters}
-    first = []
+    first, defaults = [], None
     if stage.index == 1:  # the defaults first (later stages start from the carried-in best, already in the study)
-        defaults = space.defaults()
-        if all(name in defaults for name in stage.parameters):
-            first.append({k: encode(defaults[k]) for k in stage.parameters})
+        values = space.defaults()
+        if all(name in values for name in stage.parameters):
+            defaults = {k: encode(values[k]) for k in stage.parameters}
+            first.append(defaults)
     first += [{k: encode(v) for k, v in point.items()} for point in points or []]
     tried = [t.params for t in study.get_trials(deepcopy=False)]
     first = [point for point in first if point not in tried]  # after a timeout, the next experiment skips them
+    defaults = defaults if defaults in first else None
     objective = space.objective
     metric, mode = ([OBJECTIVE, COST], ["min", "min"]) if objective.n_values > 1 else (OBJECTIVE, "min")
     searcher = StudySearch(space=distributions, metric=metric, mode=mode, sampler=stage_sampler(space, stage, len(study.trials)),
@@ -291,8 +292,8 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
     scheduler = None  # `pruner: {type: none}` (and two-objective fronts): every trial runs all epochs
     if space.study.pruner["type"] != "none":
         grace, factor = asha_settings(space)
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=space.budget.epochs,
-                                  grace_period=grace, reduction_factor=factor)
+        scheduler = asha(defaults, time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=space.budget.epochs,
+                         grace_period=grace, reduction_factor=factor)
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1 if n_trials is None else n_trials,
                            max_concurrent_trials=workers, reuse_actors=True)
 
@@ -415,6 +416,24 @@ class StudySearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result if finished else None, error=error)
         if result and not error and trial_id in self._ot_trials:  # completed, or stopped by ASHA
             self._ended[self._ot_trials[trial_id].number] = {"ray_trial_id": trial_id}
+
+
+def asha(defaults: dict | None, **settings):
+    """Ray's ASHA scheduler, except that it never stops the defaults trial (its parameters: ``defaults``) early: the
+    study measures its gain over the defaults from it, as the Optuna driver, which never prunes it either. Its
+    results still count in the rungs the other trials are compared with."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class KeepDefaults(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and defaults is not None and result.get(TIME_ATTR, 0) < settings["max_t"] \
+                    and {k: (trial.config or {}).get(k) for k in defaults} == defaults:
+                self._num_stopped -= 1
+                return TrialScheduler.CONTINUE
+            return action
+
+    return KeepDefaults(**settings)
 
 
 def asha_settings(space: SearchSpace) -> tuple[int, int]:
