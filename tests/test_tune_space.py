@@ -30,9 +30,11 @@ def test_default_follows_the_documented_order_of_importance():
     stages = plan(space)
     assert sum(stage.n_trials for stage in stages) == space.budget.n_trials
     # cutoff (11 values on its 0.25 A step) and the four discrete stages try each value once: their shares by
-    # importance (17, 11, 9, 6, 3 of 60) would repeat values; the rest goes to the continuous learning_rate
-    assert [(stage.n_trials, stage.grid, stage.enumerated) for stage in stages] == [
-        (11, 11, True), (33, None, False), (4, 4, True), (4, 4, True), (4, 4, True), (4, 4, True)]
+    # importance (17, 11, 9, 6, 3 of 60) would repeat values; a later stage's base value is the carried-in best
+    # (3 of 4 values to train); the rest goes to the continuous learning_rate
+    assert [(stage.n_trials, stage.grid, stage.carried, stage.enumerated) for stage in stages] == [
+        (11, 11, False, True), (37, None, True, False), (3, 4, True, True), (3, 4, True, True), (3, 4, True, True),
+        (3, 4, True, True)]
 
 
 def test_stage_split_by_importance_equal_and_weights():
@@ -148,3 +150,11 @@ def test_driver_section(tmp_path):
     assert space.replace(driver={"cpus_per_trial": 2, "address": None}).driver == Driver("ray", "auto", 2.0, 0.25)
     assert space.replace(driver={"type": "optuna"}).driver == Driver()  # --driver optuna drops the ray settings
     assert space.fingerprint() == load_search_space(tiny_space(tmp_path)).fingerprint()  # a study may change driver
+
+
+def test_an_enumerated_later_stage_counts_its_carried_in_start(tmp_path):
+    # stage 2 has 3 cutoffs; it starts from stage 1's best at the base cutoff 3.5: 2 to train, the rest to stage 1
+    raw = tiny_space(tmp_path, strategy={"type": "staged", "importance": ["learning_rate", "cutoff"]}, budget={"n_trials": 8})
+    first, second = plan(load_search_space(raw))
+    assert (first.n_trials, first.grid, first.enumerated) == (6, None, False)
+    assert (second.n_trials, second.grid, second.carried, second.enumerated) == (2, 3, True, True)

@@ -74,7 +74,7 @@ def test_a_worker_waits_for_a_running_trial_with_the_same_parameters(tmp_path):
 
 def test_sigkill_of_a_worker_then_of_everything_and_resume(tmp_path):
     studies = tmp_path / "studies"
-    raw = tiny_space(studies, budget={"n_trials": 6, "epochs": 6})
+    raw = tiny_space(studies, budget={"n_trials": 6, "epochs": 16})  # trials long enough to be killed mid-way under load
     path = write_space(tmp_path / "space.yaml", raw)
 
     # a worker killed mid-trial: its trial is failed and retried, a replacement worker starts, the budget is met

@@ -190,7 +190,7 @@ class Strategy:
                 break
         trials = [capped.get(k, trials.get(k, 0)) for k in range(count)]
         for k in range(count):  # every stage gets a few trials, taken from the largest
-            while trials[k] < min(MIN_TRIALS_PER_STAGE, grids[k] or MIN_TRIALS_PER_STAGE):
+            while trials[k] < (MIN_TRIALS_PER_STAGE if grids[k] is None else min(MIN_TRIALS_PER_STAGE, grids[k])):
                 trials[max(range(count), key=lambda j: trials[j])] -= 1
                 trials[k] += 1
         return trials

@@ -222,11 +222,12 @@ class Stage:
     n_trials: int | None
     study_name: str
     grid: int | None = None  # how many configurations the parameters make; None if one is continuous
+    carried: bool = False  # starts from the previous stage's best, one of its configurations (not trained again)
 
     @property
     def enumerated(self) -> bool:
         """Small and discrete: every configuration is tried once, and then the stage ends."""
-        return self.grid is not None and (self.n_trials is None or self.grid <= self.n_trials)
+        return self.grid is not None and (self.n_trials is None or self.grid - self.carried <= self.n_trials)
 
     @property
     def label(self) -> str:
@@ -244,9 +245,12 @@ def plan(space: SearchSpace) -> list[Stage]:
     grids = [grid_size(space, group) if space.strategy.enumerate else None for group in stages]
     if len(stages) == 1:
         return [Stage(1, 1, stages[0], n_trials, space.study.name, grids[0])]
-    budgets = space.strategy.stage_trials(n_trials, grids)
-    return [Stage(k + 1, len(stages), group, budgets[k], f"{space.study.name}.stage{k + 1}-{'+'.join(group)}", grids[k])
-            for k, group in enumerate(stages)]
+    # stage k > 1 starts from the previous best, which has this stage's parameters at their base values (if allowed)
+    carried = [k > 0 and all(space.parameters[name].contains(space.base_value(name)) for name in group)
+               for k, group in enumerate(stages)]
+    budgets = space.strategy.stage_trials(n_trials, [None if g is None else g - c for g, c in zip(grids, carried)])
+    return [Stage(k + 1, len(stages), group, budgets[k], f"{space.study.name}.stage{k + 1}-{'+'.join(group)}", grids[k],
+                  carried[k]) for k, group in enumerate(stages)]
 
 
 def grid_size(space: SearchSpace, names) -> int | None:
