@@ -230,3 +230,17 @@ def test_the_defaults_trial_is_never_pruned(tmp_path):
     assert done[0].user_attrs["role"] == "defaults" and done[0].state == TrialState.COMPLETE
     assert len(done[0].intermediate_values) == 2
     assert done[3].state == TrialState.PRUNED and len(done[3].intermediate_values) == 1
+
+
+def test_an_enumerated_later_stage_trains_each_configuration_but_its_start(tmp_path):
+    # stage 2 tunes 3 cutoffs from stage 1's best at the base cutoff 3.5 (carried in): it trains 3.0 and 4.0, once each
+    raw = tiny_space(tmp_path, strategy={"type": "staged", "importance": ["learning_rate", "cutoff"]}, budget={"n_trials": 5},
+                     study={"sampler": {"type": "tpe", "seed": 0}})
+    result, lines = search(raw)
+    second = trials(tmp_path, "tiny.stage2-cutoff")
+    trained = [t for t in second if t.user_attrs.get("role") != "carried"]
+    assert sorted(t.params["cutoff"] for t in trained) == [3.0, 4.0]
+    assert all(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in trained)
+    assert [t.params["cutoff"] for t in second if t.user_attrs.get("role") == "carried"] == [3.5]
+    assert len(counted(trials(tmp_path, "tiny.stage1-learning_rate"))) == 3 and result.status == "completed"
+    assert "stage 2/2 (cutoff): each of its 3 configurations tried once" in lines
