@@ -244,3 +244,4 @@ def test_an_enumerated_later_stage_trains_each_configuration_but_its_start(tmp_p
     assert [t.params["cutoff"] for t in second if t.user_attrs.get("role") == "carried"] == [3.5]
     assert len(counted(trials(tmp_path, "tiny.stage1-learning_rate"))) == 3 and result.status == "completed"
     assert "stage 2/2 (cutoff): each of its 3 configurations tried once" in lines
+    assert lines[0] == "plan: stage 1/2 (learning_rate): 3 trials; stage 2/2 (cutoff): 2 trials, each configuration once"

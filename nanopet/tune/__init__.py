@@ -32,12 +32,13 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     instead (``workers``: trials at once). Returns a ``SearchResult`` (also printed through ``out``).
     """
     from nanopet.tune.results import report_lines, summarize
-    from nanopet.tune.study import check_resumable, record_storage
+    from nanopet.tune.study import check_resumable, plan_line, record_storage
     from nanopet.tune.workers import launch
 
     space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)
     if any(v is not None for v in (storage, n_trials, timeout, study_name, directory)):
         space = space.replace(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, directory=directory)
+    out(plan_line(space))
     if space.driver.type == "ray":
         if gpus is not None:
             raise InputError("--gpus: not with the ray driver (Ray gives each trial driver.gpus_per_trial GPUs; "

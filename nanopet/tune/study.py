@@ -253,6 +253,15 @@ def plan(space: SearchSpace) -> list[Stage]:
                   carried[k]) for k, group in enumerate(stages)]
 
 
+def plan_line(space: SearchSpace) -> str:
+    """One line: each stage's trials, e.g. ``plan: stage 1/2 (cutoff): 4 trials, each configuration once; ...``."""
+    parts = []
+    for stage in plan(space):
+        trials = "trials until the timeout" if stage.n_trials is None else f"{stage.n_trials} trial{'s' * (stage.n_trials != 1)}"
+        parts.append(f"{stage.label}: {trials}" + (", each configuration once" if stage.enumerated else ""))
+    return "plan: " + "; ".join(parts)
+
+
 def grid_size(space: SearchSpace, names) -> int | None:
     """The number of configurations of these parameters; None if one of them is continuous."""
     size = 1
