@@ -158,3 +158,26 @@ def test_an_enumerated_later_stage_counts_its_carried_in_start(tmp_path):
     first, second = plan(load_search_space(raw))
     assert (first.n_trials, first.grid, first.enumerated) == (6, None, False)
     assert (second.n_trials, second.grid, second.carried, second.enumerated) == (2, 3, True, True)
+
+
+def test_an_enumerated_stage_ends_when_every_configuration_is_taken_not_when_copies_fill_its_budget(tmp_path):
+    # two workers drew the same configuration at once: one copied the other; the third configuration is still due
+    import optuna
+    from optuna.trial import TrialState
+
+    from nanopet.tune.study import distribution, remaining
+
+    raw = tiny_space(tmp_path, parameters={"cutoff": {"type": "float", "low": 3.0, "high": 4.0, "step": 0.5}},
+                     budget={"n_trials": 3})
+    space = load_search_space(raw)
+    (stage,) = plan(space)
+    assert stage.enumerated and stage.grid == 3
+    study = optuna.create_study()
+    cutoff = {"cutoff": distribution(space.parameters["cutoff"])}
+    for value, attrs in ((3.5, {}), (3.0, {}), (3.0, {"duplicate_of": 1})):
+        study.add_trial(optuna.trial.create_trial(params={"cutoff": value}, distributions=cutoff, value=1.0, user_attrs=attrs))
+    assert remaining(stage, study.get_trials()) == 1
+    study.add_trial(optuna.trial.create_trial(params={"cutoff": 4.0}, distributions=cutoff, value=1.0))
+    assert remaining(stage, study.get_trials()) == 0
+    study.ask()  # a worker asked, its parameters not drawn yet
+    assert remaining(stage, study.get_trials()) == 0

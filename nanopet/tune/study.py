@@ -274,18 +274,18 @@ def grid_size(space: SearchSpace, names) -> int | None:
 
 
 def remaining(stage: Stage, trials) -> int | None:
-    """Trials the stage may still start (None: as many as the timeout allows): its budget less the counted
-    trials, and in an enumerated stage at most the configurations no trial has taken (the carried-in one
-    included) plus the trials waiting in the queue (their configurations are taken when they start)."""
-    left = None if stage.n_trials is None else stage.n_trials - len(counted(trials))
+    """Trials the stage may still start (None: as many as the timeout allows). An enumerated stage: the
+    configurations no trial has taken (the carried-in one included) plus the trials waiting in the queue
+    (theirs are taken when they start); its budget is at least that, and a copy (two workers that drew the
+    same configuration at once) must not use up a configuration's share. Otherwise: the budget less the
+    counted trials."""
     if stage.enumerated:
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         taken = {json.dumps(t.params, sort_keys=True, default=str) for t in counted(trials) + carried(trials) if t.params}
         taken |= {json.dumps(t.system_attrs.get("fixed_params", {}), sort_keys=True, default=str) for t in waiting}
         drawing = sum(t.state == TrialState.RUNNING and not t.params for t in trials)  # asked, parameters not drawn yet
-        untried = max(0, stage.grid - len(taken) - drawing) + len(waiting)
-        left = untried if left is None else min(left, untried)
-    return left
+        return max(0, stage.grid - len(taken) - drawing) + len(waiting)
+    return None if stage.n_trials is None else stage.n_trials - len(counted(trials))
 
 
 def carried(trials) -> list:
