@@ -163,9 +163,7 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
         trials = study.get_trials(deepcopy=False)
         done, left = len(counted(trials)), remaining(stage, trials)
         if left is not None and left <= 0:
-            out(f"{stage.label}: " + (f"each of its {stage.grid} configurations tried once" if stage.enumerated and
-                                      (stage.n_trials is None or done < stage.n_trials) else f"all {stage.n_trials} trials recorded")
-                + "; nothing to run")
+            out(f"{stage.label}: {stage.used_up}; nothing to run")
             return "completed"
         if _DEADLINE[0] is not None and time.time() >= _DEADLINE[0]:
             return "timeout"

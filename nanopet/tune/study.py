@@ -230,6 +230,11 @@ class Stage:
         return self.grid is not None and (self.n_trials is None or self.grid - self.carried <= self.n_trials)
 
     @property
+    def used_up(self) -> str:
+        """Why the stage starts no more trials, when ``remaining`` says none are left."""
+        return f"each of its {self.grid} configurations tried once" if self.enumerated else f"all {self.n_trials} trials recorded"
+
+    @property
     def label(self) -> str:
         return f"stage {self.index}/{self.count} ({', '.join(self.parameters)})" if self.count > 1 else "joint"
 

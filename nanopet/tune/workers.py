@@ -134,7 +134,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
                 time.sleep(POLL_SECONDS)  # the next stage starts from this one's best: wait for its last trials
             else:
                 if stage.enumerated and index == 0:
-                    out(f"{prefix}{stage.label}: each of its {stage.grid} configurations tried once")
+                    out(f"{prefix}{stage.label}: {stage.used_up}")
                 break
         if stage.index < stage.count:
             fixed, previous = chosen_values(space, stage, fixed, study)
