@@ -349,16 +349,31 @@ def test_search_on_a_two_node_cluster(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in done)  # pruner: none -> no ASHA
 
 
+def test_ctrl_c_raises_while_the_experiment_runs_even_if_sigint_was_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a script
+    try:
+        with pytest.raises(KeyboardInterrupt), ray_driver.ctrl_c_raises():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here at the latest
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # restored after the experiment
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_ray_checkpoints(tmp_path):
-    """Ctrl-C after two of four trials finished, while two more run: nothing is recorded; the same command again
-    restores the Ray experiment, the running trials resume from their newest epoch checkpoint, the finished
-    ones are not trained again, and every trial is recorded once with every epoch in its learning curve."""
+    """Ctrl-C after two of four trials finished, while two more run (in a process that started with SIGINT
+    ignored): nothing is recorded; the same command again restores the Ray experiment, the running trials resume
+    from their newest epoch checkpoint, the finished ones are not trained again, and every trial is recorded once
+    with every epoch in its learning curve."""
     n_epochs = 48
     space = write_space(tmp_path / "space.yaml", tiny_space(tmp_path / "studies", budget={"n_trials": 4, "epochs": n_epochs}))
     command = [sys.executable, "-m", "nanopet.cli", str(space), "--driver", "ray"]
     env = dict(cli_env(), RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # started with SIGINT ignored, as a background job of a script (`nanopet-tune ... &`) is: Ctrl-C must still stop it
+    ignoring = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "os.execv(sys.argv[1], sys.argv[1:])", *command]  # an ignored signal stays ignored across exec
+    first = subprocess.Popen(ignoring, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     trials_dir = tmp_path / "studies" / "tiny" / "trials"
     finished, running, seen = [], [], {}
     deadline = time.time() + 120

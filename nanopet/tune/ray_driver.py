@@ -28,9 +28,11 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -178,7 +180,8 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
                                                      callbacks=[ProgressLines(stage.label, space.budget.epochs,
                                                                               space.objective.metric, out)]))
     try:
-        results = tuner.fit()
+        with ctrl_c_raises():
+            results = tuner.fit()
     except KeyboardInterrupt:  # Ray's experiment snapshot (at most a second old) is kept; nothing is recorded
         return "interrupted"
     written, unfinished = record_results(study, space, stage, fixed, results)
@@ -190,6 +193,22 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
     if left is not None and left <= 0:
         return "completed"
     return "timeout"  # the searcher stopped proposing at the deadline
+
+
+@contextlib.contextmanager
+def ctrl_c_raises():
+    """While ``Tuner.fit()`` runs, Ctrl-C (SIGINT) raises KeyboardInterrupt, however the process started.
+    Python installs that handler only if SIGINT was not ignored at start-up, and a background job of a
+    non-interactive shell (``nanopet-tune ... &`` in a script, ``nohup``) starts with it ignored: SIGINT then
+    did nothing and the experiment ran to its end. (The Optuna driver's launcher installs its own handler.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def experiment_index(stage, path: Path) -> int:
