@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import optuna
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -290,6 +291,17 @@ def test_a_killed_worker_trial_resumes_from_its_last_checkpoint(ray_runtime, tmp
     assert sorted(done[0].intermediate_values) == list(range(8))
 
 
+def test_an_iteration_reported_again_after_a_restart_is_told_to_the_sampler_once(recwarn):
+    """A trial Ray restarts from its checkpoint reports the iterations after it again (the same values)."""
+    searcher = ray_driver.StudySearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+                                      metric=ray_driver.OBJECTIVE, mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("a")
+    for iteration in (1, 2, 2, 3):  # killed after reporting iteration 2, restarted from the checkpoint of 1
+        searcher.on_trial_result("a", {ray_driver.OBJECTIVE: 1.0 / iteration, "training_iteration": iteration})
+    assert searcher._ot_study.trials[0].intermediate_values == {1: 1.0, 2: 0.5, 3: 1.0 / 3}
+    assert not [w for w in recwarn if "already reported" in str(w.message)], [str(w.message) for w in recwarn]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -371,8 +383,8 @@ def test_interrupted_run_resumes_from_ray_checkpoints(tmp_path):
     command = [sys.executable, "-m", "nanopet.cli", str(space), "--driver", "ray"]
     env = dict(cli_env(), RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     # started with SIGINT ignored, as a background job of a script (`nanopet-tune ... &`) is: Ctrl-C must still stop it
-    ignoring = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                "os.execv(sys.argv[1], sys.argv[1:])", *command]  # an ignored signal stays ignored across exec
+    shim = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+    ignoring = [sys.executable, "-c", shim, *command]  # an ignored signal stays ignored across exec
     first = subprocess.Popen(ignoring, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     trials_dir = tmp_path / "studies" / "tiny" / "trials"
     finished, running, seen = [], [], {}

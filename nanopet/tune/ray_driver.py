@@ -41,6 +41,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -387,7 +388,18 @@ class StudySearch(OptunaSearch):
         self._history = history or []
         self._ended: dict[int, dict] = {}  # number in the searcher's study -> the finished trial in Ray or the storage
         self._held: list[tuple] = []  # (proposal, Ray id of the running trial it repeats)
+        self._reported: dict[str, set] = {}  # Ray trial id -> the iterations told to the sampler's trial
         super().__init__(*args, **kwargs)
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        # a trial Ray restarted from its checkpoint (its worker died) reports the iterations after that checkpoint
+        # again; the sampler's trial keeps the first report of each (training resumes exactly: the same value),
+        # without Optuna's "already reported" warning for every repeated one
+        reported = self._reported.setdefault(trial_id, set())
+        if result.get(TRAINING_ITERATION) in reported:
+            return
+        reported.add(result.get(TRAINING_ITERATION))
+        super().on_trial_result(trial_id, result)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
