@@ -43,7 +43,8 @@ def base_space(args, directory: Path, name: str) -> dict:
         "validation_set": 0.2, "test_set": 0.0,
         "architecture": {"model": {"cutoff": 4.0, "d_pet": args.d_pet, "num_heads": 2, "num_gnn_layers": 1,
                                    "num_attention_layers": 1},
-                         "training": {"batch_size": 4, "learning_rate": 3.0e-3, "scheduler_patience": 1000}},
+                         "training": {"batch_size": 4, "learning_rate": 3.0e-3,
+                                      "scheduler_patience": args.scheduler_patience}},
         "study": {"name": name, "directory": str(directory), "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 4},
                   "pruner": {"type": "none"}},
         "objective": {"metric": "val_loss"},
@@ -166,6 +167,12 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
     full = [t for t in a if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
     tau = kendalltau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])[0]
     rows.append(("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", f"{tau:.2f}", "", "", ""))
+    # short-horizon bias: how the learning rate ranks the trials early and at the end (> 0: lower is better)
+    learning_rates = [t.params["learning_rate"] for t in full]
+    early = kendalltau(learning_rates, [t.intermediate_values[first_rung] for t in full])[0]
+    late = kendalltau(learning_rates, [t.value for t in full])[0]
+    rows.append(("pruning", tag + f"Kendall tau, learning rate vs value at the first rung / vs final", f"{early:.2f}",
+                 f"{late:.2f}", "", ""))
     rows += replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
@@ -288,6 +295,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="epochs per trial in the pruning studies (default 9)")
     parser.add_argument("--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median"])
     parser.add_argument("--min-resource", type=int, help="first rung / warm-up epochs of the pruner (default epochs // 9)")
+    parser.add_argument("--scheduler-patience", type=int, default=1000,
+                        help="trials' scheduler_patience in epochs (default 1000: the learning rate never drops)")
     parser.add_argument("--workers", type=int, default=2, help="N of the parallel comparison (default 2)")
     parser.add_argument("--parallel-trials", type=int, default=12, help="trials of each parallel run (default 12)")
     parser.add_argument("--parallel-epochs", type=int, default=6, help="epochs per trial in the parallel runs (default 6)")
