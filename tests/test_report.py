@@ -124,15 +124,53 @@ def test_report_files_figures_and_offline_page(root):
     assert not re.search(r'(src|href)="https?://', text)  # nothing is fetched from the network
     assert text.count("<script src=") == 1  # plotly.js once, beside the page
     for heading in ("Optimization history", "Parameter importances", "Parallel coordinates", "Slice plots",
-                    "Contour of the two most important parameters", "Learning curves", "Compute spent", "Top 10 trials",
-                    "Failed trials"):
+                    "Contour of the two most important parameters", "Learning curves", "How early the ranking forms",
+                    "Compute spent", "Top 10 trials", "Failed trials"):
         assert f"<h2>{heading}" in text, heading
-    assert figure_count(text) == 7
+    assert figure_count(text) == 7  # too few completed trials to rank by epoch: a note says so
+    assert "Not drawn: needs at least 4 completed trials" in text
     assert "Status: finished" in text
     assert "agrees" in text or "disagrees" in text or "reverse" in text or "unrelated" in text
     staged, front = page(root, "staged"), page(root, "front")
-    assert "<h2>Best value after each stage</h2>" in staged and figure_count(staged) == 8
+    assert "<h2>Best value after each stage</h2>" in staged and figure_count(staged) == 9
     assert "<h2>Accuracy against inference time</h2>" in front and figure_count(front) == 8
+
+
+def ranking_study(path: Path, crossing: bool) -> str:
+    """Six completed 4-epoch trials and three pruned after epoch 1, in SQLite. ``crossing``: the lower the
+    learning rate, the worse a trial starts and the better it ends (short-horizon bias); else the order
+    never changes."""
+    from optuna.distributions import FloatDistribution
+
+    url = f"sqlite:///{path}"
+    study = optuna.create_study(study_name="ranking", storage=url)
+    distributions = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
+    for k in range(9):
+        rate = 1e-4 * 1.7**k
+        start, end = (1.0 + 0.1 * (9 - k), 0.1 + 0.05 * k) if crossing else (1.0 + 0.1 * k, 0.1 + 0.05 * k)
+        curve = {e: start + (end - start) * e / 3 for e in range(4 if k < 6 else 2)}
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": rate}, distributions=distributions, intermediate_values=curve,
+            value=curve[3] if k < 6 else None, state=TrialState.COMPLETE if k < 6 else TrialState.PRUNED))
+    return url
+
+
+@pytest.mark.parametrize("crossing", [True, False])
+def test_early_ranking_says_whether_early_epochs_rank_the_trials(tmp_path, crossing):
+    from nanopet.report import figures
+
+    caption, figure = figures.early_ranking(collect("ranking", storage=ranking_study(tmp_path / "r.db", crossing)))
+    taus = figure.data[0].y  # value at epochs 1..3 vs the final value
+    lr_taus = figure.data[2].y  # learning rate vs value at epochs 1..3
+    assert list(figure.data[1].x) == [2] and list(figure.data[1].y) == [3]  # three trials pruned after epoch 2
+    assert "over 6 completed trials of 4 epochs" in caption and "half the 3 pruned trials stopped by epoch 2" in caption
+    if crossing:  # the order at epochs 1-2 is the reverse of the final one; only the learning rate knew
+        assert taus[0] == pytest.approx(-1.0) and taus[1] == pytest.approx(-1.0)
+        assert lr_taus[0] == pytest.approx(-1.0) and "tau +1.00 (positive: lower rates end better)" in caption
+        assert "barely rank the trials" in caption and "short-horizon bias" in caption
+    else:
+        assert list(taus) == pytest.approx([1.0, 1.0, 1.0])
+        assert "rank the trials well" in caption and "short-horizon bias" not in caption
 
 
 def test_trials_csv_has_one_row_per_trial_matching_the_storage(root):
@@ -340,7 +378,7 @@ def test_every_figure_renders_offline_in_chromium(root):
 def test_any_driver_and_any_storage(root, tmp_path):
     """Driver-neutral: a study written straight through Optuna (no nanopet attributes) in SQLite gets every figure."""
     text = page(root, "other")
-    assert figure_count(text) == 7 and "Search over cutoff, learning_rate, num_gnn_layers, heads" in text
+    assert figure_count(text) == 8 and "Search over cutoff, learning_rate, num_gnn_layers, heads" in text
     assert len(read_csv(root, "other")) == 8
     url = f"sqlite:///{root / 'other.db'}"
     with pytest.raises(InputError, match=r"study 'othr': not in storage .* \(did you mean 'other'\?\)"):

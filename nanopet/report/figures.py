@@ -349,6 +349,87 @@ def learning_curves(data: StudyData):
     return caption, figure
 
 
+def _tau(a, b) -> float | None:
+    """Kendall's tau-b of two samples; None where one of them is constant."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(a, b)[0] if len(a) > 1 else float("nan")
+    return None if not np.isfinite(tau) else float(tau)
+
+
+def _signed(tau: float | None) -> str:
+    return "undefined" if tau is None else f"{tau:+.2f}"
+
+
+def _reading(tau: float | None) -> str:
+    if tau is None:
+        return "no ranking (all values equal)"
+    if tau >= 0.6:
+        return "the early values rank the trials well, so pruning there is safe"
+    if tau >= 0.3:
+        return "the early values rank the trials only roughly, so pruning there can drop a trial that would have won"
+    return ("the early values barely rank the trials, so pruning there discards trials that would have won: "
+            "prune later (larger n_warmup_steps or min_resource) or not at all")
+
+
+def early_ranking(data: StudyData):
+    """Is pruning on early epochs trustworthy in this study? Kendall's tau between the value each completed trial
+    reported at epoch k and its final value, for every k, with how many trials the pruner stopped at each epoch."""
+    heading = "How early the ranking forms"
+    caption = (f"{heading}: Kendall's tau between the value the completed trials reported at each epoch and their "
+               "final value (1: the ranking at that epoch is already the final one; 0: unrelated), against the epochs at "
+               "which the pruner stopped trials")
+    curves = data.curves[(data.curves["source"] == "storage") & ~data.curves["duplicate"] & (data.curves["role"] != "carried")]
+    if data.n_objectives > 1 or curves.empty:
+        return caption + ".", note("Not drawn: the trials reported no per-epoch values "
+                                   "(two-objective studies are not pruned, so they report none).")
+    values = {trial: group.set_index("epoch")["value"] for trial, group in curves.groupby("trial", sort=False)}
+    state = curves.groupby("trial", sort=False)["state"].first()
+    complete = [t for t in values if state[t] == "complete"]
+    epochs = max((len(values[t]) for t in complete), default=0)
+    full = [t for t in complete if list(values[t].index) == list(range(epochs))]
+    if len(full) < 4 or epochs < 2:
+        return caption + ".", note(f"Not drawn: needs at least 4 completed trials of {max(epochs, 2)} or more epochs "
+                                   f"with a value at every epoch (this study has {len(full)}).")
+    final = [values[t][epochs - 1] for t in full]
+    ks = list(range(epochs - 1))
+    taus = [_tau([values[t][k] for t in full], final) for k in ks]
+    stopped = pd.Series([int(values[t].index.max()) for t in values if state[t] == "pruned"], dtype=int)
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.update_layout(**LAYOUT)
+    figure.add_trace(go.Scatter(x=[k + 1 for k in ks], y=taus, mode="lines+markers", name="value at this epoch vs final value",
+                                line={"color": "#1f77b4"}), secondary_y=False)
+    # the epoch to read: where the pruner typically stopped trials, else a third of the way in
+    typical = int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1)
+    typical = min(typical, len(ks) - 1)
+    if stopped.empty:
+        parts = [f"no trial was pruned; at epoch {typical + 1} tau is {_signed(taus[typical])}: {_reading(taus[typical])}"]
+    else:
+        counts = stopped.value_counts().sort_index()
+        figure.add_trace(go.Bar(x=counts.index + 1, y=counts.values, name="trials pruned after this epoch",
+                                width=0.6, marker={"color": STATE_COLORS["pruned"]}, opacity=0.35), secondary_y=True)
+        parts = [f"half the {len(stopped)} pruned trials stopped by epoch {typical + 1}, where tau is {_signed(taus[typical])}: "
+                 f"{_reading(taus[typical])} (computed over the trials pruning let finish, so it flatters the pruner: "
+                 "a run with pruner: {type: none} shows the whole ranking)"]
+    rate = data.trials.set_index("trial").reindex(full)["learning_rate"] if "learning_rate" in data.parameters else None
+    lr_final = _tau(rate.astype(float).tolist(), final) if rate is not None and rate.notna().all() else None
+    if lr_final is not None:  # short-horizon bias: does the learning rate's effect show only late?
+        lr_taus = [_tau(rate.astype(float).tolist(), [values[t][k] for t in full]) for k in ks]
+        figure.add_trace(go.Scatter(x=[k + 1 for k in ks], y=lr_taus, mode="lines+markers", name="learning rate vs value at this epoch",
+                                    line={"color": "#9467bd", "dash": "dot"}), secondary_y=False)
+        early = lr_taus[typical]
+        parts.append(f"the learning rate ranks the final values with tau {lr_final:+.2f} (positive: lower rates end better) "
+                     f"and the values at epoch {typical + 1} with {_signed(early)}")
+        if lr_final >= 0.3 and (early is None or early < lr_final - 0.3):
+            parts.append("so pruning there favours high learning rates, which lead early and fall behind later "
+                         "(short-horizon bias)")
+    figure.update_xaxes(title="epoch", **_whole(epochs))
+    figure.update_yaxes(title="Kendall tau", range=[-1.05, 1.05], secondary_y=False)
+    figure.update_yaxes(title="trials pruned", showgrid=False, secondary_y=True, tickmode="auto", nticks=5,
+                        range=[0, 1.1 * max(1, int(stopped.value_counts().max()) if not stopped.empty else 1)])
+    return f"{caption}, over {len(full)} completed trials of {epochs} epochs; {'; '.join(parts)}.", figure
+
+
 def compute(data: StudyData):
     heading = "Compute spent"
     trials = _started(data)

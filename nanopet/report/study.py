@@ -34,7 +34,8 @@ def report_sections(data: StudyData, measured: Importances) -> list[tuple[str, o
     if data.n_objectives > 1:
         sections.append(figures.front(data))
     sections += [figures.importances(data, measured), figures.parallel(data), figures.slices(data),
-                 figures.contour(data, measured), figures.learning_curves(data), figures.compute(data),
+                 figures.contour(data, measured), figures.learning_curves(data), figures.early_ranking(data),
+                 figures.compute(data),
                  figures.top_trials(data)]
     failed = figures.failures(data)
     if failed is not None:
