@@ -171,7 +171,7 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
     learning_rates = [t.params["learning_rate"] for t in full]
     early = kendalltau(learning_rates, [t.intermediate_values[first_rung] for t in full])[0]
     late = kendalltau(learning_rates, [t.value for t in full])[0]
-    rows.append(("pruning", tag + f"Kendall tau, learning rate vs value at the first rung / vs final", f"{early:.2f}",
+    rows.append(("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", f"{early:.2f}",
                  f"{late:.2f}", "", ""))
     rows += replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
