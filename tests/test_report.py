@@ -159,7 +159,9 @@ def ranking_study(path: Path, crossing: bool) -> str:
 def test_early_ranking_says_whether_early_epochs_rank_the_trials(tmp_path, crossing):
     from nanopet.report import figures
 
-    caption, figure = figures.early_ranking(collect("ranking", storage=ranking_study(tmp_path / "r.db", crossing)))
+    data = collect("ranking", storage=ranking_study(tmp_path / "r.db", crossing))
+    caption, figure = figures.early_ranking(data)
+    check = figures.pruning_check(data)  # the line a search prints at its end
     taus = figure.data[0].y  # value at epochs 1..3 vs the final value
     lr_taus = figure.data[2].y  # learning rate vs value at epochs 1..3
     assert list(figure.data[1].x) == [2] and list(figure.data[1].y) == [3]  # three trials pruned after epoch 2
@@ -168,9 +170,16 @@ def test_early_ranking_says_whether_early_epochs_rank_the_trials(tmp_path, cross
         assert taus[0] == pytest.approx(-1.0) and taus[1] == pytest.approx(-1.0)
         assert lr_taus[0] == pytest.approx(-1.0) and "tau +1.00 (positive: lower rates end better)" in caption
         assert "barely rank the trials" in caption and "short-horizon bias" in caption
+        assert check.startswith("pruning check: half the 3 pruned trials stopped by epoch 2, where the completed trials' "
+                                "values ranked their final ones barely (Kendall tau -1.00); lower learning rates ended better")
     else:
         assert list(taus) == pytest.approx([1.0, 1.0, 1.0])
         assert "rank the trials well" in caption and "short-horizon bias" not in caption
+        assert "ranked their final ones well (Kendall tau +1.00); see" in check
+    # the same line ends a search, before the report's path
+    lines = []
+    report_after_search("ranking", tmp_path / "studies", storage=f"sqlite:///{tmp_path / 'r.db'}", out=lines.append)
+    assert lines == [check, f"report: {tmp_path / 'reports' / 'ranking' / 'index.html'}"]
 
 
 def test_trials_csv_has_one_row_per_trial_matching_the_storage(root):

@@ -4,7 +4,8 @@ Public API:
 
 - ``write_report(study, directory="studies", storage=None, out_dir="reports") -> Path``: the page
 - ``report_after_search(study, directory, storage, out=print) -> Path | None``: the same at the end of a
-  search, into ``reports/`` beside the studies folder; a problem is one line, never an exception
+  search, into ``reports/`` beside the studies folder, with a one-line pruning check when trials were
+  pruned; a problem is one line, never an exception
 - ``write_page(path, title, header_lines, sections) -> Path``: the offline page writer, shared with
   other reports (plotly.min.js is written once beside the page)
 
@@ -42,11 +43,17 @@ def report_after_search(study: str, directory: str | Path = "studies", storage: 
                         out: Callable[[str], None] = print) -> Path | None:
     """Write the report of a search that just ended; a failure is reported through ``out``, not raised,
     so it never turns a finished search into an error."""
+    from nanopet.report.figures import pruning_check
+    from nanopet.report.study import write_study_report
+
     try:
-        path = write_report(study, directory=directory, storage=storage, out_dir=default_out_dir(directory))
+        path, data = write_study_report(study, directory=directory, storage=storage, out_dir=default_out_dir(directory))
+        check = pruning_check(data)
     except Exception as error:  # noqa: BLE001 - the search's results are safe in the storage either way
         out(f"report not written ({type(error).__name__}: {error}); try: nanopet-tune report {study}")
         return None
+    if check:
+        out(check)
     out(f"report: {path}")
     return path
 

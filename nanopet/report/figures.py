@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -372,62 +373,104 @@ def _reading(tau: float | None) -> str:
             "prune later (larger n_warmup_steps or min_resource) or not at all")
 
 
-def early_ranking(data: StudyData):
-    """Is pruning on early epochs trustworthy in this study? Kendall's tau between the value each completed trial
-    reported at epoch k and its final value, for every k, with how many trials the pruner stopped at each epoch."""
-    heading = "How early the ranking forms"
-    caption = (f"{heading}: Kendall's tau between the value the completed trials reported at each epoch and their "
-               "final value (1: the ranking at that epoch is already the final one; 0: unrelated), against the epochs at "
-               "which the pruner stopped trials")
+@dataclass
+class Ranking:
+    """How the completed trials' per-epoch values rank their final values (``early_ranking``)."""
+
+    trials: int  # completed trials with a value at every epoch
+    epochs: int
+    taus: list  # Kendall tau of the values at epoch k (0-based, k < epochs - 1) against the final values
+    stopped: pd.Series  # last epoch (0-based) of each pruned trial
+    typical: int  # the epoch to read: where half the pruned trials had stopped, else a third of the way in
+    rate_final: float | None = None  # Kendall tau of the learning rate against the final values
+    rate_taus: list | None = None  # ... against the values at each epoch
+
+    @property
+    def short_horizon_bias(self) -> bool:
+        """Lower learning rates end better, but that shows only late: early pruning favours high rates."""
+        early = self.rate_taus[self.typical] if self.rate_taus else None
+        return self.rate_final is not None and self.rate_final >= 0.3 and (early is None or early < self.rate_final - 0.3)
+
+
+def ranking(data: StudyData) -> Ranking | str:
+    """The ranking by epoch, or why it cannot be measured (a sentence)."""
     curves = data.curves[(data.curves["source"] == "storage") & ~data.curves["duplicate"] & (data.curves["role"] != "carried")]
     if data.n_objectives > 1 or curves.empty:
-        return caption + ".", note("Not drawn: the trials reported no per-epoch values "
-                                   "(two-objective studies are not pruned, so they report none).")
+        return "the trials reported no per-epoch values (two-objective studies are not pruned, so they report none)"
     values = {trial: group.set_index("epoch")["value"] for trial, group in curves.groupby("trial", sort=False)}
     state = curves.groupby("trial", sort=False)["state"].first()
     complete = [t for t in values if state[t] == "complete"]
     epochs = max((len(values[t]) for t in complete), default=0)
     full = [t for t in complete if list(values[t].index) == list(range(epochs))]
     if len(full) < 4 or epochs < 2:
-        return caption + ".", note(f"Not drawn: needs at least 4 completed trials of {max(epochs, 2)} or more epochs "
-                                   f"with a value at every epoch (this study has {len(full)}).")
+        return (f"needs at least 4 completed trials of {max(epochs, 2)} or more epochs with a value at every epoch "
+                f"(this study has {len(full)})")
     final = [values[t][epochs - 1] for t in full]
-    ks = list(range(epochs - 1))
-    taus = [_tau([values[t][k] for t in full], final) for k in ks]
+    taus = [_tau([values[t][k] for t in full], final) for k in range(epochs - 1)]
     stopped = pd.Series([int(values[t].index.max()) for t in values if state[t] == "pruned"], dtype=int)
+    typical = min(int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1), epochs - 2)
+    result = Ranking(len(full), epochs, taus, stopped, typical)
+    if "learning_rate" in data.parameters:
+        rate = data.trials.set_index("trial").reindex(full)["learning_rate"]
+        if rate.notna().all():
+            rate = rate.astype(float).tolist()
+            result.rate_final = _tau(rate, final)
+            result.rate_taus = [_tau(rate, [values[t][k] for t in full]) for k in range(epochs - 1)]
+    return result
+
+
+def early_ranking(data: StudyData):
+    """Is pruning on early epochs trustworthy in this study? Kendall's tau between the value each completed trial
+    reported at epoch k and its final value, for every k, with how many trials the pruner stopped at each epoch."""
+    caption = ("How early the ranking forms: Kendall's tau between the value the completed trials reported at each epoch "
+               "and their final value (1: the ranking at that epoch is already the final one; 0: unrelated), against the "
+               "epochs at which the pruner stopped trials")
+    measured = ranking(data)
+    if isinstance(measured, str):
+        return caption + ".", note(f"Not drawn: {measured}.")
+    epochs, typical, stopped = measured.epochs, measured.typical, measured.stopped
+    xs = list(range(1, epochs))
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     figure.update_layout(**LAYOUT)
-    figure.add_trace(go.Scatter(x=[k + 1 for k in ks], y=taus, mode="lines+markers", name="value at this epoch vs final value",
+    figure.add_trace(go.Scatter(x=xs, y=measured.taus, mode="lines+markers", name="value at this epoch vs final value",
                                 line={"color": "#1f77b4"}), secondary_y=False)
-    # the epoch to read: where the pruner typically stopped trials, else a third of the way in
-    typical = int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1)
-    typical = min(typical, len(ks) - 1)
+    tau = measured.taus[typical]
     if stopped.empty:
-        parts = [f"no trial was pruned; at epoch {typical + 1} tau is {_signed(taus[typical])}: {_reading(taus[typical])}"]
+        parts = [f"no trial was pruned; at epoch {typical + 1} tau is {_signed(tau)}: {_reading(tau)}"]
     else:
         counts = stopped.value_counts().sort_index()
         figure.add_trace(go.Bar(x=counts.index + 1, y=counts.values, name="trials pruned after this epoch",
                                 width=0.6, marker={"color": STATE_COLORS["pruned"]}, opacity=0.35), secondary_y=True)
-        parts = [f"half the {len(stopped)} pruned trials stopped by epoch {typical + 1}, where tau is {_signed(taus[typical])}: "
-                 f"{_reading(taus[typical])} (computed over the trials pruning let finish, so it flatters the pruner: "
+        parts = [f"half the {len(stopped)} pruned trials stopped by epoch {typical + 1}, where tau is {_signed(tau)}: "
+                 f"{_reading(tau)} (computed over the trials pruning let finish, so it flatters the pruner: "
                  "a run with pruner: {type: none} shows the whole ranking)"]
-    rate = data.trials.set_index("trial").reindex(full)["learning_rate"] if "learning_rate" in data.parameters else None
-    lr_final = _tau(rate.astype(float).tolist(), final) if rate is not None and rate.notna().all() else None
-    if lr_final is not None:  # short-horizon bias: does the learning rate's effect show only late?
-        lr_taus = [_tau(rate.astype(float).tolist(), [values[t][k] for t in full]) for k in ks]
-        figure.add_trace(go.Scatter(x=[k + 1 for k in ks], y=lr_taus, mode="lines+markers", name="learning rate vs value at this epoch",
+    if measured.rate_final is not None:  # short-horizon bias: does the learning rate's effect show only late?
+        figure.add_trace(go.Scatter(x=xs, y=measured.rate_taus, mode="lines+markers", name="learning rate vs value at this epoch",
                                     line={"color": "#9467bd", "dash": "dot"}), secondary_y=False)
-        early = lr_taus[typical]
-        parts.append(f"the learning rate ranks the final values with tau {lr_final:+.2f} (positive: lower rates end better) "
-                     f"and the values at epoch {typical + 1} with {_signed(early)}")
-        if lr_final >= 0.3 and (early is None or early < lr_final - 0.3):
+        parts.append(f"the learning rate ranks the final values with tau {measured.rate_final:+.2f} (positive: lower rates "
+                     f"end better) and the values at epoch {typical + 1} with {_signed(measured.rate_taus[typical])}")
+        if measured.short_horizon_bias:
             parts.append("so pruning there favours high learning rates, which lead early and fall behind later "
                          "(short-horizon bias)")
     figure.update_xaxes(title="epoch", **_whole(epochs))
     figure.update_yaxes(title="Kendall tau", range=[-1.05, 1.05], secondary_y=False)
     figure.update_yaxes(title="trials pruned", showgrid=False, secondary_y=True, tickmode="auto", nticks=5,
-                        range=[0, 1.1 * max(1, int(stopped.value_counts().max()) if not stopped.empty else 1)])
-    return f"{caption}, over {len(full)} completed trials of {epochs} epochs; {'; '.join(parts)}.", figure
+                        range=[0, 1.1 * max(1, int(counts.max()) if not stopped.empty else 1)])
+    return f"{caption}, over {measured.trials} completed trials of {epochs} epochs; {'; '.join(parts)}.", figure
+
+
+def pruning_check(data: StudyData) -> str | None:
+    """One line for the end of a search that pruned: how far its pruning epochs can be trusted (None: nothing to say)."""
+    measured = ranking(data)
+    if isinstance(measured, str) or measured.stopped.empty:
+        return None
+    tau = measured.taus[measured.typical]
+    word = "not ranked" if tau is None else ("well" if tau >= 0.6 else "roughly" if tau >= 0.3 else "barely")
+    line = (f"pruning check: half the {len(measured.stopped)} pruned trials stopped by epoch {measured.typical + 1}, where "
+            f"the completed trials' values ranked their final ones {word} (Kendall tau {_signed(tau)})")
+    if measured.short_horizon_bias:
+        line += "; lower learning rates ended better but led only late, so pruning there favours high rates"
+    return line + "; see 'How early the ranking forms' in the report"
 
 
 def compute(data: StudyData):
