@@ -133,7 +133,24 @@ def test_report_files_figures_and_offline_page(root):
     assert "agrees" in text or "disagrees" in text or "reverse" in text or "unrelated" in text
     staged, front = page(root, "staged"), page(root, "front")
     assert "<h2>Best value after each stage</h2>" in staged and figure_count(staged) == 9
+    assert "pairs of trials compared within each stage" in staged
     assert "<h2>Accuracy against inference time</h2>" in front and figure_count(front) == 8
+
+
+def test_kendall_tau_is_scipys_tau_b_and_counts_only_pairs_within_a_stage():
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    from nanopet.report.figures import _tau
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, 25).astype(float)  # with ties
+    b = a + rng.normal(size=25)
+    assert _tau(a, b) == pytest.approx(kendalltau(a, b)[0])
+    # two stages, each ranked in reverse; across the stages the order agrees (not compared)
+    assert _tau([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(1 / 3)
+    assert _tau([1, 2, 3, 4], [2, 1, 4, 3], groups=[1, 1, 2, 2]) == pytest.approx(-1.0)
+    assert _tau([1, 1, 2, 2], [1, 2, 3, 4], groups=[1, 1, 2, 2]) is None  # tied within every stage
 
 
 def ranking_study(path: Path, crossing: bool) -> str:

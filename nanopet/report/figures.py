@@ -350,12 +350,17 @@ def learning_curves(data: StudyData):
     return caption, figure
 
 
-def _tau(a, b) -> float | None:
-    """Kendall's tau-b of two samples; None where one of them is constant."""
-    from scipy.stats import kendalltau
-
-    tau = kendalltau(a, b)[0] if len(a) > 1 else float("nan")
-    return None if not np.isfinite(tau) else float(tau)
+def _tau(a, b, groups=None) -> float | None:
+    """Kendall's tau-b of two samples over the pairs within each group (all pairs without groups: scipy's
+    ``kendalltau``); None where no pair differs in both. Groups are a staged search's stages: each stage
+    prunes against its own trials, and a parameter it does not tune is tied within it."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    same = np.ones((len(a), len(a)), dtype=bool) if groups is None else np.equal.outer(np.asarray(groups), np.asarray(groups))
+    pairs = np.triu(same, k=1)
+    x, y = np.sign(np.subtract.outer(a, a))[pairs], np.sign(np.subtract.outer(b, b))[pairs]
+    both = (x * y).sum()  # concordant - discordant
+    denominator = math.sqrt(float((x != 0).sum()) * float((y != 0).sum()))
+    return float(both / denominator) if denominator > 0 else None
 
 
 def _signed(tau: float | None) -> str:
@@ -406,7 +411,8 @@ def ranking(data: StudyData) -> Ranking | str:
         return (f"needs at least 4 completed trials of {max(epochs, 2)} or more epochs with a value at every epoch "
                 f"(this study has {len(full)})")
     final = [values[t][epochs - 1] for t in full]
-    taus = [_tau([values[t][k] for t in full], final) for k in range(epochs - 1)]
+    stage = curves.groupby("trial", sort=False)["stage"].first()[full].tolist()
+    taus = [_tau([values[t][k] for t in full], final, stage) for k in range(epochs - 1)]
     stopped = pd.Series([int(values[t].index.max()) for t in values if state[t] == "pruned"], dtype=int)
     typical = min(int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1), epochs - 2)
     result = Ranking(len(full), epochs, taus, stopped, typical)
@@ -414,8 +420,8 @@ def ranking(data: StudyData) -> Ranking | str:
         rate = data.trials.set_index("trial").reindex(full)["learning_rate"]
         if rate.notna().all():
             rate = rate.astype(float).tolist()
-            result.rate_final = _tau(rate, final)
-            result.rate_taus = [_tau(rate, [values[t][k] for t in full]) for k in range(epochs - 1)]
+            result.rate_final = _tau(rate, final, stage)
+            result.rate_taus = [_tau(rate, [values[t][k] for t in full], stage) for k in range(epochs - 1)]
     return result
 
 
@@ -456,7 +462,8 @@ def early_ranking(data: StudyData):
     figure.update_yaxes(title="Kendall tau", range=[-1.05, 1.05], secondary_y=False)
     figure.update_yaxes(title="trials pruned", showgrid=False, secondary_y=True, tickmode="auto", nticks=5,
                         range=[0, 1.1 * max(1, int(counts.max()) if not stopped.empty else 1)])
-    return f"{caption}, over {measured.trials} completed trials of {epochs} epochs; {'; '.join(parts)}.", figure
+    within = " (pairs of trials compared within each stage, as each stage prunes against its own)" if data.staged else ""
+    return f"{caption}, over {measured.trials} completed trials of {epochs} epochs{within}; {'; '.join(parts)}.", figure
 
 
 def pruning_check(data: StudyData) -> str | None:
