@@ -141,16 +141,16 @@ def test_kendall_tau_is_scipys_tau_b_and_counts_only_pairs_within_a_stage():
     import numpy as np
     from scipy.stats import kendalltau
 
-    from nanopet.report.figures import _tau
+    from nanopet.report.importance import kendall_tau
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 4, 25).astype(float)  # with ties
     b = a + rng.normal(size=25)
-    assert _tau(a, b) == pytest.approx(kendalltau(a, b)[0])
+    assert kendall_tau(a, b) == pytest.approx(kendalltau(a, b)[0])
     # two stages, each ranked in reverse; across the stages the order agrees (not compared)
-    assert _tau([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(1 / 3)
-    assert _tau([1, 2, 3, 4], [2, 1, 4, 3], groups=[1, 1, 2, 2]) == pytest.approx(-1.0)
-    assert _tau([1, 1, 2, 2], [1, 2, 3, 4], groups=[1, 1, 2, 2]) is None  # tied within every stage
+    assert kendall_tau([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(1 / 3)
+    assert kendall_tau([1, 2, 3, 4], [2, 1, 4, 3], groups=[1, 1, 2, 2]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 1, 2, 2], [1, 2, 3, 4], groups=[1, 1, 2, 2]) is None  # tied within every stage
 
 
 def ranking_study(path: Path, crossing: bool) -> str:

@@ -19,7 +19,12 @@ from optuna.distributions import CategoricalDistribution
 from plotly.subplots import make_subplots
 
 from nanopet.report.collect import StudyData
-from nanopet.report.importance import DOCUMENTED_ORDER, FEW_TRIALS, Importances
+from nanopet.report.importance import (
+    DOCUMENTED_ORDER,
+    FEW_TRIALS,
+    Importances,
+    kendall_tau,
+)
 from nanopet.tune.study import decode
 
 STATE_COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728", "running": "#2ca02c", "waiting": "#7f7f7f"}
@@ -350,19 +355,6 @@ def learning_curves(data: StudyData):
     return caption, figure
 
 
-def _tau(a, b, groups=None) -> float | None:
-    """Kendall's tau-b of two samples over the pairs within each group (all pairs without groups: scipy's
-    ``kendalltau``); None where no pair differs in both. Groups are a staged search's stages: each stage
-    prunes against its own trials, and a parameter it does not tune is tied within it."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    same = np.ones((len(a), len(a)), dtype=bool) if groups is None else np.equal.outer(np.asarray(groups), np.asarray(groups))
-    pairs = np.triu(same, k=1)
-    x, y = np.sign(np.subtract.outer(a, a))[pairs], np.sign(np.subtract.outer(b, b))[pairs]
-    both = (x * y).sum()  # concordant - discordant
-    denominator = math.sqrt(float((x != 0).sum()) * float((y != 0).sum()))
-    return float(both / denominator) if denominator > 0 else None
-
-
 def _signed(tau: float | None) -> str:
     return "undefined" if tau is None else f"{tau:+.2f}"
 
@@ -412,7 +404,7 @@ def ranking(data: StudyData) -> Ranking | str:
                 f"(this study has {len(full)})")
     final = [values[t][epochs - 1] for t in full]
     stage = curves.groupby("trial", sort=False)["stage"].first()[full].tolist()
-    taus = [_tau([values[t][k] for t in full], final, stage) for k in range(epochs - 1)]
+    taus = [kendall_tau([values[t][k] for t in full], final, stage) for k in range(epochs - 1)]
     stopped = pd.Series([int(values[t].index.max()) for t in values if state[t] == "pruned"], dtype=int)
     typical = min(int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1), epochs - 2)
     result = Ranking(len(full), epochs, taus, stopped, typical)
@@ -420,8 +412,8 @@ def ranking(data: StudyData) -> Ranking | str:
         rate = data.trials.set_index("trial").reindex(full)["learning_rate"]
         if rate.notna().all():
             rate = rate.astype(float).tolist()
-            result.rate_final = _tau(rate, final, stage)
-            result.rate_taus = [_tau(rate, [values[t][k] for t in full], stage) for k in range(epochs - 1)]
+            result.rate_final = kendall_tau(rate, final, stage)
+            result.rate_taus = [kendall_tau(rate, [values[t][k] for t in full], stage) for k in range(epochs - 1)]
     return result
 
 

@@ -13,6 +13,7 @@ both rank.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -109,11 +110,17 @@ def _key(value):
     return repr(value)
 
 
-def kendall_tau(a: list, b: list) -> float:
-    """Kendall's tau of two rankings without ties: (concordant - discordant pairs) / pairs."""
-    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
-    score = sum(1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 for i, j in pairs)
-    return score / len(pairs)
+def kendall_tau(a, b, groups=None) -> float | None:
+    """Kendall's tau-b of two samples over the pairs within each group (all pairs without groups: scipy's
+    ``kendalltau``); None where no pair differs in both. Groups are a staged search's stages: each stage
+    prunes against its own trials, and a parameter it does not tune is tied within it."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    same = np.ones((len(a), len(a)), dtype=bool) if groups is None else np.equal.outer(np.asarray(groups), np.asarray(groups))
+    pairs = np.triu(same, k=1)
+    x, y = np.sign(np.subtract.outer(a, a))[pairs], np.sign(np.subtract.outer(b, b))[pairs]
+    both = (x * y).sum()  # concordant - discordant
+    denominator = math.sqrt(float((x != 0).sum()) * float((y != 0).sum()))
+    return float(both / denominator) if denominator > 0 else None
 
 
 def agreement(values: dict) -> tuple[float | None, str, tuple]:
