@@ -162,17 +162,18 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
          f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
     ]
     # why pruning works or not here: how well the value at the first rung ranks the unpruned trials' final values
-    from scipy.stats import kendalltau
+    from nanopet.report.importance import kendall_tau
 
     full = [t for t in a if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
-    tau = kendalltau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])[0]
-    rows.append(("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", f"{tau:.2f}", "", "", ""))
+    tau = kendall_tau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])
+    two = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731 - None: a constant sample
+    rows.append(("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", two(tau), "", "", ""))
     # short-horizon bias: how the learning rate ranks the trials early and at the end (> 0: lower is better)
     learning_rates = [t.params["learning_rate"] for t in full]
-    early = kendalltau(learning_rates, [t.intermediate_values[first_rung] for t in full])[0]
-    late = kendalltau(learning_rates, [t.value for t in full])[0]
-    rows.append(("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", f"{early:.2f}",
-                 f"{late:.2f}", "", ""))
+    early = kendall_tau(learning_rates, [t.intermediate_values[first_rung] for t in full])
+    late = kendall_tau(learning_rates, [t.value for t in full])
+    rows.append(("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", two(early),
+                 two(late), "", ""))
     rows += replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "

@@ -359,15 +359,21 @@ def _signed(tau: float | None) -> str:
     return "undefined" if tau is None else f"{tau:+.2f}"
 
 
-def _reading(tau: float | None) -> str:
+def _verdict(tau: float | None) -> str:
+    """How well a tau ranks: well | roughly | barely | not ranked (all values equal)."""
     if tau is None:
-        return "no ranking (all values equal)"
-    if tau >= 0.6:
-        return "the early values rank the trials well, so pruning there is safe"
-    if tau >= 0.3:
-        return "the early values rank the trials only roughly, so pruning there can drop a trial that would have won"
-    return ("the early values barely rank the trials, so pruning there discards trials that would have won: "
-            "prune later (larger n_warmup_steps or min_resource) or not at all")
+        return "not ranked"
+    return "well" if tau >= 0.6 else "roughly" if tau >= 0.3 else "barely"
+
+
+def _reading(tau: float | None) -> str:
+    return {
+        "not ranked": "no ranking (all values equal)",
+        "well": "the early values rank the trials well, so pruning there is safe",
+        "roughly": "the early values rank the trials only roughly, so pruning there can drop a trial that would have won",
+        "barely": "the early values barely rank the trials, so pruning there discards trials that would have won: "
+                  "prune later (larger n_warmup_steps or min_resource) or not at all",
+    }[_verdict(tau)]
 
 
 @dataclass
@@ -395,7 +401,8 @@ def ranking(data: StudyData) -> Ranking | str:
     if data.n_objectives > 1 or curves.empty:
         return "the trials reported no per-epoch values (two-objective studies are not pruned, so they report none)"
     values = {trial: group.set_index("epoch")["value"] for trial, group in curves.groupby("trial", sort=False)}
-    state = curves.groupby("trial", sort=False)["state"].first()
+    first = curves.groupby("trial", sort=False)[["state", "stage"]].first()
+    state = first["state"]
     complete = [t for t in values if state[t] == "complete"]
     epochs = max((len(values[t]) for t in complete), default=0)
     full = [t for t in complete if list(values[t].index) == list(range(epochs))]
@@ -403,7 +410,7 @@ def ranking(data: StudyData) -> Ranking | str:
         return (f"needs at least 4 completed trials of {max(epochs, 2)} or more epochs with a value at every epoch "
                 f"(this study has {len(full)})")
     final = [values[t][epochs - 1] for t in full]
-    stage = curves.groupby("trial", sort=False)["stage"].first()[full].tolist()
+    stage = first["stage"][full].tolist()
     taus = [kendall_tau([values[t][k] for t in full], final, stage) for k in range(epochs - 1)]
     stopped = pd.Series([int(values[t].index.max()) for t in values if state[t] == "pruned"], dtype=int)
     typical = min(int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1), epochs - 2)
@@ -464,9 +471,8 @@ def pruning_check(data: StudyData) -> str | None:
     if isinstance(measured, str) or measured.stopped.empty:
         return None
     tau = measured.taus[measured.typical]
-    word = "not ranked" if tau is None else ("well" if tau >= 0.6 else "roughly" if tau >= 0.3 else "barely")
     line = (f"pruning check: half the {len(measured.stopped)} pruned trials stopped by epoch {measured.typical + 1}, where "
-            f"the completed trials' values ranked their final ones {word} (Kendall tau {_signed(tau)})")
+            f"the completed trials' values ranked their final ones {_verdict(tau)} (Kendall tau {_signed(tau)})")
     if measured.short_horizon_bias:
         line += "; lower learning rates ended better but led only late, so pruning there favours high rates"
     return line + "; see 'How early the ranking forms' in the report"
