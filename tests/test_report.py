@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -172,6 +173,21 @@ def ranking_study(path: Path, crossing: bool) -> str:
     return url
 
 
+def test_pruning_advice_names_the_epoch_from_which_the_ranking_stays_formed():
+    from nanopet.report.figures import Ranking
+
+    def ranked(taus, typical):
+        return Ranking(trials=6, epochs=len(taus) + 1, taus=taus, stopped=pd.Series([typical] * 3), typical=typical)
+
+    late = ranked([-0.2, 0.1, 0.7, 0.5, 0.8, 0.9], typical=1)  # well at epoch 3, not at 4, well from 5 on
+    assert late.well_from == 4
+    assert late.advice() == ("the values ranked the final ones well (tau >= 0.6) from epoch 5 of 7 on, so make the first pruning "
+                             "decision there: n_warmup_steps: 4 (median) or min_resource: 4 (successive_halving, hyperband)")
+    assert ranked([0.7, 0.8, 0.9], typical=0).advice() is None  # the pruner decided where the ranking had formed
+    assert ranked([0.1, 0.7, None], typical=0).well_from is None  # tied at the last epoch: never stays formed
+    assert ranked([0.1, 0.2, 0.3], typical=1).advice().startswith("no epoch before the last ranked them well")
+
+
 @pytest.mark.parametrize("crossing", [True, False])
 def test_early_ranking_says_whether_early_epochs_rank_the_trials(tmp_path, crossing):
     from nanopet.report import figures
@@ -187,12 +203,13 @@ def test_early_ranking_says_whether_early_epochs_rank_the_trials(tmp_path, cross
         assert taus[0] == pytest.approx(-1.0) and taus[1] == pytest.approx(-1.0)
         assert lr_taus[0] == pytest.approx(-1.0) and "tau +1.00 (positive: lower rates end better)" in caption
         assert "barely rank the trials" in caption and "short-horizon bias" in caption
+        assert "no epoch before the last ranked them well (tau >= 0.6): prune only late or not at all" in caption
         assert check.startswith("pruning check: half the 3 pruned trials stopped by epoch 2, where the completed trials' "
                                 "values ranked their final ones barely (Kendall tau -1.00); lower learning rates ended better")
     else:
         assert list(taus) == pytest.approx([1.0, 1.0, 1.0])
         assert "rank the trials well" in caption and "short-horizon bias" not in caption
-        assert "ranked their final ones well (Kendall tau +1.00); see" in check
+        assert "ranked their final ones well (Kendall tau +1.00); see" in check  # no advice needed
     # the same line ends a search, before the report's path
     lines = []
     report_after_search("ranking", tmp_path / "studies", storage=f"sqlite:///{tmp_path / 'r.db'}", out=lines.append)

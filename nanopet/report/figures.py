@@ -359,11 +359,14 @@ def _signed(tau: float | None) -> str:
     return "undefined" if tau is None else f"{tau:+.2f}"
 
 
+WELL_RANKED = 0.6  # Kendall tau from which early values rank the final ones "well"
+
+
 def _verdict(tau: float | None) -> str:
     """How well a tau ranks: well | roughly | barely | not ranked (all values equal)."""
     if tau is None:
         return "not ranked"
-    return "well" if tau >= 0.6 else "roughly" if tau >= 0.3 else "barely"
+    return "well" if tau >= WELL_RANKED else "roughly" if tau >= 0.3 else "barely"
 
 
 def _reading(tau: float | None) -> str:
@@ -387,6 +390,24 @@ class Ranking:
     typical: int  # the epoch to read: where half the pruned trials had stopped, else a third of the way in
     rate_final: float | None = None  # Kendall tau of the learning rate against the final values
     rate_taus: list | None = None  # ... against the values at each epoch
+
+    @property
+    def well_from(self) -> int | None:
+        """The first epoch (0-based) from which the values rank the final ones well at every later epoch; None if
+        none before the last does. A pruner's first decision there: n_warmup_steps / min_resource = this epoch."""
+        well = [tau is not None and tau >= WELL_RANKED for tau in self.taus]
+        return next((epoch for epoch in range(len(well)) if all(well[epoch:])), None)
+
+    def advice(self) -> str | None:
+        """Where to make the first pruning decision, when the pruner decided before the ranking formed."""
+        if _verdict(self.taus[self.typical]) == "well":
+            return None
+        if self.well_from is None:
+            return (f"no epoch before the last ranked them well (tau >= {WELL_RANKED}): prune only late "
+                    "or not at all")
+        return (f"the values ranked the final ones well (tau >= {WELL_RANKED}) from epoch {self.well_from + 1} of "
+                f"{self.epochs} on, so make the first pruning decision there: n_warmup_steps: {self.well_from} "
+                f"(median) or min_resource: {self.well_from} (successive_halving, hyperband)")
 
     @property
     def short_horizon_bias(self) -> bool:
@@ -457,6 +478,8 @@ def early_ranking(data: StudyData):
         if measured.short_horizon_bias:
             parts.append("so pruning there favours high learning rates, which lead early and fall behind later "
                          "(short-horizon bias)")
+    if measured.advice():
+        parts.append(measured.advice())
     figure.update_xaxes(title="epoch", **_whole(epochs))
     figure.update_yaxes(title="Kendall tau", range=[-1.05, 1.05], secondary_y=False)
     figure.update_yaxes(title="trials pruned", showgrid=False, secondary_y=True, tickmode="auto", nticks=5,
@@ -475,6 +498,8 @@ def pruning_check(data: StudyData) -> str | None:
             f"the completed trials' values ranked their final ones {_verdict(tau)} (Kendall tau {_signed(tau)})")
     if measured.short_horizon_bias:
         line += "; lower learning rates ended better but led only late, so pruning there favours high rates"
+    if measured.advice():
+        line += "; " + measured.advice()
     return line + "; see 'How early the ranking forms' in the report"
 
 
