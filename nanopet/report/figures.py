@@ -406,7 +406,7 @@ class Ranking:
             return (f"no epoch before the last ranked them well (tau >= {WELL_RANKED}): prune only late "
                     "or not at all")
         return (f"the values ranked the final ones well (tau >= {WELL_RANKED}) from epoch {self.well_from + 1} of "
-                f"{self.epochs} on, so make the first pruning decision there: n_warmup_steps: {self.well_from} "
+                f"{self.epochs} on, so make the first pruning decision no earlier: n_warmup_steps: {self.well_from} "
                 f"(median) or min_resource: {self.well_from} (successive_halving, hyperband)")
 
     @property
