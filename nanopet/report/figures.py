@@ -478,8 +478,8 @@ def early_ranking(data: StudyData):
         if measured.short_horizon_bias:
             parts.append("so pruning there favours high learning rates, which lead early and fall behind later "
                          "(short-horizon bias)")
-    if measured.advice():
-        parts.append(measured.advice())
+    if advice := measured.advice():
+        parts.append(advice)
     figure.update_xaxes(title="epoch", **_whole(epochs))
     figure.update_yaxes(title="Kendall tau", range=[-1.05, 1.05], secondary_y=False)
     figure.update_yaxes(title="trials pruned", showgrid=False, secondary_y=True, tickmode="auto", nticks=5,
@@ -498,8 +498,8 @@ def pruning_check(data: StudyData) -> str | None:
             f"the completed trials' values ranked their final ones {_verdict(tau)} (Kendall tau {_signed(tau)})")
     if measured.short_horizon_bias:
         line += "; lower learning rates ended better but led only late, so pruning there favours high rates"
-    if measured.advice():
-        line += "; " + measured.advice()
+    if advice := measured.advice():
+        line += "; " + advice
     return line + "; see 'How early the ranking forms' in the report"
 
 
