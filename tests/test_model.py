@@ -20,7 +20,18 @@ from nanopet.data.batch import GraphDataset
 from nanopet.data.neighbors import edge_graph, neighbor_list
 from nanopet.data.structure import Structure
 from nanopet.errors import InputError
-from nanopet.model import Attention, FeedForward, NanoPET, SiLU, Transformer, count_parameters, default_hypers, gelu
+from nanopet.model import (
+    Attention,
+    FeedForward,
+    NanoPET,
+    SiLU,
+    Transformer,
+    count_parameters,
+    default_hypers,
+    gelu,
+    pick_rows,
+    place_rows,
+)
 
 F64 = torch.float64
 CU, AU = 29, 79
@@ -649,3 +660,25 @@ def test_activations_first_and_second_derivatives(name):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # GELU runs aten's kernels with oneDNN off for the call only (oneDNN caches a primitive per shape)
     assert torch.backends.mkldnn.enabled
+
+
+def test_placing_and_picking_rows_are_adjoint_copies_at_every_order():
+    """place_rows / pick_rows move packed edge tokens into the padded attention layout and back; their
+    hand-written backwards (each other) match autograd's index_copy / index_select to second order."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randperm(13, generator=generator)[:7]
+    packed = torch.randn(7, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    padded = torch.randn(13, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: place_rows(x, rows, 13).sin(), (packed,))
+    assert torch.autograd.gradgradcheck(lambda x: pick_rows(x, rows).sin(), (padded,))
+
+    def second(f, x):  # a force-training-like loss: the square of a first derivative, differentiated again
+        (first,) = torch.autograd.grad(f(x).cos().sum(), x, create_graph=True)
+        return torch.autograd.grad((first**2 * x).sum(), x)[0]
+
+    torch.testing.assert_close(second(lambda x: place_rows(x, rows, 13), packed),
+                               second(lambda x: x.new_zeros(13, 3).index_copy(0, rows, x), packed), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(second(lambda y: pick_rows(y, rows), padded), second(lambda y: y[rows], padded),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(place_rows(packed, rows, 13)[rows], packed)
+    assert not place_rows(packed, rows, 13)[~torch.isin(torch.arange(13), rows)].any()
