@@ -1,10 +1,11 @@
 """NanoPET, top to bottom, in the order of ../shared/nanopet-spec.md section 2.
 
-Shapes: B structures, N atoms, E directed edges, M edge slots per centre (max neighbours in the
-batch), d = d_pet, H = num_heads. Tokens are packed, one row per real edge (E, d), so every
-linear layer, norm and activation runs on real edges only; attention places them into the NEF
-layout (N, M): one sequence of neighbour tokens per centre atom, padded to M, and attention runs
-within each centre's sequence (the reference keeps all tokens padded; same function).
+Shapes: B structures, N atoms, E directed edges, M edge slots per centre, d = d_pet, H = num_heads.
+Tokens are packed, one row per real edge (E, d), so every linear layer, norm and activation runs on
+real edges only; attention places them into the NEF layout (n, M): one sequence of neighbour tokens
+per centre atom, padded to M, and attention runs within each centre's sequence. The centres come in
+up to three groups by neighbour count, each padded to its own most neighbours (attention costs M^2
+per centre). The reference keeps all tokens padded to the batch's most neighbours; same function.
 
 Deliberate deviations from the reference code (each also noted where it happens):
 - the cutoff enters attention as an additive log-weight on the keys, softmax(QK^T/sqrt(dh) + log f_k),
@@ -23,6 +24,7 @@ Deliberate deviations from the reference code (each also noted where it happens)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from pathlib import Path
 
@@ -214,19 +216,40 @@ class Encoder(nn.Module):
 
 
 class Slots:
-    """Where each packed edge token goes in the padded attention layout.
+    """Where each packed edge token goes in the padded attention layouts.
 
-    ``qkv_rows`` (E*3*H,): row of (edge, q|k|v, head) in the (3, N, H, M) layout of (dh,) rows;
-    ``head_rows`` (E*H,): row of (edge, head) in the (N, H, M) layout of the attention output.
+    The centres come in groups by neighbour count (``Batch.slot_groups``: group g holds n_g centres
+    of m_g slots each), each group its own padded layout, the groups one after the other.
+    ``qkv_rows`` (E*3*H,): row of (edge, q|k|v, head) in the groups' (3, n_g, H, m_g) layouts of (dh,) rows;
+    ``head_rows`` (E*H,): row of (edge, head) in the groups' (n_g, H, m_g) layouts of the attention output.
     """
 
-    def __init__(self, edge_slot: torch.Tensor, n: int, m: int, num_heads: int):
-        self.n, self.m, self.num_heads = n, m, num_heads
-        center, slot = edge_slot // m, edge_slot % m
-        heads = torch.arange(num_heads, device=edge_slot.device) * m  # (H,)
-        self.head_rows = ((center * num_heads * m + slot)[:, None] + heads).reshape(-1)  # (E*H,)
-        parts = torch.arange(3, device=edge_slot.device) * (n * num_heads * m)  # (3,)
-        self.qkv_rows = (self.head_rows.view(-1, 1, num_heads) + parts[:, None]).reshape(-1)  # (E*3*H,)
+    def __init__(self, edge_slot: torch.Tensor, groups: tuple, num_heads: int):
+        self.groups, self.num_heads = groups, num_heads
+        self.starts = [0, *itertools.accumulate(n * m for n, m in groups)]  # slot rows before each group; total
+        device, h = edge_slot.device, num_heads
+        starts = torch.tensor(self.starts[:-1], device=device)
+        group = torch.bucketize(edge_slot, starts[1:], right=True)  # (E,)
+        start = starts[group]
+        n = torch.tensor([n for n, _ in groups], device=device)[group]  # the edge's group's centres, slots
+        m = torch.tensor([m for _, m in groups], device=device)[group]
+        center, slot = (edge_slot - start) // m, (edge_slot - start) % m  # row within the group, slot within the row
+        heads = torch.arange(h, device=device)
+        within = center * h * m + slot  # (E,)
+        self.head_rows = (h * start + within)[:, None] + heads * m[:, None]  # (E, H)
+        parts = torch.arange(3, device=device)
+        self.qkv_rows = ((3 * h * start + within)[:, None, None] + (parts * (n * h * m)[:, None])[:, :, None]
+                         + (heads * m[:, None])[:, None, :])  # (E, 3, H)
+        self.head_rows, self.qkv_rows = self.head_rows.reshape(-1), self.qkv_rows.reshape(-1)
+
+    @property
+    def rows(self) -> int:
+        """Slot rows in all groups."""
+        return self.starts[-1]
+
+    def blocks(self, padded: torch.Tensor, per_slot: int) -> list[torch.Tensor]:
+        """Each group's part of a tensor with ``per_slot`` rows per slot, as views."""
+        return [padded[per_slot * a : per_slot * b] for a, b in zip(self.starts, self.starts[1:])]
 
 
 class Attention(nn.Module):
@@ -240,21 +263,25 @@ class Attention(nn.Module):
         self.out = nn.Linear(d, d, bias=False)
 
     def forward(self, x, slots: Slots, log_cutoff, double_backward: bool):
-        # x (E, d) packed tokens; log_cutoff (N, 1, 1, M) added to the logits of every query over the keys
+        # x (E, d) packed tokens; log_cutoff (slot rows,), added to the logits of every query over the keys
         e, d = x.shape
-        n, m, h, dh = slots.n, slots.m, self.num_heads, d // self.num_heads
+        h, dh = self.num_heads, d // self.num_heads
         qkv = self.qkv(self.norm(x)).view(e * 3 * h, dh)  # rows (edge, q|k|v, head)
-        # into the padded layout in one copy; padding slots hold zero queries, keys and values
-        q, k, v = place_rows(qkv, slots.qkv_rows, 3 * n * h * m).view(3, n * h, m, dh)
-        if double_backward:  # force training differentiates through the attention twice
-            # logits = log_cutoff + scale * q k^T in one batched GEMM, (N*H, M, M)
-            logits = torch.baddbmm(log_cutoff.expand(n, h, 1, m).reshape(n * h, 1, m), q, k.transpose(1, 2),
-                                   alpha=dh**-0.5)
-            attended = torch.bmm(torch.softmax(logits, dim=-1), v)  # (N*H, M, dh)
-        else:  # the fused kernel has no second derivative, but is faster for inference
-            attended = F.scaled_dot_product_attention(q.view(n, h, m, dh), k.view(n, h, m, dh), v.view(n, h, m, dh),
-                                                      attn_mask=log_cutoff)
-        attended = pick_rows(attended.reshape(n * h * m, dh), slots.head_rows).view(e, d)  # real slots only
+        # into the padded layouts in one copy; padding slots hold zero queries, keys and values
+        padded = place_rows(qkv, slots.qkv_rows, 3 * h * slots.rows)
+        outputs = []
+        for (n, m), block, mask in zip(slots.groups, slots.blocks(padded, 3 * h), slots.blocks(log_cutoff, 1)):
+            q, k, v = block.view(3, n * h, m, dh)  # one group: n centres of m slots
+            if double_backward:  # force training differentiates through the attention twice
+                # logits = log_cutoff + scale * q k^T in one batched GEMM, (n*H, m, m)
+                logits = torch.baddbmm(mask.view(n, 1, 1, m).expand(n, h, 1, m).reshape(n * h, 1, m), q,
+                                       k.transpose(1, 2), alpha=dh**-0.5)
+                attended = torch.bmm(torch.softmax(logits, dim=-1), v)  # (n*H, m, dh)
+            else:  # the fused kernel has no second derivative, but is faster for inference
+                attended = F.scaled_dot_product_attention(q.view(n, h, m, dh), k.view(n, h, m, dh),
+                                                          v.view(n, h, m, dh), attn_mask=mask.view(n, 1, 1, m))
+            outputs.append(attended.reshape(n * h * m, dh))
+        attended = pick_rows(torch.cat(outputs) if len(outputs) > 1 else outputs[0], slots.head_rows).view(e, d)
         # (out(attended) + x) / sqrt(2), the residual and its scale fused into one GEMM
         return torch.addmm(x, attended, (self.out.weight * 0.5**0.5).T, beta=0.5**0.5)
 
@@ -420,15 +447,13 @@ class NanoPET(nn.Module):
         if self.zbl is not None and len(distances):
             zbl = self.zbl(distances, center_species, neighbor_species)
             energies = energies.index_add(0, batch.centers, zbl)
-        if batch.num_slots == 0:  # no edges anywhere: every atom is isolated, network energy 0
+        if not batch.slot_groups:  # no edges anywhere: every atom is isolated, network energy 0
             return energies + 0.0 * self.last_layer.weight.sum()  # (kept on the autograd graph)
 
-        # 2.5 cutoff weights per edge; 2.4 NEF layout for attention: log-weights, -69 in padding slots
-        n_slots = batch.num_slots  # M
+        # 2.5 cutoff weights per edge; 2.4 NEF layouts for attention: log-weights, -69 in padding slots
+        slots = Slots(batch.edge_slot, batch.slot_groups, self.num_heads)
         cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)  # (E,)
-        padded_weights = place_rows(cutoff_weights, batch.edge_slot, n_atoms * n_slots)
-        log_cutoff = torch.log(padded_weights.clamp_min(1e-30)).view(n_atoms, 1, 1, n_slots)  # (N, 1, 1, M)
-        slots = Slots(batch.edge_slot, n_atoms, n_slots, self.num_heads)
+        log_cutoff = torch.log(place_rows(cutoff_weights, batch.edge_slot, slots.rows).clamp_min(1e-30))  # (rows,)
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
         tokens = self.encoder(vectors, center_species, neighbor_species)  # (E, d)

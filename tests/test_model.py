@@ -222,11 +222,25 @@ def test_batch_nef_layout_is_consistent():
     n, m = len(batch.numbers), batch.num_slots
     counts = np.bincount(batch.centers.numpy(), minlength=n)
     assert n == sum(len(a) for a in structures) and m == int(counts.max())
-    # every edge in its own slot, in its centre's row, at a position below the centre's edge count
-    assert len(set(batch.edge_slot.tolist())) == len(batch.centers)
-    assert torch.equal(batch.edge_slot // m, batch.centers)
-    assert bool((batch.edge_slot % m < torch.from_numpy(counts)[batch.centers]).all())
-    assert counts[-1] == 0  # the isolated atom has no slot in use
+    # centres with neighbours in at most 3 groups of increasing neighbour counts, each as wide as its widest
+    groups = batch.slot_groups
+    assert 2 <= len(groups) <= 3 and sum(c for c, _ in groups) == int((counts > 0).sum())
+    starts = np.cumsum([0] + [c * s for c, s in groups])
+    slot = batch.edge_slot.numpy()
+    group = np.searchsorted(starts, slot, side="right") - 1
+    width = np.array([s for _, s in groups])[group]
+    row, position = (slot - starts[group]) // width, (slot - starts[group]) % width
+    # every edge in its own slot, at a position below its centre's edge count, one row per centre
+    assert len(set(slot.tolist())) == len(slot) and slot.max() < starts[-1]
+    assert (position < counts[batch.centers.numpy()]).all()
+    rows = {(int(g), int(r)): set() for g, r in zip(group, row)}
+    for g, r, center in zip(group, row, batch.centers.numpy()):
+        rows[(int(g), int(r))].add(int(center))
+    assert all(len(centres) == 1 for centres in rows.values()) and len(rows) == int((counts > 0).sum())
+    for g, (_, slots) in enumerate(groups):
+        in_group = counts[batch.centers.numpy()[group == g]]
+        assert in_group.max() == slots and (g == 0 or in_group.min() > groups[g - 1][1])
+    assert counts[-1] == 0  # the isolated atom has no row
     # the reverse of (i, j, S) is (j, i, -S)
     reverse = batch.edge_reverse
     assert torch.equal(batch.centers[reverse], batch.neighbors)
@@ -682,3 +696,35 @@ def test_placing_and_picking_rows_are_adjoint_copies_at_every_order():
                                rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(place_rows(packed, rows, 13)[rows], packed)
     assert not place_rows(packed, rows, 13)[~torch.isin(torch.arange(13), rows)].any()
+
+
+def test_grouping_centres_by_neighbour_count_changes_no_number(monkeypatch):
+    """Attention in up to three layouts by neighbour count (a slab, a cluster, bulk and an isolated atom in one
+    batch) gives the energies, forces, stress and force-training gradients of the single padded layout."""
+    import nanopet.data.batch as batch_module
+
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    slab.center(vacuum=4.0, axis=2)
+    structures = [cuau_cell(seed=3), cluster(), slab, Atoms("Cu", positions=[[0, 0, 0]])]
+    model = make_model()
+
+    def run(max_groups):
+        monkeypatch.setattr(batch_module, "MAX_SLOT_GROUPS", max_groups)
+        batch = batch_of(structures, CUTOFF)
+        model.zero_grad()
+        out = model(batch, forces=True, stress=True, create_graph=True)
+        (out["energy"].sum() + (out["forces"] ** 2).sum() + out["stress"][[0, 2]].sum()).backward()  # periodic ones
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return len(batch.slot_groups), {k: v.detach() for k, v in out.items()}, grads
+
+    one, single, single_grads = run(1)
+    several, grouped, grouped_grads = run(3)
+    assert one == 1 and several >= 2
+    for key in single:
+        torch.testing.assert_close(grouped[key], single[key], rtol=1e-12, atol=1e-12)
+    for a, b in zip(grouped_grads, single_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    model.eval()  # the fused (inference) attention takes the same layouts
+    monkeypatch.setattr(batch_module, "MAX_SLOT_GROUPS", 3)
+    fused = model(batch_of(structures, CUTOFF), forces=True)
+    torch.testing.assert_close(fused["energy"], single["energy"], rtol=1e-12, atol=1e-12)

@@ -3,11 +3,16 @@
 A dataset computes its neighbour lists once (``GraphDataset``); each batch is then a few
 numpy concatenations with atom/edge offsets, so nothing per-atom runs in Python.
 
-NEF layout (spec 2.4): N centre atoms x M = ``num_slots`` edge slots (the most neighbours of any
-atom in the batch). The model keeps tokens packed, one row per real edge, and places them into
-that padded layout only for attention: ``edge_slot[e]`` is edge e's flat slot ``n * M + k`` (its
-centre n, its position k among n's edges); ``edge_reverse[e]`` is the edge going the other way,
-so message passing is one gather on the (E, d) tokens.
+NEF layout (spec 2.4): centre atoms x edge slots, one row of slots per centre. The model keeps
+tokens packed, one row per real edge, and places them into that padded layout only for attention.
+Attention costs about M^2 per centre for M slots, and neighbour counts can vary widely within a
+batch (surfaces, molecules, or a cutoff near a neighbour shell: 18 to 33 neighbours at 4.5 A in the
+built-in data), so the centres are split by neighbour count into at most ``MAX_SLOT_GROUPS``
+groups, each padded to its own most neighbours: ``slot_groups`` lists (centres, slots) per group,
+and the layouts lie one after the other. ``edge_slot[e]`` is edge e's flat slot in them: the start of
+its centre's group + the centre's row in the group * that group's slots + e's position among the
+centre's edges. Atoms without neighbours have no row. ``edge_reverse[e]`` is the edge going the
+other way, so message passing is one gather on the (E, d) tokens.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ class Batch:
     centers: torch.Tensor  # (E,)
     neighbors: torch.Tensor  # (E,)
     shifts: torch.Tensor  # (E, 3) integer shifts, stored in the float dtype
-    num_slots: int  # M
-    edge_slot: torch.Tensor  # (E,) flat index into N*M
+    slot_groups: tuple[tuple[int, int], ...]  # (centres, slots) of each padded attention layout
+    edge_slot: torch.Tensor  # (E,) flat index into the layouts, sum of centres * slots rows
     edge_reverse: torch.Tensor  # (E,) index of the reverse edge
     energy: torch.Tensor | None = None  # (B,) target, baseline-subtracted if offsets were given
     forces: torch.Tensor | None = None  # (N, 3)
@@ -44,12 +49,63 @@ class Batch:
     def num_structures(self) -> int:
         return int(self.cells.shape[0])
 
+    @property
+    def num_slots(self) -> int:
+        """M: the most neighbours of any atom in the batch (0 without edges)."""
+        return max((slots for _, slots in self.slot_groups), default=0)
+
     def to(self, device) -> "Batch":
         return Batch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
 
 def _move(value, device):
     return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
+MAX_SLOT_GROUPS = 3
+EXTRA_GROUP_COST = 0.05  # an extra group must save this share of the single layout's M^2 area
+
+
+def slot_groups(counts: np.ndarray, max_groups: int | None = None) -> tuple[tuple, np.ndarray]:
+    """Groups of centres by neighbour count for attention, and each edge slot row's start.
+
+    ``counts`` (N,) neighbours per atom. Returns ((centres, slots) per group, row (N,)): atom i's slot
+    row starts at ``row[i]`` in the concatenated layouts (-1 without neighbours). Groups are ranges of
+    counts chosen to minimise the attention area sum(centres * slots^2), a group at a time.
+    """
+    max_groups = MAX_SLOT_GROUPS if max_groups is None else max_groups
+    counts = np.asarray(counts, dtype=np.int64)
+    values, sizes = np.unique(counts[counts > 0], return_counts=True)
+    if len(values) == 0:
+        return (), np.full(len(counts), -1, dtype=np.int64)
+    # area of a group holding the distinct counts a..b (inclusive): centres(a..b) * values[b]^2
+    before = np.concatenate([[0], np.cumsum(sizes)])
+    area = (before[None, 1:] - before[:-1, None]) * values[None, :] ** 2  # (a, b), used for a <= b
+    last = len(values) - 1
+    penalty = EXTRA_GROUP_COST * area[0, last]
+    ends, best = [last], area[0, last]
+    if max_groups >= 2 and last >= 1:  # first group 0..a, second a+1..last
+        a = np.arange(last)
+        two = area[0, a] + area[a + 1, last] + penalty
+        if two.min() < best:
+            ends, best = [int(a[two.argmin()]), last], float(two.min())
+    if max_groups >= 3 and last >= 2:  # 0..a, a+1..b, b+1..last
+        a, b = np.triu_indices(last, k=1)
+        three = area[0, a] + area[a + 1, b] + area[b + 1, last] + 2 * penalty
+        if three.min() < best:
+            k = int(three.argmin())
+            ends = [int(a[k]), int(b[k]), last]
+    group_of_value = np.searchsorted(values[ends], values)  # distinct count -> its group
+    group = np.full(len(counts), -1, dtype=np.int64)
+    group[counts > 0] = group_of_value[np.searchsorted(values, counts[counts > 0])]
+    groups, row, start = [], np.full(len(counts), -1, dtype=np.int64), 0
+    for g, end in enumerate(ends):
+        members = np.flatnonzero(group == g)
+        slots = int(values[end])
+        row[members] = start + np.arange(len(members)) * slots
+        groups.append((len(members), slots))
+        start += len(members) * slots
+    return tuple(groups), row
 
 
 class GraphDataset:
@@ -82,14 +138,13 @@ class GraphDataset:
         atom_offset = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
         edge_offset = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
         n_total = int(n_atoms.sum())
-        max_slots = max((g.max_neighbors for g in graphs), default=0)
 
         centers = np.concatenate([g.centers + o for g, o in zip(graphs, atom_offset)])
         neighbors = np.concatenate([g.neighbors + o for g, o in zip(graphs, atom_offset)])
         shifts = np.concatenate([g.shifts for g in graphs]).reshape(-1, 3)
         slot = np.concatenate([g.slot for g in graphs])
         reverse = np.concatenate([g.reverse + o for g, o in zip(graphs, edge_offset)])
-
+        groups, row = slot_groups(np.bincount(centers, minlength=n_total))
 
         def tensor(array, kind=dtype):
             return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=kind)
@@ -103,8 +158,8 @@ class GraphDataset:
             centers=tensor(centers, torch.long),
             neighbors=tensor(neighbors, torch.long),
             shifts=tensor(shifts),
-            num_slots=int(max_slots),
-            edge_slot=tensor(centers * max_slots + slot, torch.long),
+            slot_groups=groups,
+            edge_slot=tensor(row[centers] + slot, torch.long),
             edge_reverse=tensor(reverse, torch.long),
         )
         if all(s.energy is not None for s in structures):
