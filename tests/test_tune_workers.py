@@ -72,6 +72,47 @@ def test_a_worker_waits_for_a_running_trial_with_the_same_parameters(tmp_path):
     assert "same parameters as trial 0, running now: waiting for its result" in result.stdout
 
 
+def test_a_trial_waits_for_an_earlier_trial_still_suggesting_its_parameters(tmp_path):
+    """Workers that start together ask for trials within milliseconds: when the later trial looks for a running
+    twin, the earlier one may have no parameters yet. The later one must see them first (here: the same) and
+    then take that trial's result, not train the same configuration again."""
+    import threading
+
+    import optuna
+
+    from nanopet.train import load_data
+    from nanopet.tune import load_search_space
+    from nanopet.tune.objective import TrialRunner
+
+    space = load_search_space(tiny_space(tmp_path))
+    runner = TrialRunner(space, load_data(space.options, space.base_dir, cutoff=space.max_cutoff), out=lambda m: None)
+    study = optuna.create_study()
+    for value in (3.0e-3, 3.0e-3, 1.0e-3, 3.0e-3):
+        study.enqueue_trial({"learning_rate": value})
+
+    def suggest(trial):
+        trial.suggest_categorical("learning_rate", [3.0e-3, 1.0e-3])
+
+    earlier, later = study.ask(), study.ask()  # the earlier one: asked by another worker, parameters not yet set
+    suggest(later)
+    found = {}
+    looking = threading.Thread(target=lambda: found.update(twin=runner.wait_for_twin(study, later)))
+    looking.start()
+    time.sleep(0.5)
+    assert looking.is_alive()  # waiting, not training
+    suggest(earlier)
+    study.tell(earlier, 0.25)
+    looking.join(timeout=30)
+    assert not looking.is_alive() and found["twin"].number == earlier.number
+    # an earlier running trial that settled on other parameters is not waited for
+    other, last = study.ask(), study.ask()
+    suggest(other)
+    suggest(last)
+    assert other.params != last.params
+    started = time.perf_counter()
+    assert runner.wait_for_twin(study, last).number == earlier.number and time.perf_counter() - started < 0.5
+
+
 def test_sigkill_of_a_worker_then_of_everything_and_resume(tmp_path):
     studies = tmp_path / "studies"
     raw = tiny_space(studies, budget={"n_trials": 6, "epochs": 16})  # trials long enough to be killed mid-way under load

@@ -19,6 +19,7 @@ metrics.csv, train.log and trial.json.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import shutil
@@ -46,6 +47,8 @@ PRUNE_REASONS = {
 
 
 WAIT_SECONDS = 1.0  # polling while a trial waits for another worker's trial with the same parameters
+SETTLING_SECONDS = 30.0  # an earlier trial asked longer ago than this has suggested all its parameters
+SETTLING_POLL_SECONDS = 0.1
 
 
 class TrialInterrupted(Exception):
@@ -195,15 +198,28 @@ class TrialRunner:
         often with several workers). Returns the twin if it completed or was pruned, None if it failed (then this
         trial trains). Earlier trials only: two workers never wait for each other."""
         def earlier_running():
-            return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if t.number < trial.number and t.params == trial.params]
+            """Earlier running trials with these parameters, and earlier ones another worker asked for a moment
+            ago and may still be suggesting parameters to (workers starting together ask within milliseconds)."""
+            twins, settling, now = [], [], datetime.datetime.now()
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.number >= trial.number:
+                    continue
+                if t.params == trial.params:
+                    twins.append(t)
+                elif not set(trial.params) <= set(t.params) and t.datetime_start is not None \
+                        and (now - t.datetime_start).total_seconds() < SETTLING_SECONDS:
+                    settling.append(t)
+            return twins, settling
 
         settings, waited = self.space.study, None
         with contextlib.ExitStack() as held:
             while True:
-                twin, running = finished_twin(study, trial.number, trial.params), earlier_running()
-                if twin is not None or not running:
+                twin, (running, settling) = finished_twin(study, trial.number, trial.params), earlier_running()
+                if twin is not None or not (running or settling):
                     return twin
+                if not running:  # see the parameters of the earlier trial first
+                    time.sleep(SETTLING_POLL_SECONDS)
+                    continue
                 if waited is None:  # other workers must see this trial's worker alive while it waits
                     held.enter_context(Lease(study, trial, settings.heartbeat_interval))
                 if waited != running[0].number:
