@@ -142,6 +142,22 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
         load_search_space(path)
 
 
+def test_a_study_without_a_pruner_prunes_from_a_fifth_of_its_epochs(tmp_path):
+    """The first epochs are a plateau on which trials rank by chance, so the default pruner's warm-up grows
+    with the budget; a two-objective study is never pruned."""
+    def pruner(**sections):
+        raw = tiny_space(tmp_path, **sections)
+        raw["study"].pop("pruner")
+        return load_search_space(raw).study.pruner
+
+    assert pruner(budget={"epochs": 100}) == {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 20}
+    assert pruner(budget={"epochs": 27})["n_warmup_steps"] == 5
+    assert pruner(budget={"epochs": 3})["n_warmup_steps"] == 2
+    assert pruner(budget={"epochs": 100}, objective={"metric": "val_forces_rmse", "cost": "front"}) == {"type": "none"}
+    # a pruner given is taken as given
+    assert load_search_space(tiny_space(tmp_path, study={"pruner": {"type": "median"}})).study.pruner == {"type": "median"}
+
+
 def test_driver_section(tmp_path):
     assert load_search_space(tiny_space(tmp_path)).driver == Driver()
     assert load_search_space(tiny_space(tmp_path, driver="ray")).driver == Driver("ray")
@@ -163,7 +179,6 @@ def test_an_enumerated_later_stage_counts_its_carried_in_start(tmp_path):
 def test_an_enumerated_stage_ends_when_every_configuration_is_taken_not_when_copies_fill_its_budget(tmp_path):
     # two workers drew the same configuration at once: one copied the other; the third configuration is still due
     import optuna
-    from optuna.trial import TrialState
 
     from nanopet.tune.study import distribution, remaining
 

@@ -63,7 +63,13 @@ NOT_TUNABLE = {"distributed": "a run setting", "distributed_port": "a run settin
                "num_epochs": "set budget.epochs (the epochs of every trial) instead"}
 DEFAULT_DATASET = {"systems": {"builtin": "emt-alloy", "n": 1000, "seed": 0}}
 DEFAULT_SAMPLER = {"type": "tpe", "seed": 0}
-DEFAULT_PRUNER = {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 2}
+DEFAULT_PRUNER = {"type": "median", "n_startup_trials": 5}
+DEFAULT_WARM_UP_SHARE = 0.2  # of budget.epochs, at least 2: README "Pruning" (the trials' first epochs rank them by chance)
+
+
+def default_pruner(epochs: int) -> dict:
+    """The pruner of a study that names none: median, deciding first at a fifth of the epochs (epoch 3 at least)."""
+    return {**DEFAULT_PRUNER, "n_warmup_steps": max(2, round(DEFAULT_WARM_UP_SHARE * epochs))}
 MIN_TRIALS_PER_STAGE = 2
 
 
@@ -470,8 +476,8 @@ def _study(raw: dict, default_name: str, objective: Objective, budget: Budget) -
         raise InputError(f"study.name: {name!r} cannot name a folder; use letters, digits, - and _")
     sampler = _settings(raw.get("sampler"), SAMPLERS, DEFAULT_SAMPLER, "study.sampler")
     sampler.setdefault("seed", 0)
-    default_pruner = {"type": "none"} if objective.cost == "front" else DEFAULT_PRUNER
-    pruner = _settings(raw.get("pruner"), PRUNERS, default_pruner, "study.pruner")
+    no_pruner = {"type": "none"} if objective.cost == "front" else default_pruner(budget.epochs)
+    pruner = _settings(raw.get("pruner"), PRUNERS, no_pruner, "study.pruner")
     if objective.cost == "front" and pruner["type"] != "none":
         raise InputError("study.pruner: Optuna cannot prune a two-objective study (objective.cost: front); "
                          "use pruner: {type: none}, or objective.cost: penalty to keep pruning")
