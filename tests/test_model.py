@@ -219,7 +219,7 @@ def test_restrict_equals_fresh_list():
 def test_batch_nef_layout_is_consistent():
     structures = [cuau_cell(seed=1), cluster(), Atoms("Cu", positions=[[0, 0, 0]])]
     batch = batch_of(structures, CUTOFF)
-    n, m = len(batch.numbers), batch.num_slots
+    n, m = len(batch.numbers), max(slots for _, slots in batch.slot_groups)
     counts = np.bincount(batch.centers.numpy(), minlength=n)
     assert n == sum(len(a) for a in structures) and m == int(counts.max())
     # centres with neighbours in at most 3 groups of increasing neighbour counts, each as wide as its widest

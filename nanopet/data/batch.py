@@ -49,11 +49,6 @@ class Batch:
     def num_structures(self) -> int:
         return int(self.cells.shape[0])
 
-    @property
-    def num_slots(self) -> int:
-        """M: the most neighbours of any atom in the batch (0 without edges)."""
-        return max((slots for _, slots in self.slot_groups), default=0)
-
     def to(self, device) -> "Batch":
         return Batch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
