@@ -12,6 +12,7 @@ from tune_support import tiny_space, trials
 import nanopet.data.batch as batch_module
 from nanopet.options import read_yaml, resolve_options
 from nanopet.tune import load_search_space, run
+from nanopet.tune.objective import pace_line
 from nanopet.tune.study import counted
 
 
@@ -40,6 +41,10 @@ def test_six_trial_study_completes_and_best_is_the_argmin(tmp_path):
     best_options = read_yaml(result.best_options)
     assert resolve_options(best_options)["architecture"]["model"]["cutoff"] == best.params["cutoff"]
     assert any("better than the defaults" in line for line in lines)
+    # one pace line, after the first epoch: what a trial and the budget cost at that pace
+    paces = [line for line in lines if line.startswith("pace: ")]
+    assert len(paces) == 1 and "a trial of 2 epochs; the 6 trials take up to" in paces[0]
+    assert lines.index(paces[0]) == next(i for i, line in enumerate(lines) if line.startswith("trial 0 ")) + 1
     # re-running the same search resumes it: the budget is used up, nothing new runs
     again, _ = search(tiny_space(tmp_path))
     assert len(trials(tmp_path, "tiny")) == 6 and again.best_value == result.best_value
@@ -245,3 +250,12 @@ def test_an_enumerated_later_stage_trains_each_configuration_but_its_start(tmp_p
     assert len(counted(trials(tmp_path, "tiny.stage1-learning_rate"))) == 3 and result.status == "completed"
     assert "stage 2/2 (cutoff): each of its 3 configurations tried once" in lines
     assert lines[0] == "plan: stage 1/2 (learning_rate): 3 trials; stage 2/2 (cutoff): 2 trials, each configuration once"
+
+
+def test_pace_line_scales_the_first_epoch_to_a_trial_and_the_budget(tmp_path):
+    space = load_search_space(tiny_space(tmp_path, budget={"n_trials": 60, "epochs": 100, "timeout": 7200}))
+    assert pace_line(space, 48.0, 1) == ("pace: 48 s an epoch, 80 min a trial of 100 epochs; the 60 trials take up to "
+                                          "3.3 days on 1 worker (less with pruning and repeats); budget.timeout ends the "
+                                          "search after 2.0 h")
+    assert "the 60 trials take up to 16.7 h on 1 worker" in pace_line(space, 10.0, 1)
+    assert "0.6 s an epoch, 60 s a trial of 100 epochs; the 60 trials take up to 15 min on 4 workers" in pace_line(space, 0.6, 4)

@@ -104,7 +104,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     check_metric(space, data)
     warm_up()
     write_worker_record(space, index, launched, data_seconds)
-    runner = TrialRunner(space, data, stop, out, prefix)
+    runner = TrialRunner(space, data, stop, out, prefix, workers=count, tell_pace=index == 0)
     settings = space.study
 
     fixed, previous = {}, None
