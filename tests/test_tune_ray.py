@@ -24,7 +24,6 @@ os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
 from optuna.trial import TrialState  # noqa: E402
 from tune_support import cli, cli_env, merge, tiny_space, trials, write_space  # noqa: E402
 
-from nanopet.errors import InputError  # noqa: E402
 from nanopet.tune import load_search_space  # noqa: E402
 from nanopet.tune import ray_driver  # noqa: E402
 
@@ -83,6 +82,8 @@ def test_four_trial_study_lands_in_the_optuna_storage(ray_study):
     assert sum(" COMPLETE " in line for line in lines) == len(completed)
     assert sum("PRUNED: stopped by ASHA" in line for line in lines) == 4 - len(completed)
     assert any(" epoch 3/3: val_forces_rmse " in line for line in lines)
+    paces = [line for line in lines if line.startswith("pace: ")]  # once, from the first epoch reported
+    assert len(paces) == 1 and "a trial of 3 epochs; the 4 trials take about" in paces[0] and "on 2 workers" in paces[0]
     assert (directory / "tiny" / "ray" / "tiny").is_dir()
 
 

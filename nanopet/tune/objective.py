@@ -72,25 +72,38 @@ def span(seconds: float) -> str:
 
 def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
     """What the budget costs at the pace of a first epoch, e.g. ``pace: 48 s an epoch, 80 min a trial of 100
-    epochs; the 60 trials take up to 80 h on 1 worker (less with pruning)``."""
+    epochs; the 60 trials take about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
+    sizes and cutoffs change their pace, so this is an order of magnitude, said early."""
     budget = space.budget
     trial = epoch_seconds * budget.epochs
     text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {budget.epochs} epochs"
     if budget.n_trials:
-        text += (f"; the {budget.n_trials} trials take up to {span(trial * budget.n_trials / workers)} on {workers} "
+        text += (f"; the {budget.n_trials} trials take about {span(trial * budget.n_trials / workers)} on {workers} "
                  f"worker{'s' * (workers != 1)} (less with pruning and repeats)")
     if budget.timeout:
         text += f"; budget.timeout ends the search after {span(budget.timeout)}"
     return text
 
 
+class PaceLine:
+    """Says ``pace_line`` once, at the first epoch trained (either driver)."""
+
+    def __init__(self, space: SearchSpace, workers: int, out: Callable[[str], None]):
+        self.space, self.workers, self.out, self.told = space, workers, out, False
+
+    def __call__(self, epoch_seconds: float) -> None:
+        if not self.told:
+            self.told = True
+            self.out(pace_line(self.space, epoch_seconds, self.workers))
+
+
 class TrialRunner:
     """Runs trials of one worker on its preloaded data (neighbour lists at the space's largest cutoff)."""
 
     def __init__(self, space: SearchSpace, data: Data, stop_requested: Callable[[], bool] = lambda: False,
-                 out: Callable[[str], None] = print, prefix: str = "", workers: int = 1, tell_pace: bool = True):
+                 out: Callable[[str], None] = print, prefix: str = "", pace: PaceLine | None = None):
         self.space, self.data, self.stop_requested, self.out, self.prefix = space, data, stop_requested, out, prefix
-        self.workers, self.tell_pace = workers, tell_pace  # one pace line after this worker's first epoch
+        self.pace = pace
         structures = data.train.structures + data.val.structures + data.test.structures
         self.atomic_types = sorted({int(z) for s in structures for z in s.numbers})
         self._at_cutoff: dict[float, Data] = {}
@@ -153,9 +166,8 @@ class TrialRunner:
                     if first_epoch_at is None:
                         first_epoch_at = time.perf_counter() - metrics["epoch_time"]
                     epochs_time += metrics["epoch_time"]
-                    if self.tell_pace:
-                        self.tell_pace = False
-                        self.out(self.prefix + pace_line(space, metrics["epoch_time"], self.workers))
+                    if self.pace is not None:
+                        self.pace(metrics["epoch_time"])
                     metric = metrics.get(objective.metric)
                     if metric is None or not math.isfinite(metric):
                         raise NonFiniteLossError(f"{objective.metric} is {metric} at epoch {epoch}", epoch)

@@ -46,6 +46,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError, NonFiniteLossError
+from nanopet.tune.objective import PaceLine
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import (check_resumable, chosen_values, copied_reason, counted, decode, distribution, encode, finished_twin,
                                 masked, open_stage, open_storage, plan, record_storage, remaining, result_attrs, short, stage_sampler,
@@ -101,10 +102,11 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
         out(f"Ray Tune: {workers} trials at once, {request['cpu']:g} CPU" + (f" + {request['gpu']:g} GPU" if request["gpu"] else "")
             + " each" + (f", timeout {space.budget.timeout:g} s" if space.budget.timeout else ""))
         fixed, previous = {}, None
+        pace = PaceLine(space, workers, out)
         for stage in plan(space):
             study = open_stage(storage, space, stage, fixed, previous, enqueue_defaults=False)
             study.set_user_attr("driver", "ray")
-            status = run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out)
+            status = run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out, pace)
             if status != "completed":
                 break
             if stage.index < stage.count:
@@ -147,7 +149,7 @@ def resources(space: SearchSpace, workers: int | None) -> tuple[dict, int]:
 
 
 def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, request: dict, workers: int,
-              points: list[dict] | None, out: Callable[[str], None]) -> str:
+              points: list[dict] | None, out: Callable[[str], None], pace: Callable[[float], None] | None = None) -> str:
     """One stage as Ray experiments: restore the last one if it was interrupted, else start one for the trials
     its budget still has (a later invocation after a timeout starts the next, told what ran before).
     Returns completed | timeout | interrupted."""
@@ -179,7 +181,7 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
                                                      failure_config=tune.FailureConfig(max_failures=space.study.max_retries),
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers: tiny
                                                      callbacks=[ProgressLines(stage.label, space.budget.epochs,
-                                                                              space.objective.metric, out)]))
+                                                                              space.objective.metric, out, pace)]))
     try:
         with ctrl_c_raises():
             results = tuner.fit()
@@ -334,8 +336,9 @@ def history(study: optuna.Study, stage) -> list[tuple]:
 class ProgressLines(Callback):
     """A line when a trial starts, every few epochs, and when it ends (as the Optuna driver prints)."""
 
-    def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None]):
-        self.label, self.epochs, self.metric, self.out = label, epochs, metric, out
+    def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None],
+                 pace: Callable[[float], None] | None = None):
+        self.label, self.epochs, self.metric, self.out, self.pace = label, epochs, metric, out, pace
         self.every = max(1, epochs // 5)
         self.last: dict = {}
 
@@ -346,6 +349,8 @@ class ProgressLines(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get(TIME_ATTR, 0))
         self.last[trial.trial_id] = result
+        if self.pace is not None and _finite(result.get("epoch_time")):
+            self.pace(float(result["epoch_time"]))
         if epoch % self.every == 0 or epoch == self.epochs:
             metric = result.get(self.metric)
             if _finite(metric):

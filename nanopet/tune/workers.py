@@ -89,7 +89,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
 
     from nanopet.train import load_data
     from nanopet.tune.lease import recover
-    from nanopet.tune.objective import TrialInterrupted, TrialRunner
+    from nanopet.tune.objective import PaceLine, TrialInterrupted, TrialRunner
     from nanopet.tune.study import chosen_values, open_stage, open_storage, plan, remaining, storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,7 +104,8 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     check_metric(space, data)
     warm_up()
     write_worker_record(space, index, launched, data_seconds)
-    runner = TrialRunner(space, data, stop, out, prefix, workers=count, tell_pace=index == 0)
+    pace = PaceLine(space, count, lambda message: out(prefix + message)) if index == 0 else None
+    runner = TrialRunner(space, data, stop, out, prefix, pace)
     settings = space.study
 
     fixed, previous = {}, None
