@@ -83,7 +83,7 @@ def test_four_trial_study_lands_in_the_optuna_storage(ray_study):
     assert sum("PRUNED: stopped by ASHA" in line for line in lines) == 4 - len(completed)
     assert any(" epoch 3/3: val_forces_rmse " in line for line in lines)
     paces = [line for line in lines if line.startswith("pace: ")]  # once, from the first epoch reported
-    assert len(paces) == 1 and "a trial of 3 epochs; the 4 trials take about" in paces[0] and "on 2 workers" in paces[0]
+    assert len(paces) == 1 and "a trial of 3 epochs; 4 trials: about" in paces[0] and "on 2 workers" in paces[0]
     assert (directory / "tiny" / "ray" / "tiny").is_dir()
 
 

@@ -43,7 +43,7 @@ def test_six_trial_study_completes_and_best_is_the_argmin(tmp_path):
     assert any("better than the defaults" in line for line in lines)
     # one pace line, after the first epoch: what a trial and the budget cost at that pace
     paces = [line for line in lines if line.startswith("pace: ")]
-    assert len(paces) == 1 and "a trial of 2 epochs; the 6 trials take about" in paces[0]
+    assert len(paces) == 1 and "a trial of 2 epochs; 6 trials: about" in paces[0]
     assert lines.index(paces[0]) == next(i for i, line in enumerate(lines) if line.startswith("trial 0 ")) + 1
     # re-running the same search resumes it: the budget is used up, nothing new runs
     again, _ = search(tiny_space(tmp_path))
@@ -254,8 +254,11 @@ def test_an_enumerated_later_stage_trains_each_configuration_but_its_start(tmp_p
 
 def test_pace_line_scales_the_first_epoch_to_a_trial_and_the_budget(tmp_path):
     space = load_search_space(tiny_space(tmp_path, budget={"n_trials": 60, "epochs": 100, "timeout": 7200}))
-    assert pace_line(space, 48.0, 1) == ("pace: 48 s an epoch, 80 min a trial of 100 epochs; the 60 trials take about "
+    assert pace_line(space, 48.0, 1) == ("pace: 48 s an epoch, 80 min a trial of 100 epochs; 60 trials: about "
                                           "3.3 days on 1 worker (less with pruning and repeats); budget.timeout ends the "
                                           "search after 2.0 h")
-    assert "the 60 trials take about 16.7 h on 1 worker" in pace_line(space, 10.0, 1)
-    assert "0.6 s an epoch, 60 s a trial of 100 epochs; the 60 trials take about 15 min on 4 workers" in pace_line(space, 0.6, 4)
+    assert "60 trials: about 16.7 h on 1 worker" in pace_line(space, 10.0, 1)
+    assert "0.6 s an epoch, 60 s a trial of 100 epochs; 60 trials: about 15 min on 4 workers" in pace_line(space, 0.6, 4)
+    single = load_search_space(tiny_space(tmp_path, budget={"n_trials": 1, "epochs": 1}))
+    assert pace_line(single, 3.0, 1) == ("pace: 3 s an epoch, 3 s a trial of 1 epoch; 1 trial: about 3 s on 1 worker "
+                                         "(less with pruning and repeats)")

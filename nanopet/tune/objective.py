@@ -37,7 +37,7 @@ from nanopet.model import NanoPET
 from nanopet.train import Data, train
 from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, copied_reason, finished_twin, result_attrs, short, suggest
+from nanopet.tune.study import Stage, copied_reason, finished_twin, plural, result_attrs, short, suggest
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",
@@ -72,14 +72,14 @@ def span(seconds: float) -> str:
 
 def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
     """What the budget costs at the pace of a first epoch, e.g. ``pace: 48 s an epoch, 80 min a trial of 100
-    epochs; the 60 trials take about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
+    epochs; 60 trials: about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
     sizes and cutoffs change their pace, so this is an order of magnitude, said early."""
     budget = space.budget
     trial = epoch_seconds * budget.epochs
-    text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {budget.epochs} epochs"
+    text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {plural(budget.epochs, 'epoch')}"
     if budget.n_trials:
-        text += (f"; the {budget.n_trials} trials take about {span(trial * budget.n_trials / workers)} on {workers} "
-                 f"worker{'s' * (workers != 1)} (less with pruning and repeats)")
+        text += (f"; {plural(budget.n_trials, 'trial')}: about {span(trial * budget.n_trials / workers)} on "
+                 f"{plural(workers, 'worker')} (less with pruning and repeats)")
     if budget.timeout:
         text += f"; budget.timeout ends the search after {span(budget.timeout)}"
     return text

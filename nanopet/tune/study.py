@@ -258,11 +258,16 @@ def plan(space: SearchSpace) -> list[Stage]:
                   carried[k]) for k, group in enumerate(stages)]
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 trial``, ``3 trials``."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
 def plan_line(space: SearchSpace) -> str:
     """One line: each stage's trials, e.g. ``plan: stage 1/2 (cutoff): 4 trials, each configuration once; ...``."""
     parts = []
     for stage in plan(space):
-        trials = "trials until the timeout" if stage.n_trials is None else f"{stage.n_trials} trial{'s' * (stage.n_trials != 1)}"
+        trials = "trials until the timeout" if stage.n_trials is None else plural(stage.n_trials, "trial")
         parts.append(f"{stage.label}: {trials}" + (", each configuration once" if stage.enumerated else ""))
     return "plan: " + "; ".join(parts)
 
