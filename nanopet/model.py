@@ -149,37 +149,47 @@ def gelu(x):
 
 class _Place(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, rows, size):
-        ctx.save_for_backward(rows)
-        return x.new_zeros(size, *x.shape[1:]).index_copy_(0, rows, x)
+    def forward(ctx, x, rows, size, padding):
+        ctx.save_for_backward(rows, padding)
+        if padding is None:
+            return x.new_zeros(size, *x.shape[1:]).index_copy_(0, rows, x)
+        return x.new_empty(size, *x.shape[1:]).index_copy_(0, rows, x).index_fill_(0, padding, 0)
 
     @staticmethod
     def backward(ctx, grad):
-        (rows,) = ctx.saved_tensors
-        return pick_rows(grad, rows), None, None
+        rows, padding = ctx.saved_tensors
+        return pick_rows(grad, rows, padding), None, None, None
 
 
 class _Pick(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, rows):
-        ctx.save_for_backward(rows)
+    def forward(ctx, x, rows, padding):
+        ctx.save_for_backward(rows, padding)
         ctx.size = x.shape[0]
         return x.index_select(0, rows)
 
     @staticmethod
     def backward(ctx, grad):
-        (rows,) = ctx.saved_tensors
-        return place_rows(grad, rows, ctx.size), None
+        rows, padding = ctx.saved_tensors
+        return place_rows(grad, rows, ctx.size, padding), None, None
 
 
-def place_rows(x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
-    """out = zeros(size, ...) with out[rows] = x; ``rows`` must be distinct."""
-    return _Place.apply(x, rows, size)
+def place_rows(x: torch.Tensor, rows: torch.Tensor, size: int, padding: torch.Tensor | None = None) -> torch.Tensor:
+    """out = zeros(size, ...) with out[rows] = x; ``rows`` must be distinct. ``padding``, where known, is every
+    other row of out: then only those are zeroed, and the layout is written once, not twice."""
+    return _Place.apply(x, rows, size, padding)
 
 
-def pick_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x[rows] for distinct ``rows``."""
-    return _Pick.apply(x, rows)
+def pick_rows(x: torch.Tensor, rows: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+    """x[rows] for distinct ``rows``; ``padding``: the rows of x not in ``rows``, where known (for the backward)."""
+    return _Pick.apply(x, rows, padding)
+
+
+def unused_rows(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """The rows of range(size) not in ``rows``."""
+    free = torch.ones(size, dtype=torch.bool, device=rows.device)
+    free[rows] = False
+    return free.nonzero().squeeze(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +231,8 @@ class Slots:
     The centres come in groups by neighbour count (``Batch.slot_groups``: group g holds n_g centres
     of m_g slots each), each group its own padded layout, the groups one after the other.
     ``qkv_rows`` (E*3*H,): row of (edge, q|k|v, head) in the groups' (3, n_g, H, m_g) layouts of (dh,) rows;
-    ``head_rows`` (E*H,): row of (edge, head) in the groups' (n_g, H, m_g) layouts of the attention output.
+    ``head_rows`` (E*H,): row of (edge, head) in the groups' (n_g, H, m_g) layouts of the attention output;
+    ``qkv_padding``, ``head_padding``: the other rows of those layouts (padding slots).
     """
 
     def __init__(self, edge_slot: torch.Tensor, groups: tuple, num_heads: int):
@@ -241,6 +252,8 @@ class Slots:
         self.qkv_rows = ((3 * h * start + within)[:, None, None] + (parts * (n * h * m)[:, None])[:, :, None]
                          + (heads * m[:, None])[:, None, :])  # (E, 3, H)
         self.head_rows, self.qkv_rows = self.head_rows.reshape(-1), self.qkv_rows.reshape(-1)
+        self.head_padding = unused_rows(self.head_rows, h * self.rows)  # the padding slots' rows
+        self.qkv_padding = unused_rows(self.qkv_rows, 3 * h * self.rows)
 
     @property
     def rows(self) -> int:
@@ -248,8 +261,9 @@ class Slots:
         return self.starts[-1]
 
     def blocks(self, padded: torch.Tensor, per_slot: int) -> list[torch.Tensor]:
-        """Each group's part of a tensor with ``per_slot`` rows per slot, as views."""
-        return [padded[per_slot * a : per_slot * b] for a, b in zip(self.starts, self.starts[1:])]
+        """Each group's part of a tensor with ``per_slot`` rows per slot, as views. (split, not slicing: the
+        backward of a split concatenates the parts' gradients; that of each slice zero-fills the whole tensor.)"""
+        return list(padded.split([per_slot * (b - a) for a, b in zip(self.starts, self.starts[1:])]))
 
 
 class Attention(nn.Module):
@@ -268,7 +282,7 @@ class Attention(nn.Module):
         h, dh = self.num_heads, d // self.num_heads
         qkv = self.qkv(self.norm(x)).view(e * 3 * h, dh)  # rows (edge, q|k|v, head)
         # into the padded layouts in one copy; padding slots hold zero queries, keys and values
-        padded = place_rows(qkv, slots.qkv_rows, 3 * h * slots.rows)
+        padded = place_rows(qkv, slots.qkv_rows, 3 * h * slots.rows, slots.qkv_padding)
         outputs = []
         for (n, m), block, mask in zip(slots.groups, slots.blocks(padded, 3 * h), slots.blocks(log_cutoff, 1)):
             q, k, v = block.view(3, n * h, m, dh)  # one group: n centres of m slots
@@ -281,7 +295,7 @@ class Attention(nn.Module):
                 attended = F.scaled_dot_product_attention(q.view(n, h, m, dh), k.view(n, h, m, dh),
                                                           v.view(n, h, m, dh), attn_mask=mask.view(n, 1, 1, m))
             outputs.append(attended.reshape(n * h * m, dh))
-        attended = pick_rows(torch.cat(outputs) if len(outputs) > 1 else outputs[0], slots.head_rows).view(e, d)
+        attended = pick_rows(torch.cat(outputs) if len(outputs) > 1 else outputs[0], slots.head_rows, slots.head_padding).view(e, d)
         # (out(attended) + x) / sqrt(2), the residual and its scale fused into one GEMM
         return torch.addmm(x, attended, (self.out.weight * 0.5**0.5).T, beta=0.5**0.5)
 
@@ -458,11 +472,12 @@ class NanoPET(nn.Module):
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
         tokens = self.encoder(vectors, center_species, neighbor_species)  # (E, d)
         features = self.gnn[0](tokens, slots, log_cutoff, double_backward)
-        d = features.shape[-1]
+        d, no_padding = features.shape[-1], batch.edge_reverse.new_empty(0)
         for message, transformer in zip(self.messages, self.gnn[1:]):
             # message(cat[F_ij, F_ji]) = F_ij W_1^T + F_ji W_2^T, F_ji gathered through the reverse-edge index
             w_self, w_reverse = message.weight.split(d, dim=1)
-            messages = torch.addmm(pick_rows(features @ w_reverse.T, batch.edge_reverse), features, w_self.T)  # (E, d)
+            reverse = pick_rows(features @ w_reverse.T, batch.edge_reverse, no_padding)  # every edge has a reverse
+            messages = torch.addmm(reverse, features, w_self.T)  # (E, d)
             features = (features + transformer(messages, slots, log_cutoff, double_backward)) * 0.5**0.5
 
         # 2.9 per-atom features: cutoff-weighted sum over the centre's edges; 2.10 readout

@@ -31,6 +31,7 @@ from nanopet.model import (
     gelu,
     pick_rows,
     place_rows,
+    unused_rows,
 )
 
 F64 = torch.float64
@@ -696,6 +697,15 @@ def test_placing_and_picking_rows_are_adjoint_copies_at_every_order():
                                rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(place_rows(packed, rows, 13)[rows], packed)
     assert not place_rows(packed, rows, 13)[~torch.isin(torch.arange(13), rows)].any()
+    # with the padding rows given (the attention layouts): only those are zeroed, the same at every order
+    padding = unused_rows(rows, 13)
+    assert sorted(padding.tolist() + rows.tolist()) == list(range(13))
+    torch.testing.assert_close(place_rows(packed, rows, 13, padding), place_rows(packed, rows, 13), rtol=0, atol=0)
+    torch.testing.assert_close(second(lambda x: place_rows(x, rows, 13, padding), packed),
+                               second(lambda x: place_rows(x, rows, 13), packed), rtol=0, atol=0)
+    torch.testing.assert_close(second(lambda y: pick_rows(y, rows, padding), padded),
+                               second(lambda y: pick_rows(y, rows), padded), rtol=0, atol=0)
+    assert torch.autograd.gradgradcheck(lambda x: pick_rows(x, rows, padding).sin(), (padded,))
 
 
 def test_grouping_centres_by_neighbour_count_changes_no_number(monkeypatch):
