@@ -141,6 +141,81 @@ def gelu(x):
 
 
 # ---------------------------------------------------------------------------------------------
+# LayerNorm with a hand-written second derivative (force training differentiates it twice). Forward
+# and first backward are torch's fused kernels. Same function, same derivatives.
+
+
+class _LayerNormGrad(torch.autograd.Function):
+    """(dx, dw, db) of y = w * xhat + b, xhat = (x - mean) * rstd row-wise, given dy = g."""
+
+    @staticmethod
+    def forward(ctx, g, x, weight, mean, rstd):
+        ctx.save_for_backward(g, x, weight, mean, rstd)
+        ctx.set_materialize_grads(False)
+        return _aten.native_layer_norm_backward(g, x, [x.shape[-1]], mean, rstd, weight, weight, [True, True, True])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, v, v_w, v_b):
+        # dx = rstd * P(g w), P(z) = z - mean(z) - xhat mean(z xhat) (symmetric); dw = sum_rows g xhat; db = sum_rows g.
+        # v, v_w, v_b: the loss's gradients with respect to dx, dw, db (None where they do not reach it)
+        g, x, weight, mean, rstd = ctx.saved_tensors
+        xhat = (x - mean).mul_(rstd)
+
+        def project(z):  # P(z), row-wise
+            return torch.addcmul(z - z.mean(-1, keepdim=True), xhat, (z * xhat).mean(-1, keepdim=True), value=-1.0)
+
+        d_g = d_x = d_w = None
+        if v is not None:
+            p_v = project(v)
+            r_pv = p_v * rstd  # d loss / d(g w)
+            d_g = r_pv * weight
+            d_w = (g * r_pv).sum(0)
+            if ctx.needs_input_grad[1]:
+                # through rstd and xhat (d xhat / dx = rstd P, d rstd / dx = -rstd^2 xhat / D), collected into
+                # dx = -rstd^2 (b gw + a P(v) + (s - a b) xhat - b mean(gw)) with per-row a, b, s:
+                gw = g * weight
+                mean_gw = gw.mean(-1, keepdim=True)
+                a, b = (gw * xhat).mean(-1, keepdim=True), (v * xhat).mean(-1, keepdim=True)
+                s = (v * gw).mean(-1, keepdim=True) - v.mean(-1, keepdim=True) * mean_gw - a * b
+                d_x = torch.addcmul(gw.mul_(b), p_v, a).addcmul_(xhat, s - a * b).sub_(b * mean_gw).mul_(rstd.square().neg_())
+        if v_w is not None:  # through dw = sum_rows g xhat
+            d_g = xhat * v_w if d_g is None else d_g.add_(xhat * v_w)
+            if ctx.needs_input_grad[1]:
+                extra = project(g * v_w).mul_(rstd)
+                d_x = extra if d_x is None else d_x.add_(extra)
+        if v_b is not None:
+            d_g = v_b.expand_as(g).clone() if d_g is None else d_g.add_(v_b)
+        return d_g, d_x, d_w, None, None
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = _aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = _LayerNormGrad.apply(grad, x, weight, mean, rstd)
+        return dx, dw, db, None
+
+
+def layer_norm(x, weight, bias, eps: float = 1e-5):
+    """F.layer_norm over the last dimension, with the hand-written second derivative."""
+    return _LayerNorm.apply(x, weight, bias, eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the last dimension (same parameters and state_dict), twice differentiable by hand."""
+
+    def forward(self, x):
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+# ---------------------------------------------------------------------------------------------
 # Moving rows between the packed (E, ...) layout and a zero-padded one. The rows are distinct, so
 # placing and picking are each other's adjoints and stay plain copies at every order of
 # differentiation; autograd's own backward of index_select is an accumulating index_add (2.5x slower
@@ -272,7 +347,7 @@ class Attention(nn.Module):
         if d % num_heads:
             raise InputError(f"d_pet ({d}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.norm = nn.LayerNorm(d)
+        self.norm = LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
@@ -303,7 +378,7 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, d: int):
         super().__init__()
-        self.norm = nn.LayerNorm(d)
+        self.norm = LayerNorm(d)
         self.up = nn.Linear(d, 4 * d, bias=False)
         self.down = nn.Linear(4 * d, d, bias=False)
 

@@ -23,12 +23,14 @@ from nanopet.errors import InputError
 from nanopet.model import (
     Attention,
     FeedForward,
+    LayerNorm,
     NanoPET,
     SiLU,
     Transformer,
     count_parameters,
     default_hypers,
     gelu,
+    layer_norm,
     pick_rows,
     place_rows,
     unused_rows,
@@ -675,6 +677,32 @@ def test_activations_first_and_second_derivatives(name):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # GELU runs aten's kernels with oneDNN off for the call only (oneDNN caches a primitive per shape)
     assert torch.backends.mkldnn.enabled
+
+
+def test_layer_norm_first_and_second_derivatives():
+    """The LayerNorm's hand-written second derivative (force training differentiates it twice) passes
+    gradgradcheck for input, weight and bias, and equals torch's own layer_norm through autograd."""
+    generator = torch.Generator().manual_seed(0)
+    norm = LayerNorm(6).double()
+    with torch.no_grad():
+        norm.weight.normal_(generator=generator)
+        norm.bias.normal_(generator=generator)
+    x = (3 * torch.randn(5, 6, dtype=torch.float64, generator=generator) + 1).requires_grad_()
+    ours = lambda x, w, b: layer_norm(x, w, b, norm.eps).sin()  # noqa: E731
+    reference = lambda x, w, b: torch.nn.functional.layer_norm(x, (6,), w, b, norm.eps).sin()  # noqa: E731
+    assert torch.autograd.gradcheck(ours, (x, norm.weight, norm.bias))
+    assert torch.autograd.gradgradcheck(ours, (x, norm.weight, norm.bias))
+    torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(x, (6,), norm.weight, norm.bias, norm.eps))
+
+    def second(f, wrt):  # first derivatives (forces-like), then the gradient of a loss on them
+        firsts = torch.autograd.grad(f(x, norm.weight, norm.bias).pow(2).sum(), wrt, create_graph=True)
+        loss = sum((first**2).sum() for first in firsts)
+        return (*(first.detach() for first in firsts), *torch.autograd.grad(loss, (x, norm.weight, norm.bias)))
+
+    # gradcheck sends one output's gradient at a time; a loss on several first derivatives sends them together
+    for wrt in [(x,), (x, norm.weight, norm.bias)]:
+        for a, b in zip(second(ours, wrt), second(reference, wrt)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_placing_and_picking_rows_are_adjoint_copies_at_every_order():
