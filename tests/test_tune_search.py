@@ -41,6 +41,10 @@ def test_six_trial_study_completes_and_best_is_the_argmin(tmp_path):
     best_options = read_yaml(result.best_options)
     assert resolve_options(best_options)["architecture"]["model"]["cutoff"] == best.params["cutoff"]
     assert any("better than the defaults" in line for line in lines)
+    # each trial's last epoch line: that epoch's metric, then the value the trial reports (at its best val_loss)
+    for t in completed:
+        last = next(line for line in lines if line.startswith(f"trial {t.number} epoch 2/2: val_forces_rmse "))
+        assert last.endswith(f", {t.value:.4g} at the best val_loss so far")
     # one pace line, after the first epoch: what a trial and the budget cost at that pace
     paces = [line for line in lines if line.startswith("pace: ")]
     assert len(paces) == 1 and "a trial of 2 epochs; 6 trials: about" in paces[0]

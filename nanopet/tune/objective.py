@@ -85,6 +85,12 @@ def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
     return text
 
 
+def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float) -> str:
+    """A trial's progress line: this epoch's metric, and the metric at its best validation loss so far (what the
+    trial would deliver if it stopped now)."""
+    return f"trial {trial} epoch {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
+
+
 class PaceLine:
     """Says ``pace_line`` once, at the first epoch trained (either driver)."""
 
@@ -176,8 +182,8 @@ class TrialRunner:
                     if objective.n_values == 1:  # what the trial's value would be if it stopped now
                         trial.report(objective.value(so_far["metric"], cost), epoch)
                     if epoch % self.every == 0 or epoch == space.budget.epochs - 1:
-                        self.out(f"{self.prefix}trial {trial.number} epoch {epoch + 1}/{space.budget.epochs}: "
-                                 f"{objective.metric} {metric:.4g} (at best val_loss so far {so_far['metric']:.4g})")
+                        self.out(self.prefix + epoch_line(trial.number, epoch + 1, space.budget.epochs, objective.metric,
+                                                          metric, so_far["metric"]))
                     if self.stop_requested():
                         raise TrialInterrupted(f"interrupted by the user after epoch {epoch + 1}")
                     if objective.n_values == 1 and role != "defaults" and trial.should_prune():  # the gain is measured from it

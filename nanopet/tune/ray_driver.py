@@ -46,7 +46,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.tune.objective import PaceLine
+from nanopet.tune.objective import PaceLine, epoch_line
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import (check_resumable, chosen_values, copied_reason, counted, decode, distribution, encode, finished_twin,
                                 masked, open_stage, open_storage, plan, record_storage, remaining, result_attrs, short, stage_sampler,
@@ -354,8 +354,7 @@ class ProgressLines(Callback):
         if epoch % self.every == 0 or epoch == self.epochs:
             metric = result.get(self.metric)
             if _finite(metric):
-                self.out(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}: {self.metric} {float(metric):.4g} "
-                         f"(at best val_loss so far {float(result[OBJECTIVE]):.4g})")
+                self.out(epoch_line(trial.trial_id, epoch, self.epochs, self.metric, float(metric), float(result[OBJECTIVE])))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = self.last.pop(trial.trial_id, {})
