@@ -2,6 +2,7 @@
 
     python benchmarks/bench_search.py                      # a few minutes on a 2-core CPU
     python benchmarks/bench_search.py --structures 400 --d-pet 64 --epochs 27 --trials 40 --workers 4 --device cuda
+    python benchmarks/bench_search.py --replay DIR          # kept studies (--keep DIR) analysed again, no training
 
 1. Pruning savings: the same joint search (same TPE seed) without a pruner and with one
    (successive halving by default); epochs computed and wall time for the same number of trials,
@@ -161,25 +162,43 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
          f"{reach_wall_b:.1f}" if reach_wall_b is not None else "not reached",
          f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
     ]
-    # why pruning works or not here: how well the value at the first rung ranks the unpruned trials' final values
-    from nanopet.report.importance import kendall_tau
-
-    full = [t for t in a if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
-    tau = kendall_tau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])
-    two = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731 - None: a constant sample
-    rows.append(("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", two(tau), "", "", ""))
-    # short-horizon bias: how the learning rate ranks the trials early and at the end (> 0: lower is better)
-    learning_rates = [t.params["learning_rate"] for t in full]
-    early = kendall_tau(learning_rates, [t.intermediate_values[first_rung] for t in full])
-    late = kendall_tau(learning_rates, [t.value for t in full])
-    rows.append(("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", two(early),
-                 two(late), "", ""))
-    rows += replay_rows(a, args.epochs, tag)
+    rows += ranking_rows(a, first_rung, tag) + replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
              f"best, at most the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "
              f"{args.trials} trials x {args.epochs} epochs, TPE seed {seed}"]
     return rows, notes, ratio
+
+
+def ranking_rows(unpruned: list, first_rung: int, tag: str) -> list:
+    """Why pruning works or not: how well the value at the first rung ranks the unpruned trials' final values, and
+    short-horizon bias: how the learning rate ranks them early and at the end (> 0: lower rates are better)."""
+    from nanopet.report.importance import kendall_tau
+
+    full = [t for t in unpruned if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
+    two = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731 - None: a constant sample
+    tau = kendall_tau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])
+    learning_rates = [t.params["learning_rate"] for t in full]
+    early = kendall_tau(learning_rates, [t.intermediate_values[first_rung] for t in full])
+    late = kendall_tau(learning_rates, [t.value for t in full])
+    return [("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", two(tau), "", "", ""),
+            ("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", two(early), two(late), "", "")]
+
+
+def replay_kept(args) -> tuple[list, list]:
+    """``--replay DIR``: the unpruned studies that earlier runs kept (``--keep DIR``), analysed again without training."""
+    rows, notes = [], []
+    for directory in map(Path, args.replay):
+        for folder in sorted(directory.glob("unpruned-s*")):
+            a = trained(study_trials(directory, folder.name))
+            epochs = max(len(t.intermediate_values) for t in a)
+            first_rung = args.min_resource or max(1, epochs // 9)
+            tag = f"{folder.name}: "
+            rows += ranking_rows(a, first_rung, tag) + replay_rows(a, epochs, tag)
+            notes.append(f"replay, {directory / folder.name}: {len(a)} trials x {epochs} epochs")
+    if not notes:
+        raise SystemExit(f"--replay: no unpruned-s* study in {' '.join(args.replay)} (keep them with --keep DIR)")
+    return rows, notes
 
 
 def replayed(epochs: int) -> list:
@@ -189,7 +208,8 @@ def replayed(epochs: int) -> list:
     from nanopet.tune.space import default_pruner
 
     ninth, fifth, third = (max(1, round(epochs * share)) for share in (1 / 9, 1 / 5, 1 / 3))
-    return [{"type": "successive_halving", "min_resource": r, "reduction_factor": 3} for r in (ninth, fifth, third)] + [
+    rungs = sorted({ninth, fifth, third})  # short trials: fewer distinct first rungs
+    return [{"type": "successive_halving", "min_resource": r, "reduction_factor": 3} for r in rungs] + [
         default_pruner(epochs), {"type": "hyperband", "min_resource": ninth, "reduction_factor": 3}]
 
 
@@ -311,7 +331,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process studies (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     parser.add_argument("--keep", help="keep the studies in this folder (default: a temporary one)")
+    parser.add_argument("--replay", nargs="+", metavar="DIR",
+                        help="train nothing: analyse the unpruned studies kept in these folders (--keep) again")
     args = parser.parse_args()
+
+    if args.replay:  # nothing to train
+        rows, notes = replay_kept(args)
+        print_table("nanopet-tune search benchmark: replay of kept unpruned studies",
+                    ("part", "measure", "baseline", "with", "ratio", "goal"), rows)
+        for note in notes:
+            print("  " + note)
+        return
 
     import torch
 
@@ -335,7 +365,6 @@ def main() -> None:
         print("  " + note)
     print(f"  (baseline = no pruning / 1 worker; with = {args.pruner} / {args.workers} workers); "
           f"total {time.perf_counter() - started:.0f} s; studies in {directory}")
-
 
 if __name__ == "__main__":
     main()
