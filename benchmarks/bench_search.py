@@ -162,7 +162,7 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
          f"{reach_wall_b:.1f}" if reach_wall_b is not None else "not reached",
          f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
     ]
-    rows += ranking_rows(a, first_rung, tag) + replay_rows(a, args.epochs, tag)
+    rows += ranking_rows(a, first_rung, args.epochs, tag) + replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
              f"best, at most the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "
@@ -170,7 +170,7 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
     return rows, notes, ratio
 
 
-def ranking_rows(unpruned: list, first_rung: int, tag: str) -> list:
+def ranking_rows(unpruned: list, first_rung: int, epochs: int, tag: str) -> list:
     """Why pruning works or not: how well the value at the first rung ranks the unpruned trials' final values, and
     short-horizon bias: how the learning rate ranks them early and at the end (> 0: lower rates are better)."""
     from nanopet.report.importance import kendall_tau
@@ -181,8 +181,13 @@ def ranking_rows(unpruned: list, first_rung: int, tag: str) -> list:
     learning_rates = [t.params["learning_rate"] for t in full]
     early = kendall_tau(learning_rates, [t.intermediate_values[first_rung] for t in full])
     late = kendall_tau(learning_rates, [t.value for t in full])
+    shares = sorted({max(1, round(epochs * share)) for share in (1 / 9, 1 / 5, 1 / 3, 1 / 2)})  # how the ranking forms
+    complete = [t for t in unpruned if t.state.name == "COMPLETE" and len(t.intermediate_values) == epochs]
+    by_epoch = [kendall_tau([t.intermediate_values[k - 1] for t in complete], [t.value for t in complete]) for k in shares]
     return [("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", two(tau), "", "", ""),
-            ("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", two(early), two(late), "", "")]
+            ("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", two(early), two(late), "", ""),
+            ("pruning", tag + f"Kendall tau, value after epoch {' / '.join(map(str, shares))} of {epochs} vs final",
+             " / ".join(map(two, by_epoch)), "", "", "")]
 
 
 def replay_kept(args) -> tuple[list, list]:
@@ -194,7 +199,7 @@ def replay_kept(args) -> tuple[list, list]:
             epochs = max(len(t.intermediate_values) for t in a)
             first_rung = args.min_resource or max(1, epochs // 9)
             tag = f"{folder.name}: "
-            rows += ranking_rows(a, first_rung, tag) + replay_rows(a, epochs, tag)
+            rows += ranking_rows(a, first_rung, epochs, tag) + replay_rows(a, epochs, tag)
             notes.append(f"replay, {directory / folder.name}: {len(a)} trials x {epochs} epochs")
     if not notes:
         raise SystemExit(f"--replay: no unpruned-s* study in {' '.join(args.replay)} (keep them with --keep DIR)")
