@@ -13,7 +13,9 @@ import pytest
 from optuna.trial import TrialState
 from tune_support import cli, cli_env, tiny_space, trials, write_space
 
+from nanopet.tune import load_search_space
 from nanopet.tune.study import counted
+from nanopet.tune.workers import forkable, processes
 
 
 def start(path, *args, cwd):
@@ -54,7 +56,21 @@ def test_two_workers_share_one_study(tmp_path):
         len([t for t in done if "duplicate_of" not in t.user_attrs])  # ... distinct ones
     records = [json.loads(p.read_text()) for p in (tmp_path / "studies" / "tiny" / "workers").glob("*.json")]
     assert len(records) == 2 and all(r["threads"] == max(1, os.cpu_count() // 2) for r in records)
+    assert {r["start"] for r in records} == {"fork" if forkable([]) else "interpreter"}  # forked where it can be
     assert "[w0] trial" in result.stdout and "[w1] trial" in result.stdout
+
+
+def test_workers_started_as_new_interpreters_share_one_study(tmp_path):
+    """The way GPU workers start (a forked process could not use CUDA once the launcher touched it), on CPU."""
+    assert not forkable([0])
+    space = load_search_space(tiny_space(tmp_path / "studies", budget={"n_trials": 4, "epochs": 2}))
+    launch = processes(space, 2, [], 1, None, out=lambda line: None, stdout=subprocess.DEVNULL, fork=False)
+    assert launch.status == "completed" and launch.workers == 2 and launch.restarts == 0
+    done = trials(tmp_path / "studies", "tiny")
+    assert len(done) == 4 and all(t.state == TrialState.COMPLETE for t in done)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "studies" / "tiny" / "workers").glob("*.json")]
+    assert [r["start"] for r in records] == ["interpreter"] * 2 and len({r["pid"] for r in records}) == 2
+    assert {t.user_attrs["worker"]["pid"] for t in done} <= {r["pid"] for r in records}
 
 
 def test_a_worker_waits_for_a_running_trial_with_the_same_parameters(tmp_path):
