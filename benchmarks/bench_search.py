@@ -88,8 +88,9 @@ def until(trials, target: float | None):
     return None, None
 
 
-def run_search(raw: dict, threads: int, workers: int = 0):
-    """Run a search; workers = 0: in this process, else that many worker processes. Returns wall seconds."""
+def run_search(raw: dict, threads: int, workers: int = 0, fork: bool | None = None):
+    """Run a search; workers = 0: in this process, else that many worker processes (``fork``: how they start,
+    None: as the launcher decides). Returns wall seconds."""
     from nanopet.tune import load_search_space
     from nanopet.tune.study import check_resumable
     from nanopet.tune.workers import in_process, processes
@@ -98,7 +99,7 @@ def run_search(raw: dict, threads: int, workers: int = 0):
     check_resumable(space)
     started = time.perf_counter()
     if workers:
-        processes(space, workers, [], threads, None, out=lambda line: None, stdout=subprocess.DEVNULL)
+        processes(space, workers, [], threads, None, out=lambda line: None, stdout=subprocess.DEVNULL, fork=fork)
     else:
         in_process(space, None, threads, out=lambda line: None, launched=time.time())
     return time.perf_counter() - started
@@ -283,7 +284,8 @@ def overhead_rows(directory: Path, name: str, workers: int) -> tuple[list, list]
         ("overhead", "  of which per trial (excluding once-per-worker)", f"{(wall - epochs) / n:.3f} s/trial", "",
          f"{100 * (wall - epochs) / wall:.1f}%", ""),
     ]
-    return rows, [f"overhead: {n} trials of {epochs / n:.1f} s of epochs each, {len(records)} worker(s)"]
+    started = " and ".join(sorted({r.get("start", "interpreter") for r in records}))
+    return rows, [f"overhead: {n} trials of {epochs / n:.1f} s of epochs each, {len(records)} worker(s) started by {started}"]
 
 
 def parallel_rows(args, directory: Path) -> tuple[list, list]:
@@ -293,7 +295,8 @@ def parallel_rows(args, directory: Path) -> tuple[list, list]:
         raw["parameters"] = {"learning_rate": raw["parameters"]["learning_rate"]}  # same cost for every trial
         raw["study"]["sampler"] = {"type": "random", "seed": 0}
         raw["budget"] = {"n_trials": args.parallel_trials, "epochs": args.parallel_epochs}
-        walls[workers] = run_search(raw, 1 if args.device == "cpu" else args.threads, workers=workers)
+        fork = None if args.worker_start == "auto" else args.worker_start == "fork"
+        walls[workers] = run_search(raw, 1 if args.device == "cpu" else args.threads, workers=workers, fork=fork)
     rate = {w: 3600 * args.parallel_trials / s for w, s in walls.items()}
     steady = {}
     for workers in walls:  # first trial start to last trial end: worker start-up excluded
@@ -333,6 +336,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="N of the parallel comparison (default 2)")
     parser.add_argument("--parallel-trials", type=int, default=12, help="trials of each parallel run (default 12)")
     parser.add_argument("--parallel-epochs", type=int, default=6, help="epochs per trial in the parallel runs (default 6)")
+    parser.add_argument("--worker-start", default="auto", choices=["auto", "fork", "interpreter"],
+                        help="how the parallel runs' workers start (default auto: as the launcher decides)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process studies (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     parser.add_argument("--keep", help="keep the studies in this folder (default: a temporary one)")
