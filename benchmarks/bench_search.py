@@ -88,6 +88,17 @@ def until(trials, target: float | None):
     return None, None
 
 
+def epoch_shares(epochs: int, *shares: float) -> list[int]:
+    """The distinct epochs at these shares of a trial's epochs (at least 1), in order."""
+    return sorted({max(1, round(epochs * share)) for share in shares})
+
+
+def first_rung(args, epochs: int) -> int:
+    """The pruner's first rung / warm-up: --min-resource, else about a ninth of the epochs (earlier rungs rank the
+    trials by their first few hundred steps only)."""
+    return args.min_resource or max(1, epochs // 9)
+
+
 def run_search(raw: dict, threads: int, workers: int = 0, fork: bool | None = None):
     """Run a search; workers = 0: in this process, else that many worker processes (``fork``: how they start,
     None: as the launcher decides). Returns wall seconds."""
@@ -132,11 +143,10 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
 
     pruned = copy.deepcopy(raw)
     pruned["study"]["name"] = name = f"pruned-s{seed}"
-    # first rung after ~1/9 of the epochs: earlier rungs rank trials by their first few hundred steps only
-    first_rung = args.min_resource or max(1, args.epochs // 9)
-    pruned["study"]["pruner"] = {"type": args.pruner, **({"min_resource": first_rung, "reduction_factor": 3}
+    rung = first_rung(args, args.epochs)
+    pruned["study"]["pruner"] = {"type": args.pruner, **({"min_resource": rung, "reduction_factor": 3}
                                                        if args.pruner in ("successive_halving", "hyperband") else
-                                                       {"n_startup_trials": 4, "n_warmup_steps": first_rung})}
+                                                       {"n_startup_trials": 4, "n_warmup_steps": rung})}
     wall_b, n_trials, same = 0.0, args.trials, None
     while True:
         pruned["budget"]["n_trials"] = n_trials
@@ -163,7 +173,7 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
          f"{reach_wall_b:.1f}" if reach_wall_b is not None else "not reached",
          f"{reach_wall_b / reach_wall_a:.2f}" if reach_wall_b is not None else "-", ""),
     ]
-    rows += ranking_rows(a, first_rung, args.epochs, tag) + replay_rows(a, args.epochs, tag)
+    rows += ranking_rows(a, rung, args.epochs, tag) + replay_rows(a, args.epochs, tag)
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
              f"best, at most the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "
@@ -171,21 +181,21 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
     return rows, notes, ratio
 
 
-def ranking_rows(unpruned: list, first_rung: int, epochs: int, tag: str) -> list:
+def ranking_rows(unpruned: list, rung: int, epochs: int, tag: str) -> list:
     """Why pruning works or not: how well the value at the first rung ranks the unpruned trials' final values, and
     short-horizon bias: how the learning rate ranks them early and at the end (> 0: lower rates are better)."""
     from nanopet.report.importance import kendall_tau
 
-    full = [t for t in unpruned if t.state.name == "COMPLETE" and first_rung in t.intermediate_values]
+    full = [t for t in unpruned if t.state.name == "COMPLETE" and rung in t.intermediate_values]
     two = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731 - None: a constant sample
-    tau = kendall_tau([t.intermediate_values[first_rung] for t in full], [t.value for t in full])
+    tau = kendall_tau([t.intermediate_values[rung] for t in full], [t.value for t in full])
     learning_rates = [t.params["learning_rate"] for t in full]
-    early = kendall_tau(learning_rates, [t.intermediate_values[first_rung] for t in full])
+    early = kendall_tau(learning_rates, [t.intermediate_values[rung] for t in full])
     late = kendall_tau(learning_rates, [t.value for t in full])
-    shares = sorted({max(1, round(epochs * share)) for share in (1 / 9, 1 / 5, 1 / 3, 1 / 2)})  # how the ranking forms
+    shares = epoch_shares(epochs, 1 / 9, 1 / 5, 1 / 3, 1 / 2)  # how the ranking forms
     complete = [t for t in unpruned if t.state.name == "COMPLETE" and len(t.intermediate_values) == epochs]
     by_epoch = [kendall_tau([t.intermediate_values[k - 1] for t in complete], [t.value for t in complete]) for k in shares]
-    return [("pruning", tag + f"Kendall tau, value at the first rung (epoch {first_rung + 1}) vs final", two(tau), "", "", ""),
+    return [("pruning", tag + f"Kendall tau, value at the first rung (epoch {rung + 1}) vs final", two(tau), "", "", ""),
             ("pruning", tag + "Kendall tau, learning rate vs value at the first rung / vs final", two(early), two(late), "", ""),
             ("pruning", tag + f"Kendall tau, value after epoch {' / '.join(map(str, shares))} of {epochs} vs final",
              " / ".join(map(two, by_epoch)), "", "", "")]
@@ -198,9 +208,8 @@ def replay_kept(args) -> tuple[list, list]:
         for folder in sorted(directory.glob("unpruned-s*")):
             a = trained(study_trials(directory, folder.name))
             epochs = max(len(t.intermediate_values) for t in a)
-            first_rung = args.min_resource or max(1, epochs // 9)
             tag = f"{folder.name}: "
-            rows += ranking_rows(a, first_rung, epochs, tag) + replay_rows(a, epochs, tag)
+            rows += ranking_rows(a, first_rung(args, epochs), epochs, tag) + replay_rows(a, epochs, tag)
             notes.append(f"replay, {directory / folder.name}: {len(a)} trials x {epochs} epochs")
     if not notes:
         raise SystemExit(f"--replay: no unpruned-s* study in {' '.join(args.replay)} (keep them with --keep DIR)")
@@ -213,10 +222,9 @@ def replayed(epochs: int) -> list:
     and hyperband from a ninth."""
     from nanopet.tune.space import default_pruner
 
-    ninth, fifth, third = (max(1, round(epochs * share)) for share in (1 / 9, 1 / 5, 1 / 3))
-    rungs = sorted({ninth, fifth, third})  # short trials: fewer distinct first rungs
+    rungs = epoch_shares(epochs, 1 / 9, 1 / 5, 1 / 3)  # short trials: fewer distinct first rungs
     return [{"type": "successive_halving", "min_resource": r, "reduction_factor": 3} for r in rungs] + [
-        default_pruner(epochs), {"type": "hyperband", "min_resource": ninth, "reduction_factor": 3}]
+        default_pruner(epochs), {"type": "hyperband", "min_resource": rungs[0], "reduction_factor": 3}]
 
 
 def replay(curves: list, settings: dict, epochs: int) -> tuple[list, list]:
@@ -290,12 +298,12 @@ def overhead_rows(directory: Path, name: str, workers: int) -> tuple[list, list]
 
 def parallel_rows(args, directory: Path) -> tuple[list, list]:
     walls = {}
+    fork = None if args.worker_start == "auto" else args.worker_start == "fork"
     for workers in (1, args.workers):
         raw = base_space(args, directory, f"parallel{workers}")
         raw["parameters"] = {"learning_rate": raw["parameters"]["learning_rate"]}  # same cost for every trial
         raw["study"]["sampler"] = {"type": "random", "seed": 0}
         raw["budget"] = {"n_trials": args.parallel_trials, "epochs": args.parallel_epochs}
-        fork = None if args.worker_start == "auto" else args.worker_start == "fork"
         walls[workers] = run_search(raw, 1 if args.device == "cpu" else args.threads, workers=workers, fork=fork)
     rate = {w: 3600 * args.parallel_trials / s for w, s in walls.items()}
     steady = {}
