@@ -1,9 +1,8 @@
 """Read a study, every stage of it, from its Optuna storage into tables: one row per trial, one per epoch.
 
 Driver-neutral: anything that writes trials into an Optuna storage with nanopet's user attributes
-(``config``, ``epochs``, ``best_epoch``, ``metrics``, ``reason``, ``timing``, ``cost``, ``role``,
-``retry_of``, ``duplicate_of``; intermediate values = per-epoch validation objective) is read the
-same way, whichever driver ran it. Nothing is written to the storage.
+(``nanopet.tune.trial.TrialRecord``, the set both drivers write; intermediate values = per-epoch
+validation objective) is read the same way, whichever driver ran it. Nothing is written to the storage.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from optuna.trial import TrialState
 from nanopet.errors import InputError, did_you_mean
 from nanopet.tune.lease import stale_reason
 from nanopet.tune.study import decode, find_storage, masked, open_storage
+from nanopet.tune.trial import CARRIED, DEFAULTS, record_of
 
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale
@@ -203,47 +203,46 @@ def _base_values(stages) -> dict:
     base = {}
     for trials in stages:
         for t in trials:
-            if t.user_attrs.get("role") in ("defaults", "carried"):
+            if t.user_attrs.get("role") in (DEFAULTS, CARRIED):
                 for name, value in t.params.items():
                     base.setdefault(name, decode(value))
     return base
 
 
 def _trial_row(study: str, stage: int, t: optuna.trial.FrozenTrial, n_objectives: int, fixed: dict, base: dict) -> dict:
-    attrs = t.user_attrs
+    record = record_of(t.user_attrs)
     values = t.values if t.values is not None else [None] * n_objectives
-    config = dict(attrs.get("config") or {})
+    config = dict(record.config or {})
     params = {name: decode(value) for name, value in t.params.items()}
     full = {**{k: v for k, v in base.items() if k not in params and k not in fixed}, **fixed, **params, **config}
-    role = attrs.get("role") or ""
-    trained = role != "carried" and attrs.get("duplicate_of") is None
-    epochs = attrs.get("epochs") if t.state == TrialState.COMPLETE else None
+    role = record.role or ""
+    trained = role != CARRIED and record.duplicate_of is None
+    epochs = record.epochs if t.state == TrialState.COMPLETE else None
     if epochs is None:
-        epochs = len(t.intermediate_values) or _epochs_in_file(attrs) + 1
-    timing = attrs.get("timing") or {}
+        epochs = len(t.intermediate_values) or _epochs_in_file(record.artifacts) + 1
+    timing = record.timing or {}
     row = {"study": study, "stage": stage, "number": t.number, "trial": f"{study}#{t.number}",
            "state": t.state.name.lower(), "role": role, "value": values[0]}
     if n_objectives > 1:
         row["cost"] = values[1]
     row["_config"] = full
-    row["_metrics"] = dict(attrs.get("metrics") or {})
-    row.update({"epochs": epochs if trained else 0, "best_epoch": attrs.get("best_epoch"),
+    row["_metrics"] = dict(record.metrics or {})
+    row.update({"epochs": epochs if trained else 0, "best_epoch": record.best_epoch,
                 "wall_s": timing.get("wall"), "setup_s": timing.get("setup"), "epochs_s": timing.get("epochs"),
-                "reason": attrs.get("reason") or "", "duplicate_of": attrs.get("duplicate_of"), "retry_of": attrs.get("retry_of"),
-                "started": t.datetime_start, "completed": t.datetime_complete, "artifacts": attrs.get("artifacts") or ""})
-    if "cost" not in row and attrs.get("cost") is not None:
-        row["cost"] = attrs["cost"]
+                "reason": record.reason or "", "duplicate_of": record.duplicate_of, "retry_of": record.retry_of,
+                "started": t.datetime_start, "completed": t.datetime_complete, "artifacts": record.artifacts or ""})
+    if "cost" not in row and record.cost is not None:
+        row["cost"] = record.cost
     return row
 
 
-def _epochs_in_file(attrs: dict) -> int:
+def _epochs_in_file(folder: str | None) -> int:
     """The last epoch in the trial's metrics.csv (-1 if none): for trials whose storage has no curve."""
-    frame = _metrics_file(attrs)
+    frame = _metrics_file(folder)
     return int(frame["epoch"].max()) if frame is not None and len(frame) else -1
 
 
-def _metrics_file(attrs: dict) -> pd.DataFrame | None:
-    folder = attrs.get("artifacts")
+def _metrics_file(folder: str | None) -> pd.DataFrame | None:
     if not folder or not (Path(folder) / "metrics.csv").is_file():
         return None
     try:
@@ -260,7 +259,7 @@ def _curve(row: dict, t: optuna.trial.FrozenTrial, metric: str) -> list[dict]:
     if t.intermediate_values:
         return [{**common, "epoch": int(step), "value": float(v), "source": "storage"}
                 for step, v in sorted(t.intermediate_values.items()) if v is not None and math.isfinite(v)]
-    frame = _metrics_file(t.user_attrs) if t.state != TrialState.WAITING else None
+    frame = _metrics_file(t.user_attrs.get("artifacts")) if t.state != TrialState.WAITING else None
     if frame is None or metric not in frame:
         return []
     return [{**common, "epoch": int(e), "value": float(v), "source": "metrics.csv"}

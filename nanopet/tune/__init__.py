@@ -8,8 +8,9 @@ Public API (everything else is internal):
 - ``list_studies(directory)``: studies with trial counts by state and best value
 - ``serve_dashboard(study, host, port)``: optuna-dashboard on a study's storage
 
-Modules: ``space`` (the file), ``study`` (storage, sampler, pruner, stages), ``objective`` (one
-trial), ``lease`` (stale trials), ``workers`` (the trial loop, processes), ``results``, ``dashboard``.
+Modules: ``space`` (the file), ``study`` (storage, sampler, pruner, stages), ``trial`` (one trial, either
+driver: its record, epochs, repeats, cost), ``stages`` (the loop over stages, the closing lines), ``objective``
+(an Optuna trial), ``lease`` (stale trials), ``workers`` (the trial loop, processes), ``results``, ``dashboard``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     process); ``gpus`` picks the GPUs. A space with ``driver: ray`` runs as a Ray Tune experiment
     instead (``workers``: trials at once). Returns a ``SearchResult`` (also printed through ``out``).
     """
-    from nanopet.tune.results import report_lines, summarize
+    from nanopet.tune.stages import finish
     from nanopet.tune.study import check_resumable, plan_line, record_storage
     from nanopet.tune.workers import launch
 
@@ -49,15 +50,7 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     check_resumable(space)
     record_storage(space)
     outcome = launch(space, workers=workers, gpus=gpus, threads=threads, out=out)
-    result = summarize(space, outcome.status)
-    for line in report_lines(result, space):
-        out(line)
-    if outcome.status == "interrupted":
-        again = resume_command or "nanopet.tune.run(...) again with the same search space"
-        out(f"interrupted: completed trials are kept in {result.storage}; resume with: {again}")
-    elif outcome.status == "timeout":
-        out(f"timeout reached; to continue the study run: {resume_command or 'the same search again'}")
-    return result
+    return finish(space, outcome.status, out, resume_command)
 
 
 def list_studies(directory: str | Path = "studies", storage: str | None = None) -> list[dict]:

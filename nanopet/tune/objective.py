@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import math
 import shutil
 import time
 import traceback
@@ -33,11 +32,13 @@ import torch
 from optuna.trial import TrialState
 
 from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.model import NanoPET
 from nanopet.train import Data, train
 from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, copied_reason, finished_twin, plural, result_attrs, short, suggest
+from nanopet.tune.study import Stage, short, suggest
+from nanopet.tune.trial import (PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
+                                describe_values, epoch_line, finished_twin, measure_cost, pace_line, progress_due, repeat_of,
+                                timing, trial_folder, user_attrs)
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",
@@ -49,6 +50,7 @@ PRUNE_REASONS = {
 WAIT_SECONDS = 1.0  # polling while a trial waits for another worker's trial with the same parameters
 SETTLING_SECONDS = 30.0  # an earlier trial asked longer ago than this has suggested all its parameters
 SETTLING_POLL_SECONDS = 0.1
+__all__ = ["TrialRunner", "TrialInterrupted", "PaceLine", "pace_line", "epoch_line", "trial_dir", "keep_best_checkpoints"]
 
 
 class TrialInterrupted(Exception):
@@ -56,51 +58,26 @@ class TrialInterrupted(Exception):
 
 
 def trial_dir(space: SearchSpace, stage: Stage, number: int) -> Path:
-    return space.study.path / "trials" / f"{stage.trial_prefix}{number}"
+    return trial_folder(space.study.path, f"{stage.trial_prefix}{number}")
 
 
-def span(seconds: float) -> str:
-    """45 s, 12 min, 3.4 h, 2.1 days."""
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+class OptunaEngine:
+    """The trial layer's ``Engine`` on an Optuna trial: ``trial.report`` and the study's pruner (one objective)."""
 
+    def __init__(self, trial: optuna.Trial, space: SearchSpace):
+        self.trial, self.space = trial, space
+        self.single = space.objective.n_values == 1
 
-def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
-    """What the budget costs at the pace of a first epoch, e.g. ``pace: 48 s an epoch, 80 min a trial of 100
-    epochs; 60 trials: about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
-    sizes and cutoffs change their pace, so this is an order of magnitude, said early."""
-    budget = space.budget
-    trial = epoch_seconds * budget.epochs
-    text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {plural(budget.epochs, 'epoch')}"
-    if budget.n_trials:
-        text += (f"; {plural(budget.n_trials, 'trial')}: about {span(trial * budget.n_trials / workers)} on "
-                 f"{plural(workers, 'worker')} (less with pruning and repeats)")
-    if budget.timeout:
-        text += f"; budget.timeout ends the search after {span(budget.timeout)}"
-    return text
+    def report(self, epoch: int, value: float, metrics: dict, best) -> None:
+        if self.single:
+            self.trial.report(value, epoch)
 
-
-def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float) -> str:
-    """A trial's progress line: this epoch's metric, and the metric at its best validation loss so far (what the
-    trial would deliver if it stopped now)."""
-    return f"trial {trial} epoch {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
-
-
-class PaceLine:
-    """Says ``pace_line`` once, at the first epoch trained (either driver)."""
-
-    def __init__(self, space: SearchSpace, workers: int, out: Callable[[str], None]):
-        self.space, self.workers, self.out, self.told = space, workers, out, False
-
-    def __call__(self, epoch_seconds: float) -> None:
-        if not self.told:
-            self.told = True
-            self.out(pace_line(self.space, epoch_seconds, self.workers))
+    def should_stop(self, epoch: int, value: float) -> str | None:
+        if not (self.single and self.trial.should_prune()):
+            return None
+        kind, space = self.space.study.pruner["type"], self.space
+        return (f"pruned after epoch {epoch + 1}/{space.budget.epochs} by the {kind} pruner "
+                f"({space.objective.metric} {value:.4g}: {PRUNE_REASONS.get(kind, 'pruned')})")
 
 
 class TrialRunner:
@@ -110,22 +87,7 @@ class TrialRunner:
                  out: Callable[[str], None] = print, prefix: str = "", pace: PaceLine | None = None):
         self.space, self.data, self.stop_requested, self.out, self.prefix = space, data, stop_requested, out, prefix
         self.pace = pace
-        structures = data.train.structures + data.val.structures + data.test.structures
-        self.atomic_types = sorted({int(z) for s in structures for z in s.numbers})
-        self._at_cutoff: dict[float, Data] = {}
-        self._filter_seconds = 0.0
-        self.every = max(1, space.budget.epochs // 5)  # progress lines per trial
-
-    def data_at(self, cutoff: float) -> Data:
-        """The data restricted to ``cutoff`` by distance filtering (cached: the same cutoff is reused)."""
-        key = round(float(cutoff), 9)
-        if key not in self._at_cutoff:
-            started = time.perf_counter()
-            if len(self._at_cutoff) >= 2:  # memory: each holds neighbour lists
-                self._at_cutoff.pop(next(iter(self._at_cutoff)))
-            self._at_cutoff[key] = self.data.at_cutoff(cutoff)
-            self._filter_seconds = time.perf_counter() - started
-        return self._at_cutoff[key]
+        self.trial_data = TrialData(data)
 
     # -----------------------------------------------------------------------------------------
 
@@ -142,75 +104,55 @@ class TrialRunner:
                  + (f" (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""))
         twin = self.wait_for_twin(study, trial)
         if twin is not None:
-            return self.copy_result(study, trial, twin, values, started)
+            return self.copy_result(study, trial, twin, values)
         folder = trial_dir(space, stage, trial.number)
         folder.mkdir(parents=True, exist_ok=True)
         for old in ("metrics.csv", "train.log", "model.ckpt", "error.txt"):  # a reused folder (e.g. a fresh study)
             (folder / old).unlink(missing_ok=True)
-        trial.set_user_attr("config", values)
-        trial.set_user_attr("artifacts", str(folder))
-        trial.set_user_attr("trial", f"{study.study_name}#{trial.number}")
-        record = {"number": trial.number, "study": study.study_name, "stage": stage.index, "config": values}
-        state, result_values, reason, epochs_time = TrialState.FAIL, None, None, 0.0
-        first_epoch_at, self._filter_seconds = None, 0.0
+        record = TrialRecord(trial=f"{study.study_name}#{trial.number}", config=values, artifacts=str(folder))
+        self._set(trial, record)
+        written = {"number": trial.number, "study": study.study_name, "stage": stage.index, "config": values}
+        state, result_values, reason, epochs = TrialState.FAIL, None, None, None
 
         with Lease(study, trial, space.study.heartbeat_interval), open(folder / "train.log", "a") as log_file:
             try:
+                record.options = space.options_for(values)  # as searched: retrain needs only the storage
+                self._set(trial, record)
                 options = space.options_for(values)
-                trial.set_user_attr("options", space.options_for(values))  # as searched: retrain needs only the storage
                 options["architecture"]["training"]["log_interval"] = 1  # metrics.csv keeps every epoch
-                record["options"] = options
-                data = self.data_at(options["architecture"]["model"]["cutoff"])
-                cost = self.cost(options, data) if objective.needs_cost else None
-                if cost is not None:
-                    trial.set_user_attr("cost", cost)
+                written["options"] = options
+                data = self.trial_data.for_options(options)
+                if objective.needs_cost:
+                    record.cost = measure_cost(space, options, data, self.trial_data.atomic_types)
+                    self._set(trial, record)
 
-                so_far = {"val_loss": math.inf, "metric": math.inf}
-
-                def on_epoch(epoch: int, metrics: dict) -> bool:
-                    nonlocal epochs_time, first_epoch_at
-                    if first_epoch_at is None:
-                        first_epoch_at = time.perf_counter() - metrics["epoch_time"]
-                    epochs_time += metrics["epoch_time"]
-                    if self.pace is not None:
-                        self.pace(metrics["epoch_time"])
-                    metric = metrics.get(objective.metric)
-                    if metric is None or not math.isfinite(metric):
-                        raise NonFiniteLossError(f"{objective.metric} is {metric} at epoch {epoch}", epoch)
-                    if metrics["val_loss"] < so_far["val_loss"]:  # the trainer's rule for the epoch model.ckpt keeps
-                        so_far.update(val_loss=metrics["val_loss"], metric=metric)
-                    if objective.n_values == 1:  # what the trial's value would be if it stopped now
-                        trial.report(objective.value(so_far["metric"], cost), epoch)
-                    if epoch % self.every == 0 or epoch == space.budget.epochs - 1:
+                def between(epoch: int, metric: float, value: float) -> None:
+                    if progress_due(epoch + 1, space.budget.epochs):
                         self.out(self.prefix + epoch_line(trial.number, epoch + 1, space.budget.epochs, objective.metric,
-                                                          metric, so_far["metric"]))
+                                                          metric, epochs.best.value))
                     if self.stop_requested():
                         raise TrialInterrupted(f"interrupted by the user after epoch {epoch + 1}")
-                    if objective.n_values == 1 and role != "defaults" and trial.should_prune():  # the gain is measured from it
-                        why = PRUNE_REASONS.get(space.study.pruner["type"], "pruned")
-                        raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}/{space.budget.epochs} by the {space.study.pruner['type']} pruner "
-                                                 f"({objective.metric} {so_far['metric']:.4g}: {why})")
-                    return False
+
+                epochs = TrialEpochs(space, OptunaEngine(trial, space), record.cost, role, between, self.pace)
 
                 def log(message: str) -> None:
                     log_file.write(message + "\n")
                     log_file.flush()
 
-                result = train(options, on_epoch=on_epoch, output_dir=folder, data=data, log=log)
+                result = train(options, on_epoch=epochs, output_dir=folder, data=data, log=log)
                 best = next(row for row in result.history if row["epoch"] == result.best_epoch)
-                result_values = objective.values(best[objective.metric], cost)
-                trial.set_user_attr("best_epoch", result.best_epoch)
-                trial.set_user_attr("epochs", len(result.history))
-                trial.set_user_attr("metrics", {k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"})
+                result_values = objective.values(best[objective.metric], record.cost)
+                record.best_epoch, record.epochs, record.metrics = result.best_epoch, len(result.history), best_metrics(best)
                 state = TrialState.COMPLETE
-            except optuna.TrialPruned as pruned:
+            except Stopped as pruned:
                 state, reason = TrialState.PRUNED, str(pruned) or "pruned"
             except (TrialInterrupted, KeyboardInterrupt) as stop:
                 reason = str(stop) or "interrupted by the user"
-                self._timing(trial, started, first_epoch_at, epochs_time)
+                record.timing = self._timing(started, epochs)
+                self._set(trial, record)
                 fail_and_retry(study, study.get_trials(deepcopy=False)[trial.number], reason, space.study.max_retries,
                                count_attempt=False)
-                self._write(folder, record, "FAIL", None, reason)
+                self._write(folder, written, "FAIL", None, reason)
                 self.out(f"{self.prefix}trial {trial.number} FAIL: {reason}; re-queued for the next run")
                 raise
             except NonFiniteLossError as error:
@@ -225,20 +167,26 @@ class TrialRunner:
                 (folder / "error.txt").write_text(traceback.format_exc())
 
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # model.ckpt holds what a trial keeps
-        self._timing(trial, started, first_epoch_at, epochs_time)
-        if reason is not None:
-            trial.set_user_attr("reason", reason)
+        record.timing, record.reason = self._timing(started, epochs), reason
+        self._set(trial, record)
         frozen = study.tell(trial, result_values, state=state)
-        self._write(folder, record, frozen.state.name, frozen.values, reason)
+        self._write(folder, written, frozen.state.name, frozen.values, reason)
         if frozen.state == TrialState.COMPLETE and space.study.keep_checkpoints is not None:
             keep_best_checkpoints(study, space.study.keep_checkpoints)
-        text = {TrialState.COMPLETE: f"COMPLETE {self._describe(frozen.values)} (best epoch {trial.user_attrs.get('best_epoch')})",
+        text = {TrialState.COMPLETE: f"COMPLETE {describe_values(space, frozen.values)} (best epoch {record.best_epoch})",
                 TrialState.PRUNED: f"PRUNED: {reason}", TrialState.FAIL: f"FAIL: {reason}"}[frozen.state]
         self.out(f"{self.prefix}trial {trial.number} {text} in {time.perf_counter() - started:.1f} s")
         return frozen
 
-    # -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _set(trial: optuna.Trial, record: TrialRecord) -> None:
+        """Write the record's attributes that changed (the storage sees a running trial's as they come)."""
+        attrs = trial.user_attrs
+        for key, value in user_attrs(record).items():
+            if key not in attrs or attrs[key] != value:
+                trial.set_user_attr(key, value)
 
+    # -----------------------------------------------------------------------------------------
     def wait_for_twin(self, study: optuna.Study, trial: optuna.Trial):
         """While an earlier trial with the same parameters runs on another worker, wait for it (training them
         again would end later with the same result; the sampler proposes repeats in small discrete stages, most
@@ -281,63 +229,26 @@ class TrialRunner:
                 time.sleep(WAIT_SECONDS)
                 recover(study, settings.grace_period, settings.max_retries, log=lambda m: self.out(self.prefix + m))
 
-    def copy_result(self, study, trial, twin, values: dict, started: float):
-        trial.set_user_attr("config", values)
-        trial.set_user_attr("duplicate_of", twin.number)
-        for key, value in result_attrs(twin).items():
+    def copy_result(self, study, trial, twin, values: dict):
+        """Record ``trial`` as a repeat of the finished ``twin``: its result, not trained again."""
+        outcome = repeat_of(twin)
+        for key, value in {"config": values, **outcome.attrs}.items():
             trial.set_user_attr(key, value)
-        for step, value in twin.intermediate_values.items():
+        for step, value in outcome.intermediate.items():
             trial.report(value, step)
-        if twin.state == TrialState.PRUNED:
-            reason = copied_reason(twin)
-            trial.set_user_attr("reason", reason)
+        if outcome.state == TrialState.PRUNED:
             frozen = study.tell(trial, state=TrialState.PRUNED)
-            self.out(f"{self.prefix}trial {trial.number} PRUNED: {reason}")
+            self.out(f"{self.prefix}trial {trial.number} PRUNED: {outcome.attrs['reason']}")
             return frozen
-        frozen = study.tell(trial, twin.values)
-        self.out(f"{self.prefix}trial {trial.number} COMPLETE {self._describe(frozen.values)}: same parameters as trial "
-                 f"{twin.number}, result copied (training is deterministic)")
+        frozen = study.tell(trial, outcome.values)
+        self.out(self.prefix + copied_line(trial.number, f"trial {twin.number}", describe_values(self.space, frozen.values)))
         return frozen
 
-    def cost(self, options: dict, data: Data) -> float:
-        """Inference cost: parameters, or seconds per atom of an energy+forces evaluation (median of 3)."""
-        hypers = options["architecture"]["model"]
-        model = NanoPET(hypers, self.atomic_types)
-        if self.space.objective.cost_measure == "parameters":
-            return float(sum(p.numel() for p in model.parameters()))
-        from nanopet.train import select_device
-
-        device = select_device(str(options["device"]))
-        dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
-        model.to(device=device, dtype=dtype)
-        dataset = data.val if len(data.val) else data.train
-        batch = dataset.batch(list(range(min(16, len(dataset)))), dtype=dtype).to(device)
-        atoms = int(batch.n_atoms.sum())
-        times = []
-        for repeat in range(4):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(batch, forces=True, with_composition=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if repeat:
-                times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2] / atoms
-
-    def _timing(self, trial, started: float, first_epoch_at: float | None, epochs_time: float) -> None:
+    def _timing(self, started: float, epochs: TrialEpochs | None) -> dict:
         wall = time.perf_counter() - started
-        setup = (first_epoch_at - started) if first_epoch_at is not None else wall
-        trial.set_user_attr("timing", {"wall": wall, "setup": setup, "filter": self._filter_seconds, "epochs": epochs_time})
-
-    def _describe(self, values) -> str:
-        objective = self.space.objective
-        if values is None:
-            return ""
-        if objective.cost == "front":
-            return f"{objective.metric} {values[0]:.4g}, cost {values[1]:.4g}"
-        name = objective.metric if objective.cost == "none" else f"{objective.metric} x cost^{objective.cost_weight:g}"
-        return f"{name} {values[0]:.4g}"
+        first = epochs.first_epoch_at if epochs is not None else None
+        setup = (first - started) if first is not None else wall
+        return timing(wall, setup, self.trial_data.filter_seconds, epochs.epochs_time if epochs is not None else 0.0)
 
     @staticmethod
     def _write(folder: Path, record: dict, state: str, values, reason) -> None:

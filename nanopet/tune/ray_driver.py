@@ -25,7 +25,6 @@ import contextlib
 import glob
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -45,12 +44,13 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.tune.objective import PaceLine, epoch_line
+from nanopet.errors import InputError
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import (check_resumable, chosen_values, copied_reason, counted, decode, distribution, encode, finished_twin,
-                                masked, open_stage, open_storage, plan, record_storage, remaining, result_attrs, short, stage_sampler,
-                                storage_url)
+from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, masked,
+                                open_stage, open_storage, record_storage, remaining, short, stage_sampler, storage_url)
+from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, PaceLine, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
+                                epoch_line, finished_twin, finite, measure_cost, progress_due, protected, repeat_of, timing, trial_folder,
+                                user_attrs)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
 COST = "cost"  # the second objective of a two-objective front
@@ -77,7 +77,7 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
     """
     import ray
 
-    from nanopet.tune.results import report_lines, summarize
+    from nanopet.tune.stages import finish, run_stages
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -90,7 +90,6 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing: our lines only
     logging.getLogger("ray.tune").setLevel(logging.WARNING)  # not a line per experiment-state write
-    again = resume_command or "the same command"
     started_ray = connect(space.driver.address)  # first: a bad address fails before anything is written
     status = "completed"
     try:
@@ -101,31 +100,21 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
         _DEADLINE[0] = time.time() + space.budget.timeout if space.budget.timeout else None
         out(f"Ray Tune: {workers} trials at once, {request['cpu']:g} CPU" + (f" + {request['gpu']:g} GPU" if request["gpu"] else "")
             + " each" + (f", timeout {space.budget.timeout:g} s" if space.budget.timeout else ""))
-        fixed, previous = {}, None
         pace = PaceLine(space, workers, out)
-        for stage in plan(space):
+
+        def one_stage(stage, fixed: dict, previous) -> tuple[str, optuna.Study]:
             study = open_stage(storage, space, stage, fixed, previous, enqueue_defaults=False)
             study.set_user_attr("driver", "ray")
-            status = run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out, pace)
-            if status != "completed":
-                break
-            if stage.index < stage.count:
-                fixed, previous = chosen_values(space, stage, fixed, study)
-                out(f"{stage.label}: best {', '.join(f'{k}={v}' for k, v in fixed.items() if k in stage.parameters)}")
+            return run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out, pace), study
+
+        status = run_stages(space, one_stage, out)
     finally:
         _DEADLINE[0] = None
         if started_ray:
             ray.shutdown()
-    result = summarize(space, status)
-    for line in report_lines(result, space):
-        out(line)
-    if status == "interrupted":
-        out(f"interrupted: recorded trials are kept in {masked(storage_url(space))}; run {again} to resume the Ray experiment "
-            f"in {space.study.path / 'ray'} (running trials continue from their last epoch checkpoint)")
-    elif status == "timeout":
-        out(f"timeout reached; to continue the study run {again}")
-    return result
-
+    return finish(space, status, out, resume_command,
+                  f" (run it again to resume the Ray experiment in {space.study.path / 'ray'}: running trials continue from their "
+                  "last epoch checkpoint)")
 
 def resources(space: SearchSpace, workers: int | None) -> tuple[dict, int]:
     """What one trial asks of the cluster, and how many run at once; a cluster that cannot hold one trial
@@ -295,12 +284,8 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
     from ray import tune
 
     distributions = {name: distribution(space.parameters[name]) for name in stage.parameters}
-    first, defaults = [], None
-    if stage.index == 1:  # the defaults first (later stages start from the carried-in best, already in the study)
-        values = space.defaults()
-        if all(name in values for name in stage.parameters):
-            defaults = {k: encode(values[k]) for k in stage.parameters}
-            first.append(defaults)
+    defaults = defaults_point(space, stage)  # first (later stages start from the carried-in best, already in the study)
+    first = [defaults] if defaults is not None else []
     first += [{k: encode(v) for k, v in point.items()} for point in points or []]
     tried = [t.params for t in study.get_trials(deepcopy=False)]
     first = [point for point in first if point not in tried]  # after a timeout, the next experiment skips them
@@ -339,7 +324,6 @@ class ProgressLines(Callback):
     def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None],
                  pace: Callable[[float], None] | None = None):
         self.label, self.epochs, self.metric, self.out, self.pace = label, epochs, metric, out, pace
-        self.every = max(1, epochs // 5)
         self.last: dict = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -349,11 +333,11 @@ class ProgressLines(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get(TIME_ATTR, 0))
         self.last[trial.trial_id] = result
-        if self.pace is not None and _finite(result.get("epoch_time")):
+        if self.pace is not None and finite(result.get("epoch_time")):
             self.pace(float(result["epoch_time"]))
-        if epoch % self.every == 0 or epoch == self.epochs:
+        if progress_due(epoch, self.epochs):
             metric = result.get(self.metric)
-            if _finite(metric):
+            if finite(metric):
                 self.out(epoch_line(trial.trial_id, epoch, self.epochs, self.metric, float(metric), float(result[OBJECTIVE])))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -362,11 +346,7 @@ class ProgressLines(Callback):
         if result.get(DUPLICATE):
             twin = json.loads(result[DUPLICATE])
             which = f"trial {twin['ray_trial_id']}" if "ray_trial_id" in twin else f"trial {twin['number']} of the study"
-            if twin["pruned"]:
-                self.out(f"trial {trial.trial_id} PRUNED: same parameters as {which}, stopped there: not trained again")
-            else:
-                self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g}: same parameters as {which}, result copied "
-                         "(training is deterministic)")
+            self.out(copied_line(trial.trial_id, which, None if twin["pruned"] else f"{float(result[OBJECTIVE]):.4g}"))
         elif result.get("finished"):
             self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g} (best epoch {result.get('best_epoch')})")
         else:
@@ -460,8 +440,8 @@ def asha(defaults: dict | None, **settings):
     class KeepDefaults(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             action = super().on_trial_result(tune_controller, trial, result)
-            if action == TrialScheduler.STOP and defaults is not None and result.get(TIME_ATTR, 0) < settings["max_t"] \
-                    and {k: (trial.config or {}).get(k) for k in defaults} == defaults:
+            role = DEFAULTS if defaults is not None and {k: (trial.config or {}).get(k) for k in defaults} == defaults else None
+            if action == TrialScheduler.STOP and protected(role) and result.get(TIME_ATTR, 0) < settings["max_t"]:
                 self._num_stopped -= 1
                 return TrialScheduler.CONTINUE
             return action
@@ -499,7 +479,7 @@ def space_of(payload: dict) -> SearchSpace:
     return _SPACES[key]
 
 
-def data_of(space: SearchSpace):
+def data_of(space: SearchSpace) -> TrialData:
     """The space's data at its largest cutoff, loaded once per process."""
     from nanopet.train import load_data
 
@@ -508,8 +488,32 @@ def data_of(space: SearchSpace):
                       str(space.base_dir), space.max_cutoff], sort_keys=True, default=str)
     if key not in _DATA:
         _DATA.clear()  # one dataset per process
-        _DATA[key] = load_data(space.options, space.base_dir, cutoff=space.max_cutoff)
+        _DATA[key] = TrialData(load_data(space.options, space.base_dir, cutoff=space.max_cutoff), keep=1)
     return _DATA[key]
+
+
+class RayEngine:
+    """The trial layer's ``Engine`` in a Ray trainable: ``tune.report`` of every epoch with a marker naming its
+    checkpoint. The scheduler (ASHA) stops a trial inside that report, so ``should_stop`` never does."""
+
+    def __init__(self, space: SearchSpace, folder: Path, cost: float | None, setup: float):
+        self.space, self.folder, self.cost, self.setup = space, folder, cost, setup
+
+    def report(self, epoch: int, value: float, metrics: dict, best) -> None:
+        from ray import tune
+
+        report = {OBJECTIVE: value, TIME_ATTR: epoch + 1, "best_epoch": best.epoch,
+                  "finished": epoch + 1 >= self.space.budget.epochs, "cost": self.cost, "setup_time": self.setup, "clock": time.time(),
+                  **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_")) or k in ("epoch_time", "learning_rate")}}
+        last = self.folder / LAST_CHECKPOINT
+        if report["finished"]:  # ASHA stops every trial at max_t inside this report: keep the trainer's model.ckpt now
+            shutil.copy(last, self.folder / "model.ckpt")
+        with tempfile.TemporaryDirectory() as directory:
+            (Path(directory) / MARKER).write_text(json.dumps({"epoch": epoch, "checkpoint": str(last)}))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    def should_stop(self, epoch: int, value: float) -> str | None:
+        return None
 
 
 def trainable_fn(config: dict, payload: dict) -> None:
@@ -529,22 +533,18 @@ def trainable_fn(config: dict, payload: dict) -> None:
             tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.epochs,
                          "finished": True, DUPLICATE: config[DUPLICATE], "clock": time.time()})
         return
-    objective = space.objective
     values = {**payload["fixed"], **{name: decode(config[name]) for name in space.parameters if name in config}}
     trial_id = tune.get_context().get_trial_id()
-    folder = Path(payload["study_dir"]) / "trials" / f"ray-{trial_id}"
+    folder = trial_folder(payload["study_dir"], RAY_PREFIX + trial_id)
     folder.mkdir(parents=True, exist_ok=True)
     options = space.options_for(values)
     training = options["architecture"]["training"]
     training["log_interval"] = 1
     training["checkpoint_interval"] = 1
-    data = data_of(space).at_cutoff(options["architecture"]["model"]["cutoff"])
+    trial_data = data_of(space)
+    data = trial_data.for_options(options)
     setup = time.perf_counter() - started
-    cost = None
-    if objective.needs_cost:
-        from nanopet.tune.objective import TrialRunner
-
-        cost = TrialRunner(space, data, out=lambda m: None).cost(options, data)
+    cost = measure_cost(space, options, data, trial_data.atomic_types) if space.objective.needs_cost else None
 
     # The trial's newest epoch checkpoint is one file in its folder (replaced atomically every epoch); what
     # Ray keeps per report is a small marker naming it. Ray deletes old checkpoints of its own and may
@@ -554,27 +554,11 @@ def trainable_fn(config: dict, payload: dict) -> None:
     resume = last if last.is_file() else None
     marker = tune.get_checkpoint()
     lost = marker is not None and resume is None  # e.g. another node without the shared studies/ folder
-    so_far = {"val_loss": math.inf, "metric": math.inf, "epoch": None}
-
-    def report_epoch(epoch: int, metrics: dict) -> None:
-        metric = metrics.get(objective.metric)
-        if metric is None or not math.isfinite(metric):
-            raise NonFiniteLossError(f"{objective.metric} is {metric} at epoch {epoch}", epoch)
-        if metrics["val_loss"] < so_far["val_loss"]:
-            so_far.update(val_loss=metrics["val_loss"], metric=metric, epoch=epoch)
-        report = {OBJECTIVE: objective.value(so_far["metric"], cost), TIME_ATTR: epoch + 1, "best_epoch": so_far["epoch"],
-                  "finished": epoch + 1 >= space.budget.epochs, "cost": cost, "setup_time": setup, "clock": time.time(),
-                  **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_")) or k in ("epoch_time", "learning_rate")}}
-        if report["finished"]:  # ASHA stops every trial at max_t inside this report: keep the trainer's model.ckpt now
-            shutil.copy(last, folder / "model.ckpt")
-        with tempfile.TemporaryDirectory() as directory:
-            (Path(directory) / MARKER).write_text(json.dumps({"epoch": epoch, "checkpoint": str(last)}))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+    epochs = TrialEpochs(space, RayEngine(space, folder, cost, setup), cost)
 
     def on_epoch(epoch: int, metrics: dict) -> bool:
         os.replace(folder / "checkpoints" / f"model_{epoch}.ckpt", last)
-        report_epoch(epoch, metrics)
-        return False
+        return epochs(epoch, metrics)
 
     log_file = open(folder / "train.log", "a")
     import ray
@@ -590,16 +574,16 @@ def trainable_fn(config: dict, payload: dict) -> None:
                 reported = json.loads((Path(directory) / MARKER).read_text())["epoch"]
         for row in load_checkpoint(resume)["history"]:
             if row["epoch"] > reported:
-                report_epoch(row["epoch"], row)
-            elif row["val_loss"] < so_far["val_loss"]:
-                so_far.update(val_loss=row["val_loss"], metric=row[objective.metric], epoch=row["epoch"])
+                epochs(row["epoch"], row)
+            else:
+                epochs.catch_up(row["epoch"], row)
     try:
         result = train(options, on_epoch=on_epoch, output_dir=folder, data=data, resume=resume,
                        log=lambda message: (log_file.write(message + "\n"), log_file.flush()))
     finally:
         log_file.close()
     if result.stopped == "learning_rate":  # the trainer stopped early: the trial is complete nonetheless
-        tune.report({OBJECTIVE: objective.value(so_far["metric"], cost), TIME_ATTR: space.budget.epochs, "finished": True,
+        tune.report({OBJECTIVE: epochs.value, TIME_ATTR: space.budget.epochs, "finished": True,
                      "best_epoch": result.best_epoch, "cost": cost, "setup_time": setup})
 
 
@@ -622,7 +606,7 @@ def record_results(study: optuna.Study, space: SearchSpace, stage, fixed: dict, 
         if trial_id in done or not all(name in config for name in stage.parameters):
             continue
         study.add_trial(ray_trial(space, stage, fixed, study, result, trial_id, config))
-        folder = space.study.path / "trials" / f"ray-{trial_id}"  # finished: model.ckpt (complete trials) is what stays
+        folder = trial_folder(space.study.path, RAY_PREFIX + trial_id)  # finished: model.ckpt (complete trials) is what stays
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         (folder / LAST_CHECKPOINT).unlink(missing_ok=True)
         added += 1
@@ -635,58 +619,57 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     rows = []
     frame = result.metrics_dataframe
     if frame is not None and OBJECTIVE in frame:
-        rows = [row for row in frame.to_dict("records") if _finite(row.get(OBJECTIVE))]
+        rows = [row for row in frame.to_dict("records") if finite(row.get(OBJECTIVE))]
     by_epoch = {int(row[TIME_ATTR]): row for row in rows if TIME_ATTR in row}
     intermediate = {epoch - 1: float(row[OBJECTIVE]) for epoch, row in sorted(by_epoch.items())}
     last = rows[-1] if rows else {}
     earlier = study.get_trials(deepcopy=False)
-    folder = space.study.path / "trials" / f"ray-{trial_id}"
+    folder = trial_folder(space.study.path, RAY_PREFIX + trial_id)
     params = {name: config[name] for name in stage.parameters}
     values = {**fixed, **{name: decode(v) for name, v in params.items()}}
-    attrs = {"driver": "ray", "ray_trial_id": trial_id, "trial": f"{study.study_name}#{len(earlier)}",
-             "config": values, "options": space.options_for(values), "epochs": len(by_epoch),
-             "timing": {"wall": float(last.get("time_total_s", 0.0) or 0.0), "setup": float(last.get("setup_time", 0.0) or 0.0),
-                        "filter": 0.0, "epochs": float(sum(float(r.get("epoch_time", 0.0) or 0.0) for r in by_epoch.values()))}}
+    wall = float(last.get("time_total_s", 0.0) or 0.0)
+    record = TrialRecord(driver="ray", ray_trial_id=trial_id, trial=f"{study.study_name}#{len(earlier)}", config=values,
+                         options=space.options_for(values), epochs=len(by_epoch),
+                         timing=timing(wall, float(last.get("setup_time", 0.0) or 0.0), 0.0,
+                                       float(sum(float(r.get("epoch_time", 0.0) or 0.0) for r in by_epoch.values()))))
     if folder.is_dir():
-        attrs["artifacts"] = str(folder.resolve())
+        record.artifacts = str(folder.resolve())
     best_epoch = last.get("best_epoch")
-    if best_epoch is not None and _finite(best_epoch):
-        attrs["best_epoch"] = int(best_epoch)
-        best = by_epoch.get(int(best_epoch) + 1, last)
-        attrs["metrics"] = {k: float(v) for k, v in best.items() if (k.startswith("val_") or k == "train_loss") and _finite(v)}
-    if last.get("cost") is not None and _finite(last.get("cost")):
-        attrs["cost"] = float(last["cost"])
-    defaults = space.defaults()
-    if stage.index == 1 and params == {k: encode(defaults.get(k)) for k in stage.parameters} and \
-            not any(t.user_attrs.get("role") == "defaults" for t in earlier):
-        attrs["role"] = "defaults"  # the study's gain over defaults is measured from it
+    if best_epoch is not None and finite(best_epoch):
+        record.best_epoch = int(best_epoch)
+        record.metrics = best_metrics(by_epoch.get(int(best_epoch) + 1, last))
+    if last.get("cost") is not None and finite(last.get("cost")):
+        record.cost = float(last["cost"])
+    if params == defaults_point(space, stage) and not any(protected(t.user_attrs.get("role")) for t in earlier):
+        record.role = DEFAULTS  # the study's gain over defaults is measured from it
     twin = duplicated(earlier, last)
     if twin is not None:  # recorded as the Optuna driver records a repeat: the twin's result, not trained again
-        attrs = {**{k: v for k, v in attrs.items() if k != "epochs"}, **result_attrs(twin), DUPLICATE: twin.number}
-        state, value, intermediate = twin.state, twin.values, dict(twin.intermediate_values)
-        if state == TrialState.PRUNED:
-            value = None
-            attrs["reason"] = copied_reason(twin)
+        outcome = repeat_of(twin)
+        record.epochs = None
+        for key, value in outcome.attrs.items():
+            setattr(record, key, value)
+        state, value, intermediate = outcome.state, outcome.values, outcome.intermediate
     elif result.error is not None:
         state, value = TrialState.FAIL, None
         message = str(result.error).strip().splitlines()
-        attrs["reason"] = f"{type(result.error).__name__}: {message[-1] if message else ''}"
+        record.reason = f"{type(result.error).__name__}: {message[-1] if message else ''}"
     elif last.get("finished"):
         state = TrialState.COMPLETE
         value = [float(last[OBJECTIVE]), float(last[COST])] if space.objective.n_values > 1 else [float(last[OBJECTIVE])]
     elif rows:
         state, value = TrialState.PRUNED, None
-        attrs["reason"] = f"stopped by ASHA after epoch {len(by_epoch)}/{space.budget.epochs} ({space.objective.metric} " \
-                          f"{float(last[OBJECTIVE]):.4g}: not in the top fraction at this rung)"
+        record.reason = f"stopped by ASHA after epoch {len(by_epoch)}/{space.budget.epochs} ({space.objective.metric} " \
+                        f"{float(last[OBJECTIVE]):.4g}: not in the top fraction at this rung)"
     else:
         state, value = TrialState.FAIL, None
-        attrs["reason"] = "no epoch reported (stopped or interrupted before the first epoch)"
+        record.reason = "no epoch reported (stopped or interrupted before the first epoch)"
+    attrs = user_attrs(record)
     distributions = {name: distribution(space.parameters[name]) for name in stage.parameters}
     frozen = optuna.trial.create_trial(params=params, distributions=distributions, values=value, state=state,
                                        intermediate_values=intermediate if space.objective.n_values == 1 else None,
                                        user_attrs=attrs)
     end = last.get("clock", last.get("timestamp"))  # Ray's own timestamp has whole seconds only
-    if _finite(end):  # when it ran, not when it was recorded (timelines, trials per hour)
+    if finite(end):  # when it ran, not when it was recorded (timelines, trials per hour)
         frozen.datetime_complete = datetime.fromtimestamp(float(end))
         frozen.datetime_start = frozen.datetime_complete - timedelta(seconds=attrs["timing"]["wall"])
     return frozen
@@ -703,9 +686,3 @@ def duplicated(earlier: list, last: dict):
             return t
     return None
 
-
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

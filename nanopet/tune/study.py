@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from nanopet.errors import InputError
 from nanopet.tune.space import Parameter, SearchSpace
+from nanopet.tune.trial import CARRIED, DEFAULTS, result_attrs
 
 JOURNAL_FILE = "journal.log"
 STORAGE_FILE = "storage.url"  # the storage a study used, for `dashboard` and `studies` (password masked)
@@ -334,11 +335,21 @@ def open_stage(storage, space: SearchSpace, stage: Stage, fixed: dict, previous:
     return study
 
 
+def defaults_point(space: SearchSpace, stage: Stage) -> dict | None:
+    """The parameters (as stored) of the first stage's defaults trial, which is never stopped early (the gain is
+    measured from it); None in a later stage (it starts from the carried-in best) or when a base value is out of
+    its parameter's choices."""
+    values = space.defaults()
+    if stage.index != 1 or not all(name in values for name in stage.parameters):
+        return None
+    return {name: encode(values[name]) for name in stage.parameters}
+
+
 def start_trial(study: optuna.Study, space: SearchSpace, stage: Stage, fixed: dict, previous) -> None:
     if previous is None:
         defaults = space.defaults()
         params = {name: defaults[name] for name in stage.parameters if name in defaults}
-        study.enqueue_trial({k: encode(v) for k, v in params.items()}, user_attrs={"role": "defaults"}, skip_if_exists=True)
+        study.enqueue_trial({k: encode(v) for k, v in params.items()}, user_attrs={"role": DEFAULTS}, skip_if_exists=True)
         return
     # the previous best trained this stage's parameters at their base values: carry it in if they are in range
     params = {name: space.base_value(name) for name in stage.parameters}
@@ -350,33 +361,9 @@ def start_trial(study: optuna.Study, space: SearchSpace, stage: Stage, fixed: di
         state=TrialState.COMPLETE, values=previous.values,
         params={k: encode(v) for k, v in params.items()},
         distributions={k: distribution(parameters[k]) for k in params},
-        user_attrs={**result_attrs(previous), "role": "carried", "config": {**fixed, **params}, "trial": previous.user_attrs.get("trial")},
+        user_attrs={**result_attrs(previous), "role": CARRIED, "config": {**fixed, **params}, "trial": previous.user_attrs.get("trial")},
         intermediate_values=dict(previous.intermediate_values),
     ))
-
-
-RESULT_ATTRS = ("metrics", "best_epoch", "epochs", "cost", "artifacts")
-
-
-def result_attrs(trial) -> dict:
-    """A finished trial's result besides its values and curve: what a carried-in or duplicate trial copies."""
-    return {k: trial.user_attrs[k] for k in RESULT_ATTRS if k in trial.user_attrs}
-
-
-def finished_twin(study: optuna.Study, number: int, params: dict, among=None):
-    """A finished trial of ``study`` (other than trial ``number``) with the same ``params``: a completed one,
-    else a pruned one with a curve; None if there is none. Training is deterministic, so a repeat (small
-    discrete stages propose them often) takes its twin's result instead of training again. ``among``: only
-    trials with these numbers."""
-    twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-             if t.number != number and t.params == params and (among is None or t.number in among)
-             and (t.values or t.intermediate_values)]
-    return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
-
-
-def copied_reason(twin) -> str:
-    """The reason a repeat of the pruned trial ``twin`` is recorded PRUNED without training."""
-    return f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
 
 
 def best_trial(study: optuna.Study):

@@ -91,8 +91,10 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
 
     from nanopet.train import load_data
     from nanopet.tune.lease import recover
-    from nanopet.tune.objective import PaceLine, TrialInterrupted, TrialRunner
-    from nanopet.tune.study import chosen_values, open_stage, open_storage, plan, remaining, storage_url
+    from nanopet.tune.objective import TrialInterrupted, TrialRunner
+    from nanopet.tune.stages import run_stages
+    from nanopet.tune.study import open_stage, open_storage, remaining, storage_url
+    from nanopet.tune.trial import PaceLine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop = stop or StopFlag()
@@ -110,15 +112,14 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     runner = TrialRunner(space, data, stop, out, prefix, pace)
     settings = space.study
 
-    fixed, previous = {}, None
-    for stage in plan(space):
+    def run_stage(stage, fixed: dict, previous) -> tuple[str, object]:
         with study_lock(space):
             study = open_stage(storage, space, stage, fixed, previous, index)
         while True:
             if stop():
-                return "interrupted"
+                return "interrupted", study
             if deadline is not None and time.time() >= deadline:
-                return "timeout"
+                return "timeout", study
             recover(study, settings.grace_period, settings.max_retries, log=lambda m: out(prefix + m))
             trial, busy = None, False
             with study_lock(space):
@@ -132,16 +133,15 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
                 try:
                     runner.run(study, trial, stage, fixed)
                 except (TrialInterrupted, KeyboardInterrupt):
-                    return "interrupted"
+                    return "interrupted", study
             elif busy and stage.index < stage.count:
                 time.sleep(POLL_SECONDS)  # the next stage starts from this one's best: wait for its last trials
             else:
                 if stage.enumerated and index == 0:
                     out(f"{prefix}{stage.label}: {stage.used_up}")
-                break
-        if stage.index < stage.count:
-            fixed, previous = chosen_values(space, stage, fixed, study)
-    return "completed"
+                return "completed", study
+
+    return run_stages(space, run_stage)
 
 
 def warm_up() -> None:

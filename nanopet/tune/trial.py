@@ -1,0 +1,348 @@
+"""One trial, whichever driver runs it: what it records, how it reports its epochs, when it may be stopped.
+
+Both drivers (``objective``: Optuna workers; ``ray_driver``: Ray Tune) train a trial through this layer;
+each adapts only its engine: ``Engine.report`` (Optuna ``trial.report``; Ray ``tune.report``, whose
+scheduler stops a trial inside it) and ``Engine.should_stop`` (Optuna ``trial.should_prune``; Ray: never,
+its scheduler ends the trainable).
+
+- ``TrialRecord``: the user attributes a trial carries in the storage, the set defined here
+  (``TRIAL_ATTRS``); ``user_attrs(record)`` is the one way from a record to them, and ``report.collect``
+  reads the same names.
+- ``BestSoFar``: the metric at the best validation loss so far (the trainer's rule for the epoch
+  ``model.ckpt`` keeps): the value a trial would deliver if it stopped now.
+- ``TrialEpochs``: a trial's ``on_epoch``: checks the metric, tracks the best so far, reports the
+  objective value and asks whether to stop (never for the protected defaults trial). A new pruner's
+  question, or a new per-epoch value, is written here once.
+- ``TrialData``: a trial's data, from the data loaded once at the space's largest cutoff (a data-size
+  fidelity is written here once).
+- ``trial_folder``, ``measure_cost``, ``repeat_of`` (a repeat takes its twin's result), the progress lines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Protocol
+
+from nanopet.errors import NonFiniteLossError
+from nanopet.tune.space import SearchSpace
+
+TRIALS_FOLDER = "trials"  # <study dir>/trials/<label>/: model.ckpt, metrics.csv, train.log, trial.json
+RAY_PREFIX = "ray-"  # a Ray trial's folder: ray-<Ray trial id>
+DEFAULTS = "defaults"  # role of a study's first trial: the gain is measured from it, so it is never stopped early
+CARRIED = "carried"  # role of a later stage's first trial: the previous stage's best, not trained again
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trial records
+
+
+@dataclass
+class TrialRecord:
+    """A trial's user attributes in the storage (either driver), read by ``report``, ``retrain`` and
+    ``compare-losses``. None means "not recorded"."""
+
+    trial: str | None = None  # "<study>#<number>"
+    config: dict | None = None  # parameter name -> value, earlier stages' fixed values included
+    options: dict | None = None  # the full options as searched (retrain needs only the storage)
+    artifacts: str | None = None  # the trial's folder
+    cost: float | None = None  # inference cost (parameters, or s per atom)
+    best_epoch: int | None = None  # the epoch model.ckpt holds
+    epochs: int | None = None  # epochs trained
+    metrics: dict | None = None  # validation metrics and train_loss at the best epoch
+    timing: dict | None = None  # s: wall, setup, filter, epochs
+    reason: str | None = None  # why it was pruned or failed
+    role: str | None = None  # defaults | carried
+    retry_of: int | None = None  # the failed trial it re-runs
+    duplicate_of: int | None = None  # the trial with the same parameters whose result it took
+    driver: str | None = None  # "ray" for trials of the Ray driver
+    ray_trial_id: str | None = None
+
+
+TRIAL_ATTRS = tuple(f.name for f in fields(TrialRecord))
+RESULT_ATTRS = ("metrics", "best_epoch", "epochs", "cost", "artifacts")  # what a carried-in or repeated trial copies
+
+
+def user_attrs(record: TrialRecord) -> dict:
+    """The user attributes of ``record`` (those recorded, in ``TRIAL_ATTRS`` order)."""
+    return {name: getattr(record, name) for name in TRIAL_ATTRS if getattr(record, name) is not None}
+
+
+def record_of(attrs: dict) -> TrialRecord:
+    """A stored trial's record, from its user attributes (unknown ones are ignored)."""
+    return TrialRecord(**{name: attrs.get(name) for name in TRIAL_ATTRS})
+
+
+def result_attrs(trial) -> dict:
+    """A finished trial's result besides its values and curve: what a carried-in or duplicate trial copies."""
+    return {k: trial.user_attrs[k] for k in RESULT_ATTRS if k in trial.user_attrs}
+
+
+def best_metrics(row: dict) -> dict:
+    """The validation metrics and train_loss of one epoch's row (finite ones)."""
+    return {k: float(v) for k, v in row.items() if (k.startswith("val_") or k == "train_loss") and finite(v)}
+
+
+def timing(wall: float, setup: float, filtering: float, epochs: float) -> dict:
+    return {"wall": wall, "setup": setup, "filter": filtering, "epochs": epochs}
+
+
+def finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def trial_folder(study_dir: str | Path, label: str) -> Path:
+    """``<study dir>/trials/<label>``: ``<stage prefix><number>`` (Optuna driver) or ``ray-<id>`` (Ray driver)."""
+    return Path(study_dir) / TRIALS_FOLDER / label
+
+
+def protected(role: str | None) -> bool:
+    """The defaults trial runs all its epochs: the study's gain over the defaults is measured from it."""
+    return role == DEFAULTS
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeats: training is deterministic, so a trial with a finished trial's parameters takes its result
+
+
+@dataclass
+class Outcome:
+    """How a trial ends in the storage: state, values, curve and the attributes it adds."""
+
+    state: object  # optuna TrialState
+    values: list | None
+    intermediate: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+
+def copied_reason(twin) -> str:
+    """The reason a repeat of the pruned trial ``twin`` is recorded PRUNED without training."""
+    return f"same parameters as trial {twin.number}, not trained again; there: {twin.user_attrs.get('reason', 'pruned')}"
+
+
+def repeat_of(twin) -> Outcome:
+    """The outcome of a trial that repeats the finished trial ``twin``: its state, values, curve and result."""
+    from optuna.trial import TrialState
+
+    attrs = {**result_attrs(twin), "duplicate_of": twin.number}
+    if twin.state == TrialState.PRUNED:
+        return Outcome(TrialState.PRUNED, None, dict(twin.intermediate_values), {**attrs, "reason": copied_reason(twin)})
+    return Outcome(twin.state, twin.values, dict(twin.intermediate_values), attrs)
+
+
+def finished_twin(study, number: int, params: dict, among=None):
+    """A finished trial of ``study`` (other than trial ``number``) with the same ``params``: a completed one,
+    else a pruned one with a curve; None if there is none. Small discrete stages propose repeats often.
+    ``among``: only trials with these numbers."""
+    from optuna.trial import TrialState
+
+    twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+             if t.number != number and t.params == params and (among is None or t.number in among)
+             and (t.values or t.intermediate_values)]
+    return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
+
+
+def copied_line(trial, twin: str, values_text: str | None) -> str:
+    """The end line of a repeat: PRUNED (``values_text`` None) or COMPLETE with its twin's result."""
+    if values_text is None:
+        return f"trial {trial} PRUNED: same parameters as {twin}, stopped there: not trained again"
+    return f"trial {trial} COMPLETE {values_text}: same parameters as {twin}, result copied (training is deterministic)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Epochs: the value so far, reported to the engine, which may stop the trial
+
+
+class BestSoFar:
+    """The objective metric at the best validation loss so far (the epoch ``model.ckpt`` keeps)."""
+
+    def __init__(self, metric: str):
+        self.metric, self.val_loss, self.value, self.epoch = metric, math.inf, math.inf, None
+
+    def update(self, epoch: int, metrics: dict) -> float:
+        """Take one epoch's metrics; returns that epoch's metric (non-finite: ``NonFiniteLossError``)."""
+        metric = metrics.get(self.metric)
+        if metric is None or not math.isfinite(metric):
+            raise NonFiniteLossError(f"{self.metric} is {metric} at epoch {epoch}", epoch)
+        if metrics["val_loss"] < self.val_loss:
+            self.val_loss, self.value, self.epoch = metrics["val_loss"], metric, epoch
+        return metric
+
+
+class Engine(Protocol):
+    """A driver's engine as a trial sees it."""
+
+    def report(self, epoch: int, value: float, metrics: dict, best: BestSoFar) -> None:
+        """Tell the engine the trial's objective value after ``epoch`` (0-based); ``metrics``: the epoch's,
+        ``best``: where the value comes from."""
+
+    def should_stop(self, epoch: int, value: float) -> str | None:
+        """A reason to stop the trial now, or None."""
+
+
+class Stopped(Exception):
+    """Raised by ``TrialEpochs`` when the engine stops a trial; the message says by whom and why."""
+
+
+class TrialEpochs:
+    """A trial's ``on_epoch``: the best so far, the value reported, the question whether to stop.
+
+    ``between(epoch, metric, value)`` runs after the report and before the question (progress lines, a
+    requested interrupt); ``pace(epoch_seconds)`` at every epoch."""
+
+    def __init__(self, space: SearchSpace, engine: Engine, cost: float | None = None, role: str | None = None,
+                 between: Callable[[int, float, float], None] | None = None, pace: Callable[[float], None] | None = None):
+        self.space, self.engine, self.cost, self.role, self.between, self.pace = space, engine, cost, role, between, pace
+        self.best = BestSoFar(space.objective.metric)
+        self.epochs_time, self.first_epoch_at = 0.0, None
+
+    @property
+    def value(self) -> float:
+        """The objective value if the trial stopped now."""
+        return self.space.objective.value(self.best.value, self.cost)
+
+    def __call__(self, epoch: int, metrics: dict) -> bool:
+        if self.first_epoch_at is None and "epoch_time" in metrics:
+            self.first_epoch_at = time.perf_counter() - metrics["epoch_time"]
+        self.epochs_time += metrics.get("epoch_time", 0.0)
+        if self.pace is not None and "epoch_time" in metrics:
+            self.pace(metrics["epoch_time"])
+        metric = self.best.update(epoch, metrics)
+        value = self.value
+        self.engine.report(epoch, value, metrics, self.best)
+        if self.between is not None:
+            self.between(epoch, metric, value)
+        if not protected(self.role):
+            reason = self.engine.should_stop(epoch, value)
+            if reason:
+                raise Stopped(reason)
+        return False
+
+    def catch_up(self, epoch: int, metrics: dict) -> None:
+        """An epoch trained before a restart that the engine has seen already: tracked, not reported."""
+        self.best.update(epoch, metrics)
+
+
+class TrialData:
+    """A worker's data, loaded once at the space's largest cutoff; ``for_options`` gives one trial's (the
+    neighbour lists restricted to its cutoff, cached: the same cutoff is reused)."""
+
+    def __init__(self, data, keep: int = 2):
+        self.data, self.keep = data, keep
+        structures = data.train.structures + data.val.structures + data.test.structures
+        self.atomic_types = sorted({int(z) for s in structures for z in s.numbers})
+        self._at_cutoff: dict = {}
+        self.filter_seconds = 0.0  # the last restriction's cost (0 when cached)
+
+    def for_options(self, options: dict):
+        cutoff = options["architecture"]["model"]["cutoff"]
+        key = round(float(cutoff), 9)
+        self.filter_seconds = 0.0
+        if key not in self._at_cutoff:
+            started = time.perf_counter()
+            if len(self._at_cutoff) >= self.keep:  # memory: each holds neighbour lists
+                self._at_cutoff.pop(next(iter(self._at_cutoff)))
+            self._at_cutoff[key] = self.data.at_cutoff(cutoff)
+            self.filter_seconds = time.perf_counter() - started
+        return self._at_cutoff[key]
+
+
+def measure_cost(space: SearchSpace, options: dict, data, atomic_types: list[int]) -> float:
+    """Inference cost: parameters, or seconds per atom of an energy+forces evaluation (median of 3)."""
+    import torch
+
+    from nanopet.model import NanoPET
+    from nanopet.train import select_device
+
+    model = NanoPET(options["architecture"]["model"], atomic_types)
+    if space.objective.cost_measure == "parameters":
+        return float(sum(p.numel() for p in model.parameters()))
+    device = select_device(str(options["device"]))
+    dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
+    model.to(device=device, dtype=dtype)
+    dataset = data.val if len(data.val) else data.train
+    batch = dataset.batch(list(range(min(16, len(dataset)))), dtype=dtype).to(device)
+    atoms = int(batch.n_atoms.sum())
+    times = []
+    for repeat in range(4):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(batch, forces=True, with_composition=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if repeat:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / atoms
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress lines (both drivers)
+
+
+def span(seconds: float) -> str:
+    """45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
+    """What the budget costs at the pace of a first epoch, e.g. ``pace: 48 s an epoch, 80 min a trial of 100
+    epochs; 60 trials: about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
+    sizes and cutoffs change their pace, so this is an order of magnitude, said early."""
+    from nanopet.tune.study import plural
+
+    budget = space.budget
+    trial = epoch_seconds * budget.epochs
+    text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {plural(budget.epochs, 'epoch')}"
+    if budget.n_trials:
+        text += (f"; {plural(budget.n_trials, 'trial')}: about {span(trial * budget.n_trials / workers)} on "
+                 f"{plural(workers, 'worker')} (less with pruning and repeats)")
+    if budget.timeout:
+        text += f"; budget.timeout ends the search after {span(budget.timeout)}"
+    return text
+
+
+class PaceLine:
+    """Says ``pace_line`` once, at the first epoch trained (either driver)."""
+
+    def __init__(self, space: SearchSpace, workers: int, out: Callable[[str], None]):
+        self.space, self.workers, self.out, self.told = space, workers, out, False
+
+    def __call__(self, epoch_seconds: float) -> None:
+        if not self.told:
+            self.told = True
+            self.out(pace_line(self.space, epoch_seconds, self.workers))
+
+
+def progress_due(done: int, epochs: int) -> bool:
+    """Whether a progress line follows epoch ``done`` (1-based): the first, about every fifth, and the last."""
+    return (done - 1) % max(1, epochs // 5) == 0 or done == epochs
+
+
+def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float) -> str:
+    """A trial's progress line: this epoch's metric, and the metric at its best validation loss so far (what the
+    trial would deliver if it stopped now)."""
+    return f"trial {trial} epoch {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
+
+
+def describe_values(space: SearchSpace, values) -> str:
+    """A finished trial's values for its end line: ``val_forces_rmse 0.123`` or ``..., cost 4.5e-05``."""
+    objective = space.objective
+    if values is None:
+        return ""
+    if objective.cost == "front":
+        return f"{objective.metric} {values[0]:.4g}, cost {values[1]:.4g}"
+    name = objective.metric if objective.cost == "none" else f"{objective.metric} x cost^{objective.cost_weight:g}"
+    return f"{name} {values[0]:.4g}"
+
