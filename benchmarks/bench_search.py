@@ -71,7 +71,7 @@ def trained(trials):
 def study_trials(directory: Path, name: str):
     import optuna
 
-    from nanopet.tune.study import open_storage
+    from nanopet.tune.storage import open_storage
 
     storage = open_storage(str(directory / name / "journal.log"), create=False)
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)

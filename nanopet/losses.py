@@ -44,8 +44,10 @@ import numpy as np
 
 from nanopet.errors import InputError, did_you_mean
 from nanopet.options import LOSS_TERMS, loss_type, read_yaml, resolve_options
-from nanopet.retrain import (DATASET_KEYS, absolute_datasets, choose_trial, describe_metric, metric_names, open_study,
-                             read_history, shared_data, spread, target_of, train_run, unit_of, with_seed, write_rows)
+from nanopet.data.splits import DATASET_KEYS, absolute_datasets
+from nanopet.retrain import (describe_metric, metric_names, read_history, shared_data, spread, target_of, train_run, unit_of, with_seed,
+                             write_rows)
+from nanopet.tune.storage import choose_trial, open_study
 
 HUBER_FRACTION = 0.1  # delta = HUBER_FRACTION x RMS of the term's target on the training set
 LOSS_TYPES = ("mse", "mae", "huber")

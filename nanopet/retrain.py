@@ -5,7 +5,7 @@ The point of a search is a model people use. A search trains every trial on a sh
 trains them with the full epoch budget once per seed, trains the search's starting hypers (its
 defaults trial) the same way, and compares both on the held-out test set.
 
-A trial's full options come from the first of these that exists:
+A trial's full options come from the first of these that exists (``nanopet.tune.storage.trial_options``):
 
 1. the trial's ``options`` user attribute (a driver may store the resolved options with a trial);
 2. the study's search-space file (study attribute ``source``) if its fingerprint still matches the
@@ -49,229 +49,16 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from nanopet.data.splits import DATASET_KEYS
 from nanopet.errors import InputError
 from nanopet.options import resolve_options
+from nanopet.tune.storage import choose_trial, defaults_options, open_study, trial_labels
 
 RUN_SETTINGS = ("log_interval", "checkpoint_interval", "log_mae", "atoms_per_pass", "distributed", "distributed_port")
 TARGETS = ("energy", "forces", "stress", "virial")  # order of tables
-DATASET_KEYS = ("training_set", "validation_set", "test_set")
 # display units and factors for printed tables (files keep the trainer's units: eV, eV/A, GPa)
 SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "stress": ("GPa", 1.0), "virial": ("meV/atom", 1000.0)}
 FILE_UNITS = {"energy": "eV/atom", "forces": "eV/A", "stress": "GPa", "virial": "eV/atom"}
-
-
-# ---------------------------------------------------------------------------------------------
-# A study and its trials, from the storage
-
-
-@dataclass
-class FoundStudy:
-    name: str  # the search's name (staged studies are <name>.stage<k>-<parameters>)
-    url: str
-    studies: list  # optuna.Study per stage, in stage order
-    folder: Path  # studies/<name>
-    space: object | None = None  # the SearchSpace, when its file is there and still matches
-
-
-@dataclass
-class ChosenTrial:
-    label: str  # "<study>#<number>"
-    trial: object  # optuna FrozenTrial
-    study: object  # its optuna.Study
-    options: dict  # resolved, as the search trained them
-    how: str  # where the options came from
-
-
-def open_study(study: str, directory: str | Path = "studies", storage: str | None = None) -> FoundStudy:
-    """The studies of a search by name (``studies/<name>/``), journal file, URL or ``--storage``."""
-    import optuna
-
-    from nanopet.tune.study import find_storage, masked, open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = find_storage(study, directory, storage)
-    backend = open_storage(url, create=False)
-    groups: dict[str, list] = {}
-    for frozen in backend.get_all_studies():
-        name = frozen.user_attrs.get("search") or re.sub(r"\.stage\d+-.*$", "", frozen.study_name)
-        groups.setdefault(name, []).append(frozen)
-    path = Path(study)
-    # a search name, a stage study's name, a study folder, or a journal file inside one
-    candidates = [study, re.sub(r"\.stage\d+-.*$", "", study), path.name, path.parent.name]
-    wanted = next((name for name in candidates if name in groups), None)
-    if wanted is None and len(groups) == 1 and ("://" in study or path.exists() or storage):
-        wanted = next(iter(groups))
-    if wanted is None:
-        raise InputError(f"study {study!r}: not in storage {masked(url)} (it holds: {', '.join(sorted(groups)) or 'no study'})")
-    members = sorted(groups[wanted], key=lambda s: (s.user_attrs.get("stage", 1), s.study_name))
-    studies = [optuna.load_study(study_name=s.study_name, storage=backend) for s in members]
-    if path.is_file():
-        folder = path.parent
-    elif path.is_dir():
-        folder = path
-    else:
-        folder = Path(directory) / wanted
-    found = FoundStudy(wanted, url, studies, folder)
-    found.space = _matching_space(found, studies[0].user_attrs)
-    return found
-
-
-def recorded_path(found: FoundStudy, text: str | None) -> Path | None:
-    """A path the search recorded (relative to where it ran): as is, else against the folder holding
-    ``studies/`` (where a search with the default study directory ran)."""
-    if not text:
-        return None
-    path = Path(text)
-    if path.exists() or path.is_absolute():
-        return path
-    moved = found.folder.parent.parent / path
-    return moved if moved.exists() else path
-
-
-def _matching_space(found: FoundStudy, attrs: dict):
-    """The study's search-space file, parsed, if it is still there and still describes the study."""
-    from nanopet.tune.space import load_search_space
-
-    source = recorded_path(found, attrs.get("source"))
-    if source is None or not source.is_file():
-        return None
-    try:
-        space = load_search_space(source, check_data=False)
-    except InputError:
-        return None
-    return space if space.fingerprint() == attrs.get("fingerprint") else None
-
-
-def is_staged(found: FoundStudy) -> bool:
-    return found.studies[0].user_attrs.get("stages", len(found.studies)) > 1
-
-
-def trial_labels(found: FoundStudy) -> list[tuple[str, object, object]]:
-    """(label a user types, study, trial) for every trial: ``3``, or ``stage2-3`` in a staged search."""
-    out = []
-    for study in found.studies:
-        prefix = f"stage{study.user_attrs.get('stage', 1)}-" if is_staged(found) else ""
-        for trial in study.get_trials(deepcopy=False):
-            out.append((f"{prefix}{trial.number}", study, trial))
-    return out
-
-
-def _listing(labels: list[str]) -> str:
-    """Labels with runs of consecutive numbers shortened: 0-4, 7; stage2-0..2 in a staged study."""
-    groups: dict[str, list[int]] = {}
-    for label in labels:
-        prefix, _, number = label.rpartition("-") if label.startswith("stage") else ("", "", label)
-        groups.setdefault(prefix + ("-" if prefix else ""), []).append(int(number))
-    parts = []
-    for prefix, numbers in groups.items():
-        numbers.sort()
-        start = previous = numbers[0]
-        for n in numbers[1:] + [None]:
-            if n is not None and n == previous + 1:
-                previous = n
-                continue
-            parts.append(f"{prefix}{start}" + (f"{'..' if prefix else '-'}{previous}" if previous != start else ""))
-            if n is not None:
-                start = previous = n
-    return ", ".join(parts) or "none"
-
-
-def choose_trial(found: FoundStudy, spec: str | int | None = None) -> ChosenTrial:
-    """The best completed trial, or the one ``spec`` names; unknown or unfinished trials are one-line errors."""
-    from optuna.trial import TrialState
-
-    labelled = trial_labels(found)
-    complete = [(label, s, t) for label, s, t in labelled if t.state == TrialState.COMPLETE and t.values]
-    valid = _listing([label for label, _, _ in complete])
-    if spec is None:
-        if not complete:
-            raise InputError(f"study {found.name}: no completed trial yet; run (or resume) its search first")
-        # lowest first value; on a tie the trial that trained (not a stage's carried-in copy of it)
-        label, study, trial = min(complete, key=lambda c: (c[2].values[0], c[2].user_attrs.get("role") == "carried"))
-    else:
-        text = str(spec).strip()
-        if "#" in text:
-            name, _, number = text.rpartition("#")
-            matches = [(label, s, t) for label, s, t in labelled if s.study_name == name and str(t.number) == number]
-        else:
-            matches = [(label, s, t) for label, s, t in labelled if label == text]
-            if not matches and text.isdigit() and is_staged(found):
-                raise InputError(f"--trial {text}: study {found.name} is staged; name the stage, e.g. --trial stage1-{text} "
-                                 f"(completed trials: {valid})")
-        if not matches:
-            raise InputError(f"--trial {text}: study {found.name} has no such trial; completed trials: {valid}")
-        label, study, trial = matches[0]
-        if trial.state != TrialState.COMPLETE or not trial.values:
-            reason = trial.user_attrs.get("reason")
-            state = {"FAIL": "failed", "PRUNED": "pruned", "RUNNING": "still running", "WAITING": "waiting to start"}
-            raise InputError(f"--trial {text}: trial {study.study_name}#{trial.number} is {state.get(trial.state.name, trial.state.name.lower())}"
-                             + (f" ({reason})" if reason else "") + f", not complete; completed trials: {valid}")
-    options, how = trial_options(found, study, trial)
-    return ChosenTrial(f"{study.study_name}#{trial.number}", trial, study, options, how)
-
-
-def trial_options(found: FoundStudy, study, trial) -> tuple[dict, str]:
-    """A trial's full options, resolved, dataset paths absolute (see the module docstring for the order)."""
-    from nanopet.train import load_checkpoint
-    from nanopet.tune.study import decode
-
-    attrs = trial.user_attrs
-    source = recorded_path(found, study.user_attrs.get("source"))
-    base_dir = source.parent if source else Path(".")
-    if isinstance(attrs.get("options"), dict):
-        return absolute_datasets(resolve_options(attrs["options"]), base_dir), "the trial's stored options"
-    config = attrs.get("config")
-    if config is None:
-        config = {**(study.user_attrs.get("fixed") or {}), **{k: decode(v) for k, v in trial.params.items()}}
-    if found.space is not None:
-        space = found.space
-        return absolute_datasets(space.options_for(config), space.base_dir), f"search space {space.source}"
-    artifacts = recorded_path(found, attrs.get("artifacts"))
-    if artifacts is not None and (artifacts / "trial.json").is_file():
-        record = json.loads((artifacts / "trial.json").read_text())
-        if isinstance(record.get("options"), dict):
-            return absolute_datasets(resolve_options(record["options"]), base_dir), str(artifacts / "trial.json")
-    if artifacts is not None and (artifacts / "model.ckpt").is_file():
-        return absolute_datasets(resolve_options(load_checkpoint(artifacts / "model.ckpt")["options"]), base_dir), \
-            str(artifacts / "model.ckpt")
-    raise InputError(f"trial {study.study_name}#{trial.number}: cannot rebuild its options: the study's search-space file "
-                     f"({source or 'not recorded'}) is gone or changed, and {artifacts or 'its artifact folder'} has no "
-                     "trial.json or model.ckpt; restore the search-space file")
-
-
-def defaults_options(found: FoundStudy) -> tuple[dict, str] | None:
-    """The options of the search's starting point: its defaults trial (first stage), else the base options."""
-    first = found.studies[0]
-    for trial in first.get_trials(deepcopy=False):
-        if trial.user_attrs.get("role") == "defaults" and ("config" in trial.user_attrs or trial.params):
-            try:
-                options, how = trial_options(found, first, trial)
-                return options, f"trial {first.study_name}#{trial.number} (the search's defaults), {how}"
-            except InputError:
-                break
-    if found.space is not None:
-        return absolute_datasets(found.space.resolved, found.space.base_dir), f"base options of {found.space.source}"
-    return None
-
-
-def absolute_datasets(options: dict, base_dir: str | Path) -> dict:
-    """``options`` with relative dataset file paths made absolute (against ``base_dir``)."""
-    base_dir = Path(base_dir)
-
-    def fix(value, key=None):
-        if isinstance(value, str) and key in (None, "systems", "read_from"):
-            return value if Path(value).is_absolute() else str((base_dir / value).resolve())
-        if isinstance(value, dict):
-            return {k: (v if k == "builtin" else fix(v, k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fix(v) for v in value]
-        return value
-
-    options = copy.deepcopy(options)
-    for key in DATASET_KEYS:
-        if key in options and not isinstance(options[key], (int, float)):
-            options[key] = fix(options[key])
-    return options
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from nanopet.options import resolve_options
 from nanopet.retrain import evaluate_checkpoint, shared_data
 from nanopet.train import load_checkpoint
 from nanopet.tune import load_search_space, run
-from nanopet.tune.study import open_storage
+from nanopet.tune.storage import open_storage
 
 
 def options_file(folder, **extra):

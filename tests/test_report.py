@@ -26,7 +26,7 @@ from nanopet.report.collect import collect
 from nanopet.report.importance import DOCUMENTED_ORDER, agreement, measure
 from nanopet.tune import load_search_space, run
 from nanopet.tune.lease import identity
-from nanopet.tune.study import open_storage
+from nanopet.tune.storage import open_storage
 
 ARTIFACTS = Path(os.environ.get("NANOPET_TEST_ARTIFACTS", REPO / "build" / "test-artifacts")) / "report"
 CHOICES = [1.0e-3, 3.0e-3, 1.0e-2, 1.0e-6, 1.0e3]  # 1e-6 gets pruned, 1e3 fails (non-finite loss)

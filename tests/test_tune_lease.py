@@ -11,7 +11,8 @@ import optuna
 from optuna.trial import TrialState
 
 from nanopet.tune.lease import HOST, alive, fail_and_retry, identity, recover, stale_reason
-from nanopet.tune.study import counted, open_storage
+from nanopet.tune.storage import open_storage
+from nanopet.tune.study import counted
 
 
 def study_with_running_trial(tmp_path, owner, heartbeat=None):

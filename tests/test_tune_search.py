@@ -222,7 +222,8 @@ def test_the_defaults_trial_is_never_pruned(tmp_path):
     # all its epochs, while the pruner prunes the next trial that is as bad
     import optuna
 
-    from nanopet.tune.study import distribution, open_stage, open_storage, plan, storage_url
+    from nanopet.tune.storage import open_storage, storage_url
+    from nanopet.tune.study import distribution, open_stage, plan
 
     raw = tiny_space(tmp_path, study={"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
                      parameters={"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},

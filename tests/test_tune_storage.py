@@ -20,7 +20,8 @@ import pytest
 from optuna.trial import TrialState
 from tune_support import cli, cli_env, tiny_space, write_space
 
-from nanopet.tune.study import counted, open_storage
+from nanopet.tune.storage import open_storage
+from nanopet.tune.study import counted
 
 
 def free_port() -> int:

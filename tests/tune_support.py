@@ -50,7 +50,7 @@ def write_space(path: Path, raw: dict) -> Path:
 def trials(directory: Path, study_name: str, name: str = "tiny"):
     import optuna
 
-    from nanopet.tune.study import open_storage
+    from nanopet.tune.storage import open_storage
 
     storage = open_storage(str(directory / name / "journal.log"), create=False)
     return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)

@@ -20,11 +20,12 @@ from optuna.trial import TrialState
 
 from nanopet.errors import InputError, did_you_mean
 from nanopet.tune.lease import stale_reason
-from nanopet.tune.study import decode, find_storage, masked, open_storage
+from nanopet.tune.space import GRACE_PERIOD
+from nanopet.tune.storage import find_storage, is_stage_study, masked, open_storage, search_name, search_studies
+from nanopet.tune.study import decode
 from nanopet.tune.trial import CARRIED, DEFAULTS, record_of
 
 STATES = ("complete", "pruned", "fail", "running", "waiting")
-GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale
 TRIAL_COLUMNS = ("study", "stage", "number", "trial", "state", "role", "value")  # then cost, parameters, ...
 TAIL_COLUMNS = ("epochs", "best_epoch", "wall_s", "setup_s", "epochs_s", "reason", "duplicate_of", "retry_of",
                 "started", "completed", "artifacts")
@@ -101,8 +102,8 @@ def locate(study: str, directory: str | Path = "studies", storage: str | None = 
     try:
         url = find_storage(study, directory, storage)
     except InputError as error:
-        base = study.split(".stage")[0]
-        if ".stage" not in study or base == study:
+        base = search_name(study)
+        if base == study:
             known = [p.name for p in Path(directory).glob("*/")]
             raise InputError(f"{error}{did_you_mean(study, known)}") from None
         url = find_storage(base, directory, storage)
@@ -112,23 +113,16 @@ def locate(study: str, directory: str | Path = "studies", storage: str | None = 
 
 def _select(summaries: list, search: str, url: str) -> tuple[str, list]:
     """The search name and its Optuna studies (stage order) among a storage's studies."""
-    def search_of(s) -> str:
-        return s.user_attrs.get("search") or s.study_name.split(".stage")[0]
-
     if not search:  # a journal file or URL: the storage must hold one search
-        names = sorted({search_of(s) for s in summaries})
+        names = sorted({search_name(s.study_name, s.user_attrs) for s in summaries})
         if len(names) != 1:
             raise InputError(f"storage {masked(url)} holds {'no studies' if not names else 'several searches: ' + ', '.join(names)}; "
                              "name one: nanopet-tune report NAME --storage URL")
         search = names[0]
     exact = [s for s in summaries if s.study_name == search]
-    if exact and ".stage" in search:  # one stage of a staged search, asked for by its own name
-        chosen = exact
-    else:
-        chosen = [s for s in summaries if s.study_name == search or
-                  (s.study_name.startswith(search + ".stage") and search_of(s) == search)]
-    chosen.sort(key=lambda s: (int(s.user_attrs.get("stage", 1)), s.study_name))
-    return search, chosen
+    if exact and is_stage_study(search):  # one stage of a staged search, asked for by its own name
+        return search, exact
+    return search, search_studies(summaries, search)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +152,7 @@ def collect(study: str, directory: str | Path = "studies", storage: str | None =
     metric = first_attrs.get("metric") or objective.get("metric") or "value"
     n_objectives = len(chosen[0].directions)
     planned = max(int(s.user_attrs.get("stages", 1)) for s in chosen)
-    if len(chosen) == 1 and ".stage" in chosen[0].study_name and chosen[0].study_name == search:
+    if len(chosen) == 1 and is_stage_study(chosen[0].study_name) and chosen[0].study_name == search:
         planned = 1  # one stage asked for by name: report it alone
     for summary in chosen:
         frozen[summary.study_name] = backend.get_all_trials(backend.get_study_id_from_name(summary.study_name), deepcopy=False)

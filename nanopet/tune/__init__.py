@@ -8,7 +8,7 @@ Public API (everything else is internal):
 - ``list_studies(directory)``: studies with trial counts by state and best value
 - ``serve_dashboard(study, host, port)``: optuna-dashboard on a study's storage
 
-Modules: ``space`` (the file), ``study`` (storage, sampler, pruner, stages), ``trial`` (one trial, either
+Modules: ``space`` (the file), ``storage`` (storages, studies, a chosen trial), ``study`` (sampler, pruner, stages), ``trial`` (one trial, either
 driver: its record, epochs, repeats, cost), ``stages`` (the loop over stages, the closing lines), ``objective``
 (an Optuna trial), ``lease`` (stale trials), ``workers`` (the trial loop, processes), ``results``, ``dashboard``.
 """
@@ -33,7 +33,8 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     instead (``workers``: trials at once). Returns a ``SearchResult`` (also printed through ``out``).
     """
     from nanopet.tune.stages import finish
-    from nanopet.tune.study import check_resumable, plan_line, record_storage
+    from nanopet.tune.storage import record_storage
+    from nanopet.tune.study import check_resumable, plan_line
     from nanopet.tune.workers import launch
 
     space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)
@@ -54,7 +55,7 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
 
 
 def list_studies(directory: str | Path = "studies", storage: str | None = None) -> list[dict]:
-    from nanopet.tune.dashboard import list_studies as _list
+    from nanopet.tune.storage import list_studies as _list
 
     return _list(directory, storage)
 

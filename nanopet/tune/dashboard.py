@@ -5,31 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanopet.errors import InputError
-from nanopet.tune.study import JOURNAL_FILE, STORAGE_FILE, find_storage, masked, open_storage, study_rows
+from nanopet.tune.storage import find_storage, list_studies, masked, open_storage
 
-
-def list_studies(directory: str | Path = "studies", storage: str | None = None) -> list[dict]:
-    """Every study in ``directory/*/`` (journal files and recorded storages), or in ``storage``."""
-    urls = [storage] if storage else []
-    if not storage:
-        for folder in sorted(Path(directory).glob("*/")):
-            url = None
-            if (folder / STORAGE_FILE).is_file():
-                url = (folder / STORAGE_FILE).read_text().strip()
-            elif (folder / JOURNAL_FILE).is_file():
-                url = str(folder / JOURNAL_FILE)
-            if url and url not in urls:
-                urls.append(url)
-    rows = []
-    for url in urls:
-        if "***" in url:
-            rows.append({"study": f"(studies in {url}: pass --storage with the password)", "storage": url})
-            continue
-        try:
-            rows += study_rows(url)
-        except InputError as error:
-            rows.append({"study": f"(unreadable: {error})", "storage": masked(url)})
-    return rows
+__all__ = ["list_studies", "format_rows", "serve"]  # list_studies: the storage's, for `nanopet-tune studies`
 
 
 def format_rows(rows: list[dict]) -> list[str]:

@@ -46,8 +46,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, masked,
-                                open_stage, open_storage, record_storage, remaining, short, stage_sampler, storage_url)
+from nanopet.tune.storage import masked, open_storage, record_storage, storage_url
+from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, open_stage, remaining, short,
+                                stage_sampler)
 from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, PaceLine, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
                                 epoch_line, finished_twin, finite, measure_cost, progress_due, protected, repeat_of, timing, trial_folder,
                                 user_attrs)

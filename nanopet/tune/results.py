@@ -11,7 +11,8 @@ import yaml
 from optuna.trial import TrialState
 
 from nanopet.tune.space import SearchSpace, _set
-from nanopet.tune.study import best_trial, decode, masked, open_storage, plan, short, storage_url
+from nanopet.tune.storage import masked, open_storage, storage_url
+from nanopet.tune.study import best_trial, decode, plan, short
 
 
 @dataclass

@@ -71,6 +71,7 @@ def default_pruner(epochs: int) -> dict:
     """The pruner of a study that names none: median, deciding first at a fifth of the epochs (epoch 3 at least)."""
     return {**DEFAULT_PRUNER, "n_warmup_steps": max(2, round(DEFAULT_WARM_UP_SHARE * epochs))}
 MIN_TRIALS_PER_STAGE = 2
+GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ class StudySettings:
     keep_checkpoints: int | None  # None: every completed trial keeps model.ckpt; k: only the best k
     max_retries: int = 2  # re-runs of a trial whose worker died
     heartbeat_interval: float = 30.0  # seconds between a running trial's lease renewals
-    grace_period: float = 300.0  # a lease older than this marks the trial stale (other machines)
+    grace_period: float = GRACE_PERIOD  # a lease older than this marks the trial stale (other machines)
 
     @property
     def path(self) -> Path:
@@ -493,7 +494,7 @@ def _study(raw: dict, default_name: str, objective: Objective, budget: Budget) -
         keep_checkpoints=keep,
         max_retries=_number(raw.get("max_retries", 2), "study.max_retries", integer=True),
         heartbeat_interval=float(_number(raw.get("heartbeat_interval", 30), "study.heartbeat_interval", positive=True)),
-        grace_period=float(_number(raw.get("grace_period", 300), "study.grace_period", positive=True)),
+        grace_period=float(_number(raw.get("grace_period", GRACE_PERIOD), "study.grace_period", positive=True)),
     )
 
 

@@ -1,7 +1,6 @@
-"""Optuna studies of a search space: storage, sampler, pruner, the stage plan, and opening a stage.
+"""Optuna studies of a search space: sampler, pruner, the stage plan, and opening a stage.
 
-- Storage: a journal file ``studies/<name>/journal.log`` by default (safe for many local processes),
-  ``sqlite:///...`` (with a long lock timeout), or ``postgresql://...`` for several machines.
+- Storage: see ``storage`` (journal file, SQLite or PostgreSQL; stage studies' names).
 - Strategy ``joint`` is one study named ``<name>``; ``staged`` is one study per stage, named
   ``<name>.stage<k>-<parameters>``, each carrying user attributes ``stage``, ``parameters`` and
   ``fixed`` (the values earlier stages chose), so every stage is visible in the storage.
@@ -16,10 +15,8 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -27,92 +24,10 @@ from optuna.trial import TrialState
 
 from nanopet.errors import InputError
 from nanopet.tune.space import Parameter, SearchSpace
+from nanopet.tune.storage import masked, open_storage, stage_study_name, storage_url
 from nanopet.tune.trial import CARRIED, DEFAULTS, result_attrs
 
-JOURNAL_FILE = "journal.log"
-STORAGE_FILE = "storage.url"  # the storage a study used, for `dashboard` and `studies` (password masked)
-JOURNAL_LOCK_GRACE = 10  # s after which a journal lock left by a killed process is broken
 SCALARS = (type(None), bool, int, float, str)
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage
-
-
-def storage_url(space: SearchSpace) -> str:
-    return space.study.storage or str(space.study.path / JOURNAL_FILE)
-
-
-def is_rdb(url: str) -> bool:
-    return bool(re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", url))
-
-
-def masked(url: str) -> str:
-    """The URL with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def postgres_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; use psycopg2 when only it is installed."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
-
-
-def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
-    """An Optuna storage from a URL or a journal-file path; connection problems are one-line errors."""
-    if is_rdb(url):
-        url = postgres_driver(url.replace("postgres://", "postgresql://", 1))
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except Exception as error:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"storage {masked(url)}: cannot open ({type(error).__name__}: {first})") from None
-    if "://" in url:
-        raise InputError(f"storage {masked(url)}: unsupported; use a journal file path, sqlite:///file.db or postgresql://...")
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
-
-    path = Path(url)
-    if not path.exists():
-        if not create:
-            raise InputError(f"{path}: no such study storage")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    lock = JournalFileSymlinkLock(str(path), grace_period=JOURNAL_LOCK_GRACE)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
-
-
-def record_storage(space: SearchSpace) -> None:
-    """Remember which storage this study uses (``studies/<name>/storage.url``), password masked."""
-    space.study.path.mkdir(parents=True, exist_ok=True)
-    if space.study.storage:
-        (space.study.path / STORAGE_FILE).write_text(masked(space.study.storage) + "\n")
-
-
-def find_storage(study: str, directory: str | Path = "studies", storage: str | None = None) -> str:
-    """The storage URL of a study given by name (``studies/<name>/``), by a path, or explicitly."""
-    if storage:
-        return storage
-    if "://" in study:
-        return study
-    path = Path(study)
-    if path.is_file():
-        return f"sqlite:///{path}" if path.suffix in (".db", ".sqlite", ".sqlite3") else str(path)
-    folder = path if path.is_dir() else Path(directory) / study
-    if (folder / STORAGE_FILE).is_file():
-        url = (folder / STORAGE_FILE).read_text().strip()
-        if "***" in url:
-            raise InputError(f"study {study}: its storage {url} needs a password; pass --storage with the full URL")
-        return url
-    if (folder / JOURNAL_FILE).is_file():
-        return str(folder / JOURNAL_FILE)
-    known = sorted(p.name for p in Path(directory).glob("*/") if (p / JOURNAL_FILE).is_file() or (p / STORAGE_FILE).is_file())
-    raise InputError(f"study {study!r}: not found under {directory}/ (known: {', '.join(known) or 'none'}); "
-                     "give a study name, a journal file, or --storage URL")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +170,7 @@ def plan(space: SearchSpace) -> list[Stage]:
     carried = [k > 0 and all(space.parameters[name].contains(space.base_value(name)) for name in group)
                for k, group in enumerate(stages)]
     budgets = space.strategy.stage_trials(n_trials, [None if g is None else g - c for g, c in zip(grids, carried)])
-    return [Stage(k + 1, len(stages), group, budgets[k], f"{space.study.name}.stage{k + 1}-{'+'.join(group)}", grids[k],
+    return [Stage(k + 1, len(stages), group, budgets[k], stage_study_name(space.study.name, k + 1, group), grids[k],
                   carried[k]) for k, group in enumerate(stages)]
 
 
@@ -392,27 +307,6 @@ def counted(trials) -> list:
     return [t for t in trials
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
             and t.user_attrs.get("role") != "carried" and t.number not in retried]
-
-
-# ---------------------------------------------------------------------------------------------
-# Listing studies
-
-
-def study_rows(url: str) -> list[dict]:
-    """One row per study in a storage: trials by state, best value, stage."""
-    storage = open_storage(url, create=False)
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        trials = storage.get_all_trials(storage.get_study_id_from_name(summary.study_name), deepcopy=False)
-        by_state = {state: sum(t.state == state for t in trials) for state in TrialState}
-        completed = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-        best = min((t.values for t in completed), default=None)
-        attrs = summary.user_attrs
-        rows.append({"study": summary.study_name, "storage": masked(url), "metric": attrs.get("metric", "?"),
-                     "complete": by_state[TrialState.COMPLETE], "pruned": by_state[TrialState.PRUNED],
-                     "fail": by_state[TrialState.FAIL], "running": by_state[TrialState.RUNNING],
-                     "waiting": by_state[TrialState.WAITING], "best": best})
-    return rows
 
 
 def check_resumable(space: SearchSpace) -> None:

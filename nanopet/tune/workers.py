@@ -93,7 +93,8 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     from nanopet.tune.lease import recover
     from nanopet.tune.objective import TrialInterrupted, TrialRunner
     from nanopet.tune.stages import run_stages
-    from nanopet.tune.study import open_stage, open_storage, remaining, storage_url
+    from nanopet.tune.storage import open_storage, storage_url
+    from nanopet.tune.study import open_stage, remaining
     from nanopet.tune.trial import PaceLine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -371,7 +372,8 @@ def _recover_all(space, out) -> None:
     import optuna
 
     from nanopet.tune.lease import recover
-    from nanopet.tune.study import open_storage, plan, storage_url
+    from nanopet.tune.storage import open_storage, storage_url
+    from nanopet.tune.study import plan
 
     storage = open_storage(storage_url(space))
     for stage in plan(space):
