@@ -85,18 +85,15 @@ class LossComparison:
 
 def target_scales(data, options: dict) -> dict:
     """RMS of each loss term's target on the training set, as the loss sees it (see the module docstring)."""
-    from nanopet.train import fit_composition_weights, fixed_composition
+    from nanopet.composition import composition_offsets, composition_weights
 
     training = options["architecture"]["training"]
     structures = data.train.structures
     types = sorted({int(z) for d in (data.train, data.val, data.test) for s in d.structures for z in s.numbers})
-    composition = fixed_composition(training["fixed_composition_weights"], types)
-    if composition is None:
-        composition = fit_composition_weights(structures, types)
-    index = {z: k for k, z in enumerate(types)}
+    composition = composition_weights(training, structures, types)
     per_structure = "energy" in training["per_structure_targets"]
     norm = np.array([1.0 if per_structure else len(s) for s in structures])
-    residual = np.array([s.energy - composition[[index[int(z)] for z in s.numbers]].sum() for s in structures]) / norm
+    residual = (np.array([s.energy for s in structures]) - composition_offsets(composition, types, structures)) / norm
     scales = {"energy": float(np.sqrt(np.mean(residual**2)))}
     if data.train.has_forces:
         forces = np.concatenate([s.forces.ravel() for s in structures])

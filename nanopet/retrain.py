@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from nanopet.data.splits import DATASET_KEYS
+from nanopet.data.splits import DATASET_KEYS, cutoff_of
 from nanopet.errors import InputError
 from nanopet.options import resolve_options
 from nanopet.tune.storage import choose_trial, defaults_options, open_study, trial_labels
@@ -156,8 +156,8 @@ def read_history(path: Path) -> list[dict]:
 
 def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str = "cpu") -> dict:
     """Metrics of a saved model's best-validation weights on ``split``, recomputed as the trainer does."""
-    from nanopet.train import (Loss, evaluate, fit_composition_weights, fixed_composition, load_checkpoint,
-                               model_from_checkpoint, select_device)
+    from nanopet.composition import composition_offsets, composition_weights
+    from nanopet.train import Loss, evaluate, load_checkpoint, model_from_checkpoint, select_device
 
     options = resolve_options(load_checkpoint(path)["options"])
     training = options["architecture"]["training"]
@@ -166,12 +166,9 @@ def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str
     model.to(device)
     data = data.at_cutoff(model.cutoff)
     types = list(model.atomic_types)
-    composition = fixed_composition(training["fixed_composition_weights"], types)
-    if composition is None:  # the trainer's fit, on the same training set: the same offsets
-        composition = fit_composition_weights(data.train.structures, types)
-    index = {z: k for k, z in enumerate(types)}
+    composition = composition_weights(training, data.train.structures, types)  # the trainer's: the same offsets
     dataset = getattr(data, split)
-    offsets = np.array([composition[[index[int(z)] for z in s.numbers]].sum() for s in dataset.structures])
+    offsets = composition_offsets(composition, types, dataset.structures)
     terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
     dtype = next(model.parameters()).dtype
     per_structure = "energy" in training["per_structure_targets"]
@@ -187,7 +184,7 @@ def shared_data(options_list: list[dict], cutoff: float = 0.0):
     for options in options_list[1:]:
         if any(options.get(k) != first.get(k) for k in DATASET_KEYS + ("seed",)):
             raise InputError("the runs to compare use different datasets or splits; they must share one test set")
-    cutoff = max([cutoff] + [o["architecture"]["model"]["cutoff"] for o in options_list])
+    cutoff = max([cutoff] + [cutoff_of(o) for o in options_list])
     data = load_data(first, ".", cutoff=cutoff)
     if len(data.test) == 0:
         raise InputError(f"test_set: {first.get('test_set')!r} leaves no test structures; the comparison needs held-out "

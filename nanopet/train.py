@@ -31,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nanopet.composition import composition_offsets, composition_weights, fit_composition_weights, fixed_composition  # noqa: F401
 from nanopet.data.batch import Batch, GraphDataset
+from nanopet.data.splits import Data, cutoff_of, read_data
 from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.model import NanoPET, composition_features
+from nanopet.model import NanoPET
 from nanopet.options import loss_type, resolve_options
 
 CHECKPOINT_FORMAT = "nanopet-tune/1"
@@ -45,52 +47,7 @@ CPU_ATOMS_PER_PASS = 256
 
 
 # ---------------------------------------------------------------------------------------------
-# Baselines fitted on the training set (spec 2.11)
-
-
-def fit_composition_weights(structures, atomic_types) -> np.ndarray:
-    """Least-squares energy per species (float64), with the spec's escalating ridge for stability."""
-    counts = composition_features([s.numbers for s in structures], atomic_types)
-    energies = np.array([s.energy for s in structures], dtype=np.float64)
-    gram, rhs = counts.T @ counts, counts.T @ energies
-    ridge = 1e-20
-    while ridge <= 1e5:
-        try:
-            weights = np.linalg.solve(gram + ridge * np.eye(len(atomic_types)), rhs)
-            if np.all(np.isfinite(weights)):
-                return weights
-        except np.linalg.LinAlgError:
-            pass
-        ridge *= 10
-    raise InputError("composition baseline: the least-squares fit failed; check the training energies")
-
-
-def fixed_composition(fixed: dict, atomic_types) -> np.ndarray | None:
-    """``fixed_composition_weights: {energy: {29: -3.5, Au: -3.2}}`` -> weights, or None if not given."""
-    from ase.data import atomic_numbers
-
-    if not fixed:
-        return None
-    if not isinstance(fixed, dict) or not isinstance(fixed.get("energy") or {}, dict):
-        raise InputError("architecture.training.fixed_composition_weights: expected {energy: {atomic number or symbol: eV}}")
-    unknown = set(fixed) - {"energy"}
-    if unknown:
-        raise InputError(f"architecture.training.fixed_composition_weights: unknown target(s) {sorted(unknown)}; use energy")
-    given = {}
-    for key, value in (fixed["energy"] or {}).items():
-        z = atomic_numbers.get(key) if isinstance(key, str) and not key.isdigit() else int(key)
-        if z is None or z not in atomic_types:
-            raise InputError(
-                f"architecture.training.fixed_composition_weights.energy.{key}: element not in the dataset "
-                f"(atomic numbers present: {list(atomic_types)})"
-            )
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InputError(f"architecture.training.fixed_composition_weights.energy.{key}: must be a number (eV), got {value!r}")
-        given[z] = float(value)
-    missing = [z for z in atomic_types if z not in given]
-    if missing:
-        raise InputError(f"architecture.training.fixed_composition_weights.energy: missing atomic number(s) {missing}; list every species")
-    return np.array([given[z] for z in atomic_types])
+# Baselines fitted on the training set (spec 2.11): the composition baseline is in nanopet.composition
 
 
 def energy_scale(structures, offsets: np.ndarray) -> float:
@@ -382,31 +339,10 @@ class TrainResult:
     test_metrics: dict = field(default_factory=dict)
 
 
-@dataclass
-class Data:
-    """The splits as neighbour-listed datasets; a search worker builds it once and passes it to every trial."""
-
-    train: GraphDataset
-    val: GraphDataset
-    test: GraphDataset
-
-    def at_cutoff(self, cutoff: float) -> "Data":
-        def restricted(dataset):
-            if cutoff > dataset.cutoff + 1e-9:
-                return GraphDataset(dataset.structures, cutoff)
-            return dataset if math.isclose(dataset.cutoff, cutoff) else dataset.restrict(cutoff)
-
-        return Data(restricted(self.train), restricted(self.val), restricted(self.test))
-
-
 def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None) -> Data:
     """Read the splits named in ``options`` and compute neighbour lists once, at ``cutoff``."""
-    from nanopet.data.read import load_splits
-
     options = resolve_options(options)
-    cutoff = cutoff or options["architecture"]["model"]["cutoff"]
-    train_set, val_set, test_set = load_splits(options, base_dir=base_dir, seed=options["seed"])
-    return Data(GraphDataset(train_set, cutoff), GraphDataset(val_set, cutoff), GraphDataset(test_set, cutoff))
+    return read_data(options, base_dir, cutoff or cutoff_of(options))
 
 
 def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
@@ -488,15 +424,8 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
 
     torch.manual_seed(options["seed"])
     model = NanoPET(hypers, atomic_types)
-    composition = fixed_composition(training["fixed_composition_weights"], atomic_types)
-    if composition is None:
-        composition = fit_composition_weights(data.train.structures, atomic_types)
-    index = {z: k for k, z in enumerate(atomic_types)}
-
-    def offsets_of(dataset):
-        return np.array([composition[[index[int(z)] for z in s.numbers]].sum() for s in dataset.structures])
-
-    offsets = {name: offsets_of(getattr(data, name)) for name in ("train", "val", "test")}
+    composition = composition_weights(training, data.train.structures, atomic_types)
+    offsets = {name: composition_offsets(composition, atomic_types, getattr(data, name).structures) for name in ("train", "val", "test")}
     model.energy_scale.fill_(energy_scale(data.train.structures, offsets["train"]))
     model.to(device=device, dtype=dtype)
     model.composition_weights.copy_(torch.from_numpy(composition))  # after .to(): no float32 round trip in float64 runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 import torch
 from optuna.trial import TrialState
 from tune_support import tiny_space, trials
@@ -267,3 +268,36 @@ def test_pace_line_scales_the_first_epoch_to_a_trial_and_the_budget(tmp_path):
     single = load_search_space(tiny_space(tmp_path, budget={"n_trials": 1, "epochs": 1}))
     assert pace_line(single, 3.0, 1) == ("pace: 3 s an epoch, 3 s a trial of 1 epoch; 1 trial: about 3 s on 1 worker "
                                          "(less with pruning and repeats)")
+
+
+def test_a_cutoff_given_by_its_full_path_is_neighbour_listed_once_at_its_largest_value(tmp_path, monkeypatch):
+    calls = []
+    original = batch_module.neighbor_list
+    monkeypatch.setattr(batch_module, "neighbor_list", lambda s, cutoff: calls.append(cutoff) or original(s, cutoff))
+    raw = tiny_space(tmp_path, budget={"n_trials": 4, "epochs": 1},
+                     parameters={"architecture.model.cutoff": {"type": "float", "low": 3.0, "high": 4.0, "step": 0.5}})
+    assert load_search_space(raw).max_cutoff == 4.0
+    search(raw)
+    cutoffs = {t.params["architecture.model.cutoff"] for t in trials(tmp_path, "tiny")}
+    assert len(cutoffs) > 1  # trials used several cutoffs ...
+    assert len(calls) == 24 and set(calls) == {4.0}  # ... and the 24 structures were neighbour-listed once, at 4.0
+
+
+def test_best_yaml_of_a_relative_dataset_mapping_trains_where_it_lies(tmp_path):
+    from nanopet.data import write_emt_alloy
+    from nanopet.train import train
+
+    search_dir = tmp_path / "search"
+    search_dir.mkdir()
+    write_emt_alloy(search_dir / "rel.xyz", n=24, seed=0)
+    raw = tiny_space(tmp_path / "studies", budget={"n_trials": 1, "epochs": 1},
+                     parameters={"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}})
+    raw["training_set"] = {"systems": {"read_from": "rel.xyz"}}
+    path = search_dir / "space.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result, _ = search(path)
+    best = read_yaml(result.best_options)
+    assert best["training_set"]["systems"]["read_from"] == str((search_dir / "rel.xyz").resolve())
+    # what `nanopet-tune train studies/<name>/best.yaml` does: dataset paths against the file's folder
+    trained = train(best, output_dir=tmp_path / "run", base_dir=result.best_options.parent)
+    assert len(trained.history) == 1

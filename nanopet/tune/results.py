@@ -11,6 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nanopet.tune.space import SearchSpace, _set
+from nanopet.data.splits import absolute_datasets
 from nanopet.tune.storage import masked, open_storage, storage_url
 from nanopet.tune.study import best_trial, decode, plan, short
 
@@ -81,10 +82,7 @@ def write_best_options(space: SearchSpace, result: SearchResult) -> Path:
     header = (f"# best configuration of study {space.study.name}: {space.objective.metric} "
               f"{result.best_value:.6g} (trial {result.best_trial}, {space.budget.epochs} epochs)\n"
               "# train it longer with: nanopet-tune train " + str(path) + "  (raise architecture.training.num_epochs)\n")
-    if space.source is not None:
-        for key in ("training_set", "validation_set", "test_set"):  # dataset paths relative to the search file
-            if isinstance(options.get(key), str) and not Path(options[key]).is_absolute():
-                options[key] = str((space.base_dir / options[key]).resolve())
+    options = absolute_datasets(options, space.base_dir)  # relative to the search file, wherever best.yaml is read
     path.write_text(header + yaml.safe_dump(options, sort_keys=False))
     return path
 

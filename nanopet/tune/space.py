@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanopet.data.splits import cutoff_of, largest_cutoff
 from nanopet.errors import InputError, did_you_mean
 from nanopet.model import default_hypers
 from nanopet.options import FREE_FORM, LOSS_TERMS, TOP_LEVEL_KEYS, read_yaml, resolve_options
@@ -259,11 +260,7 @@ class SearchSpace:
     @property
     def max_cutoff(self) -> float:
         """The largest cutoff any trial can use: data are neighbour-listed once at it."""
-        cutoffs = [self.resolved["architecture"]["model"]["cutoff"]]
-        parameter = self.parameters.get("cutoff")
-        if parameter is not None:
-            cutoffs += list(parameter.choices) if parameter.type == "categorical" else [parameter.high]
-        return float(max(cutoffs))
+        return largest_cutoff(cutoff_of(self.resolved), self.parameters.values())
 
     def defaults(self) -> dict:
         """Each parameter's base value (from ``architecture`` or default-hypers.yaml), moved into its range;

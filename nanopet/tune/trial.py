@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Protocol
 
+from nanopet.data.splits import cutoff_of
 from nanopet.errors import NonFiniteLossError
 from nanopet.tune.space import SearchSpace
 
@@ -240,8 +241,8 @@ class TrialData:
         self.filter_seconds = 0.0  # the last restriction's cost (0 when cached)
 
     def for_options(self, options: dict):
-        cutoff = options["architecture"]["model"]["cutoff"]
-        key = round(float(cutoff), 9)
+        cutoff = cutoff_of(options)
+        key = round(cutoff, 9)
         self.filter_seconds = 0.0
         if key not in self._at_cutoff:
             started = time.perf_counter()
