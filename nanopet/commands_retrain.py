@@ -109,7 +109,7 @@ def run_retrain(args) -> int:
 
 
 def run_compare_losses(args) -> int:
-    from nanopet.losses import compare_losses, losses_space, parse_weights, write_losses_space
+    from nanopet.compare_losses import compare_losses, losses_space, parse_weights, write_losses_space
 
     if args.write_space:
         raw = losses_space(args.source, args.template, trial=args.trial, directory=args.directory, storage=args.storage)
