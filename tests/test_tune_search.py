@@ -301,3 +301,20 @@ def test_best_yaml_of_a_relative_dataset_mapping_trains_where_it_lies(tmp_path):
     # what `nanopet-tune train studies/<name>/best.yaml` does: dataset paths against the file's folder
     trained = train(best, output_dir=tmp_path / "run", base_dir=result.best_options.parent)
     assert len(trained.history) == 1
+
+
+def test_a_stop_rule_of_the_trial_layer_prunes_every_trial_but_the_defaults(tmp_path, monkeypatch):
+    import nanopet.tune.trial as trial_module
+
+    def rule(epoch, value, best):
+        return f"stopped by the test rule after epoch {epoch + 1} (value {value:.4g})" if epoch == 0 else None
+
+    monkeypatch.setattr(trial_module, "stop_rules", lambda space: [rule])
+    search(tiny_space(tmp_path, budget={"n_trials": 3, "epochs": 2}))
+    done = trials(tmp_path, "tiny")
+    assert done[0].user_attrs["role"] == "defaults" and done[0].state == TrialState.COMPLETE  # protected
+    for t in done[1:]:
+        assert t.state == TrialState.PRUNED or t.user_attrs.get("duplicate_of") is not None
+        if t.user_attrs.get("duplicate_of") is None:
+            assert t.user_attrs["reason"].startswith("stopped by the test rule after epoch 1")
+            assert len(t.intermediate_values) == 1

@@ -49,7 +49,7 @@ from nanopet.tune.space import SearchSpace
 from nanopet.tune.storage import masked, open_storage, record_storage, storage_url
 from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, open_stage, remaining, short,
                                 stage_sampler)
-from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, PaceLine, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
+from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, STOPPED_FILE, PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
                                 epoch_line, finished_twin, finite, measure_cost, progress_due, protected, repeat_of, timing, trial_folder,
                                 user_attrs)
 
@@ -581,6 +581,9 @@ def trainable_fn(config: dict, payload: dict) -> None:
     try:
         result = train(options, on_epoch=on_epoch, output_dir=folder, data=data, resume=resume,
                        log=lambda message: (log_file.write(message + "\n"), log_file.flush()))
+    except Stopped as stopped:  # a rule of the trial layer (the scheduler's stops end the trainable inside tune.report)
+        (folder / STOPPED_FILE).write_text(f"{stopped}\n")
+        return
     finally:
         log_file.close()
     if result.stopped == "learning_rate":  # the trainer stopped early: the trial is complete nonetheless
@@ -659,8 +662,10 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
         value = [float(last[OBJECTIVE]), float(last[COST])] if space.objective.n_values > 1 else [float(last[OBJECTIVE])]
     elif rows:
         state, value = TrialState.PRUNED, None
-        record.reason = f"stopped by ASHA after epoch {len(by_epoch)}/{space.budget.epochs} ({space.objective.metric} " \
-                        f"{float(last[OBJECTIVE]):.4g}: not in the top fraction at this rung)"
+        stopped = folder / STOPPED_FILE
+        record.reason = stopped.read_text().strip() if stopped.is_file() else \
+            f"stopped by ASHA after epoch {len(by_epoch)}/{space.budget.epochs} ({space.objective.metric} " \
+            f"{float(last[OBJECTIVE]):.4g}: not in the top fraction at this rung)"
     else:
         state, value = TrialState.FAIL, None
         record.reason = "no epoch reported (stopped or interrupted before the first epoch)"

@@ -11,8 +11,9 @@ its scheduler ends the trainable).
 - ``BestSoFar``: the metric at the best validation loss so far (the trainer's rule for the epoch
   ``model.ckpt`` keeps): the value a trial would deliver if it stopped now.
 - ``TrialEpochs``: a trial's ``on_epoch``: checks the metric, tracks the best so far, reports the
-  objective value and asks whether to stop (never for the protected defaults trial). A new pruner's
-  question, or a new per-epoch value, is written here once.
+  objective value and asks whether to stop (never for the protected defaults trial): first the engine's
+  pruner, then ``stop_rules(space)``, the driver-neutral rules. A new pruner both drivers use is one
+  function returned by ``stop_rules``; a new per-epoch value is written in ``TrialEpochs.value``.
 - ``TrialData``: a trial's data, from the data loaded once at the space's largest cutoff (a data-size
   fidelity is written here once).
 - ``trial_folder``, ``measure_cost``, ``repeat_of`` (a repeat takes its twin's result), the progress lines.
@@ -30,6 +31,7 @@ from nanopet.data.splits import cutoff_of
 from nanopet.errors import NonFiniteLossError
 from nanopet.tune.space import SearchSpace
 
+STOPPED_FILE = "stopped.txt"  # in a trial's folder: why the trial layer stopped it (read when a Ray trial is recorded)
 TRIALS_FOLDER = "trials"  # <study dir>/trials/<label>/: model.ckpt, metrics.csv, train.log, trial.json
 RAY_PREFIX = "ray-"  # a Ray trial's folder: ray-<Ray trial id>
 DEFAULTS = "defaults"  # role of a study's first trial: the gain is measured from it, so it is never stopped early
@@ -186,6 +188,16 @@ class Engine(Protocol):
         """A reason to stop the trial now, or None."""
 
 
+StopRule = Callable[[int, float, BestSoFar], "str | None"]  # (epoch, value so far, best) -> a reason to stop, or None
+
+
+def stop_rules(space: SearchSpace) -> list[StopRule]:
+    """The stopping rules of ``space`` that the trial layer applies itself, under either driver (the pruner
+    of ``study.pruner`` is the engine's own: Optuna's pruner, Ray's ASHA). None yet: a new pruner written
+    once is a rule returned here, e.g. one that stops a trial whose cost-weighted value cannot catch up."""
+    return []
+
+
 class Stopped(Exception):
     """Raised by ``TrialEpochs`` when the engine stops a trial; the message says by whom and why."""
 
@@ -197,8 +209,10 @@ class TrialEpochs:
     requested interrupt); ``pace(epoch_seconds)`` at every epoch."""
 
     def __init__(self, space: SearchSpace, engine: Engine, cost: float | None = None, role: str | None = None,
-                 between: Callable[[int, float, float], None] | None = None, pace: Callable[[float], None] | None = None):
+                 between: Callable[[int, float, float], None] | None = None, pace: Callable[[float], None] | None = None,
+                 rules: list[StopRule] | None = None):
         self.space, self.engine, self.cost, self.role, self.between, self.pace = space, engine, cost, role, between, pace
+        self.rules = stop_rules(space) if rules is None else rules
         self.best = BestSoFar(space.objective.metric)
         self.epochs_time, self.first_epoch_at = 0.0, None
 
@@ -220,6 +234,8 @@ class TrialEpochs:
             self.between(epoch, metric, value)
         if not protected(self.role):
             reason = self.engine.should_stop(epoch, value)
+            for rule in self.rules:
+                reason = reason or rule(epoch, value, self.best)
             if reason:
                 raise Stopped(reason)
         return False
