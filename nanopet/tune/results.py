@@ -6,14 +6,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
 import yaml
 from optuna.trial import TrialState
 
 from nanopet.tune.space import SearchSpace, _set
 from nanopet.data.splits import absolute_datasets
 from nanopet.tune.storage import masked, open_storage, storage_url
-from nanopet.tune.study import best_trial, decode, plan, short
+from nanopet.tune.study import best_trial, created_stages, decode, short
 
 
 @dataclass
@@ -40,11 +39,7 @@ class SearchResult:
 def summarize(space: SearchSpace, status: str) -> SearchResult:
     storage = open_storage(storage_url(space))
     result = SearchResult(status, space.study.name, masked(storage_url(space)))
-    for stage in plan(space):
-        try:
-            study = optuna.load_study(study_name=stage.study_name, storage=storage)
-        except KeyError:
-            break
+    for stage, study in created_stages(space, storage):
         trials = study.get_trials(deepcopy=False)
         own = [t for t in trials if t.user_attrs.get("role") != "carried"]
         counts = {s.name.lower(): sum(t.state == s for t in own) for s in TrialState}

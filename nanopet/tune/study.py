@@ -174,6 +174,17 @@ def plan(space: SearchSpace) -> list[Stage]:
                   carried[k]) for k, group in enumerate(stages)]
 
 
+def created_stages(space: SearchSpace, storage) -> list[tuple[Stage, optuna.Study]]:
+    """The stages whose studies exist in ``storage``, with their studies, in order (a search creates them in order)."""
+    created = []
+    for stage in plan(space):
+        try:
+            created.append((stage, optuna.load_study(study_name=stage.study_name, storage=storage)))
+        except KeyError:
+            break
+    return created
+
+
 def plural(count: int, noun: str) -> str:
     """``1 trial``, ``3 trials``."""
     return f"{count} {noun}{'s' * (count != 1)}"

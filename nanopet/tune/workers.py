@@ -369,18 +369,11 @@ def _signal(child: subprocess.Popen | _Forked, signum) -> None:
 
 def _recover_all(space, out) -> None:
     """After killing the workers: mark their trials interrupted and re-queue them now."""
-    import optuna
-
     from nanopet.tune.lease import recover
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import plan
+    from nanopet.tune.study import created_stages
 
-    storage = open_storage(storage_url(space))
-    for stage in plan(space):
-        try:
-            study = optuna.load_study(study_name=stage.study_name, storage=storage)
-        except KeyError:
-            continue
+    for _, study in created_stages(space, open_storage(storage_url(space))):
         recover(study, space.study.grace_period, space.study.max_retries, log=out)
 
 
