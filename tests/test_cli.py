@@ -106,3 +106,33 @@ def test_unknown_element_in_fixed_composition_weights(xyz, tmp_path):
     options["architecture"]["training"]["fixed_composition_weights"] = {"energy": {29: -3.5, 79: -3.0, 13: -3.3}}
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(options))
     one_line_error(nanopet_tune("train", tmp_path / "o.yaml", cwd=tmp_path), "fixed_composition_weights", "13")
+
+# ----------------------------------------------------------------------------------------------
+# The front door (#20): in-process runs of nanopet.cli.main, as a first-day user meets it
+
+
+def main_run(capsys, *args, cwd, monkeypatch):
+    """``nanopet-tune ARGS`` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from nanopet.cli import main
+
+    monkeypatch.chdir(cwd)
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse: --version, --help, usage errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_read_from_file_names_the_key_path(tmp_path, capsys, monkeypatch):
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump({"training_set": {"systems": {"read_from": "nothere.xyz"}}}))
+    code, out, err = main_run(capsys, "train", "o.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert_one_line_error(code, err, "training_set.systems.read_from: nothere.xyz: file not found")
