@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -130,6 +131,27 @@ def assert_one_line_error(code, err, *fragments):
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def test_quickstart_study_is_retrained_compared_and_reported_without_extra_flags(tmp_path, capsys, monkeypatch):
+    quick = yaml.safe_load((Path(__file__).parent.parent / "search_spaces" / "quick.yaml").read_text())
+    # quick.yaml's own split, objective and parameters; less data, a tiny model and a one-trial budget
+    quick["training_set"] = {"systems": {"builtin": "emt-alloy", "n": 24, "seed": 0}}
+    quick["architecture"]["model"].update(d_pet=8)
+    quick.update(budget={"n_trials": 1, "epochs": 1}, strategy={"type": "joint"})
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(quick))
+    code, out, err = main_run(capsys, "quick.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0, err
+    code, out, err = main_run(capsys, "retrain", "quick", "--epochs", 1, "--seeds", 1, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert "test set, 1 seed" in out and (tmp_path / "studies" / "quick" / "best" / "summary.csv").is_file()
+    code, out, err = main_run(capsys, "compare-losses", "quick", "--types", "mse", "--epochs", 1, "--seeds", 1,
+                              cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert (tmp_path / "reports" / "quick" / "losses.html").is_file()
+    code, out, err = main_run(capsys, "report", "quick", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert (tmp_path / "reports" / "quick" / "index.html").is_file()
 
 
 def test_missing_read_from_file_names_the_key_path(tmp_path, capsys, monkeypatch):
