@@ -464,7 +464,8 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train NanoPET as ``options`` say; see the module docstring for ``on_epoch``.
 
-    ``output_dir`` receives checkpoints/, model.ckpt and metrics.csv (nothing is written without it).
+    ``output_dir`` receives checkpoints/, model.ckpt and metrics.csv (nothing is written without it); a new
+    run (no ``resume``) starts metrics.csv afresh and overwrites model.ckpt and the checkpoints of its epochs.
     ``resume`` continues from a checkpoint exactly (model, optimizer, scheduler, epoch, RNG).
     ``data`` reuses already neighbour-listed splits (restricted to this run's cutoff).
     """
@@ -539,6 +540,8 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if resume is not None:  # epochs logged after the checkpoint was written (then lost, e.g. a kill) run again
             forget_epochs(output_dir / "metrics.csv", start_epoch)
+        else:  # a new run never continues an earlier run's rows
+            (output_dir / "metrics.csv").unlink(missing_ok=True)
 
     def checkpoint(epoch: int) -> dict:
         return {
