@@ -2,6 +2,7 @@
 
 Neighbour lists and batching come from the same code the trainer uses; the composition
 baseline (and ZBL, if trained with it) is included, so energies are total energies in eV.
+``device="auto"`` (the default, as in options files) runs on the GPU when one is visible.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from nanopet.data.batch import GraphDataset
@@ -22,7 +23,7 @@ from nanopet.train import model_from_checkpoint, select_device
 class NanoPETCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, checkpoint: str | Path | NanoPET, device: str = "cpu", **kwargs):
+    def __init__(self, checkpoint: str | Path | NanoPET, device: str = "auto", **kwargs):
         super().__init__(**kwargs)
         model = checkpoint if isinstance(checkpoint, NanoPET) else model_from_checkpoint(checkpoint)
         self.device = select_device(device)
@@ -30,7 +31,7 @@ class NanoPETCalculator(Calculator):
         self.dtype = next(self.model.parameters()).dtype
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "NanoPETCalculator":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", **kwargs) -> "NanoPETCalculator":
         return cls(path, device=device, **kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -39,7 +40,7 @@ class NanoPETCalculator(Calculator):
         batch = GraphDataset([structure], self.model.cutoff).batch([0], dtype=self.dtype).to(self.device)
         want_stress = "stress" in properties and bool(structure.pbc.all())
         if "stress" in properties and not want_stress:
-            raise ValueError("stress needs a periodic cell in all three directions")
+            raise PropertyNotImplementedError("stress needs a periodic cell in all three directions")
         results = self.model(batch, forces=True, stress=want_stress)
         energy = float(results["energy"].double().item())
         self.results["energy"] = self.results["free_energy"] = energy

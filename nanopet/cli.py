@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
+from nanopet import __version__
 from nanopet.errors import InputError, NanoPETError
 
 SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses")
+# One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
+# command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
+# What `train` writes into its folder: a run's results (refused or replaced, never mixed) and its records.
+RUN_RESULTS = ("model.ckpt", "metrics.csv")
+RUN_RECORDS = ("hypers.yaml", "train.log")
+SEARCH_SECTIONS = {"study", "objective", "budget", "strategy", "parameters", "driver"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanopet-tune", description="Train and tune NanoPET interatomic potentials.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one model from an options.yaml")
     train.add_argument("options", help="options file (metatrain-style; see README)")
-    train.add_argument("-o", "--output-dir", help="where model.ckpt, metrics.csv and checkpoints/ go (default: runs/<options name>)")
+    train.add_argument("-o", "--output-dir", help="where model.ckpt, metrics.csv, checkpoints/, hypers.yaml (the options with "
+                       "every default filled in) and train.log go (default: runs/<options name>)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue exactly from a checkpoint written by an earlier run")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder (default: refuse)")
     train.add_argument("--device", help="override the options' device (auto, cpu, cuda, cuda:N)")
 
     search = commands.add_parser("search", help="run or resume a hyperparameter search (also: nanopet-tune SPACE.yaml)")
@@ -89,6 +101,7 @@ def duration(text: str) -> float:
 
 
 def run_search(args, argv: list[str]) -> int:
+    from nanopet.options import read_yaml
     from nanopet.report import report_after_search
     from nanopet.tune import load_search_space, run
 
@@ -96,6 +109,10 @@ def run_search(args, argv: list[str]) -> int:
         raise InputError(f"--workers: must be at least 1, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise InputError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    raw = read_yaml(args.space)
+    if raw and not SEARCH_SECTIONS & set(raw):  # an empty file: the search-space reader says what is missing
+        raise InputError(f"{args.space}: an options file (one model, no parameters: to tune), not a search space; "
+                         f"train it with: nanopet-tune train {args.space}")
     space = load_search_space(args.space)
     driver = args.driver or space.driver.type
     for flag, value in (("--address", args.address), ("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
@@ -132,28 +149,91 @@ def run_report(args) -> int:
 
 
 def run_train(args) -> int:
-    from nanopet.options import read_yaml
-    from nanopet.train import train
+    from nanopet.options import read_yaml, resolve_options
+    from nanopet.data.splits import absolute_datasets
+    from nanopet.retrain import write_options
+    from nanopet.train import metric_parts, train
 
     path = Path(args.options)
     options = read_yaml(path)
     if args.device:
         options["device"] = args.device
     output_dir = Path(args.output_dir or Path("runs") / path.stem)
-    result = train(options, output_dir=output_dir, resume=args.resume, base_dir=path.parent)
-    print(f"best epoch {result.best_epoch} (validation loss {result.best_val_loss:.4e}); model: {output_dir / 'model.ckpt'}, "
-          f"metrics: {output_dir / 'metrics.csv'}")
+    resolved = absolute_datasets(resolve_options(options), path.parent)  # a bad option is an error before anything is written
+    hypers = output_dir / "hypers.yaml"
+    own = hypers.resolve() == path.resolve()  # training the hypers.yaml of this folder again: it stays as it is
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the folder
+    if main_rank:
+        prepare_run_folder(output_dir, args.resume, args.overwrite, keep_hypers=own)
+        if not own:
+            write_options(hypers, resolved, [f"options of the run in {output_dir} (every default filled in)",
+                                             f"train it again with: nanopet-tune train {hypers} -o OTHER_DIR"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "train.log" if main_rank else os.devnull, "a" if args.resume else "w") as log_file:
+        def log(message: str) -> None:
+            print(message, flush=True)
+            log_file.write(message + "\n")
+            log_file.flush()
+
+        result = train(options, output_dir=output_dir, resume=args.resume, base_dir=path.parent, log=log)
+    best = next((row for row in result.history if row["epoch"] == result.best_epoch), {})
+    per_structure = "energy" in resolved["architecture"]["training"]["per_structure_targets"]
+    validation = "".join(f", {part}" for part in metric_parts(best, "val", False, per_structure))
+    print(f"best epoch {result.best_epoch} (validation loss {result.best_val_loss:.4e}{validation}); model: {output_dir / 'model.ckpt'}, "
+          f"metrics: {output_dir / 'metrics.csv'}, options: {hypers}, log: {output_dir / 'train.log'}")
     return 0
+
+
+def prepare_run_folder(output_dir: Path, resume, overwrite: bool, keep_hypers: bool) -> None:
+    """Refuse a folder holding an earlier run unless that run is resumed; with ``overwrite`` remove it first."""
+    checkpoints = sorted((p for p in (output_dir / "checkpoints").glob("model_*.ckpt") if p.stem[6:].isdigit()),
+                         key=lambda p: int(p.stem[6:]))
+    earlier = [name for name in RUN_RESULTS if (output_dir / name).exists()] + (["checkpoints/"] if checkpoints else [])
+    inside = resume is not None and Path(resume).resolve().parent in (output_dir.resolve(), (output_dir / "checkpoints").resolve())
+    if overwrite and inside:
+        raise InputError(f"--overwrite would remove {resume}, the checkpoint --resume continues from; give one of them")
+    if earlier and overwrite:
+        for name in RUN_RESULTS + RUN_RECORDS:
+            if not (keep_hypers and name == "hypers.yaml"):
+                (output_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    elif earlier and not resume:
+        last = output_dir / "model.ckpt" if (output_dir / "model.ckpt").is_file() else (checkpoints[-1] if checkpoints else None)
+        how = f"continue it with --resume {last}, " if last else ""
+        raise InputError(f"{output_dir}: holds an earlier run ({', '.join(earlier)}); {how}replace it with --overwrite, "
+                         "or train into another folder with -o DIR")
+    elif earlier and not inside:
+        raise InputError(f"{output_dir}: holds an earlier run ({', '.join(earlier)}) that --resume {resume} would mix with; "
+                         "resume into another folder with -o DIR, or replace that run with --overwrite")
 
 
 def run_make_data(args) -> int:
     from nanopet.data.emt import write_emt_alloy
 
-    def progress(i, n):
-        if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
-            print(f"  {i + 1}/{n} structures", file=sys.stderr)
+    if args.n < 1:
+        raise InputError(f"--n: must be at least 1 structure, got {args.n}")
+    if args.seed < 0:
+        raise InputError(f"--seed: must be 0 or more, got {args.seed}")
+    path = Path(args.output)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the file to write, e.g. {path / 'emt-alloy.xyz'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # before the generation: an unwritable place fails at once
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{path}: cannot create its folder: a file of that name is in the way") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot create its folder ({error.strerror or error})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"{path}: cannot write into {path.parent} (permission denied)")
 
-    path = write_emt_alloy(args.output, args.n, seed=args.seed, progress=progress)
+    def progress(done, n):
+        if done % max(1, n // 10) == 0 or done == n:
+            print(f"  {done}/{n} structures", file=sys.stderr, flush=True)
+
+    try:
+        path = write_emt_alloy(path, args.n, seed=args.seed, progress=progress)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
     print(f"wrote {args.n} structures to {path}")
     return 0
 

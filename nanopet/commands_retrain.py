@@ -44,14 +44,22 @@ def add_parsers(commands) -> None:
     losses.add_argument("--trial", help="a study's trial instead of its best: N, stageK-N or STUDY#N")
     losses.add_argument("--storage", help="storage URL (needed for a PostgreSQL study with a password)")
     losses.add_argument("--directory", default="studies", help="where studies live (default: studies)")
-    losses.add_argument("--reports", help="where reports go (default: reports/ beside the studies folder); the report is "
-                        "REPORTS/<name>/losses.html")
-    losses.add_argument("--runs", help="where the models go (default: studies/<study>/losses or runs/<options name>/losses)")
+    losses.add_argument("-o", "--output-dir", dest="runs", metavar="DIR", help="where the models go (default: studies/<study>/losses or "
+                        "runs/<options name>/losses)")
+    losses.add_argument("--reports-dir", dest="reports", metavar="DIR", help="where reports go (default: reports/ beside the studies folder); "
+                        "the report is DIR/<name>/losses.html")
+    hidden_alias(losses, "--runs", dest="runs")  # the spellings before one vocabulary
+    hidden_alias(losses, "--reports", dest="reports")
     losses.add_argument("--test-set", type=fraction, help="split the data anew with this test fraction")
     losses.add_argument("--write-space", metavar="PATH", help="instead of training: write a loss search space (the loss "
                         "parameters of --template) with the other hypers fixed at the study's best; run it with nanopet-tune PATH")
     losses.add_argument("--template", default="search_spaces/losses.yaml", help="search space whose loss parameters "
                         "--write-space uses (default: search_spaces/losses.yaml)")
+
+
+def hidden_alias(parser, flag: str, dest: str) -> None:
+    """An older spelling of a flag: still accepted, not shown in --help."""
+    parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def positive_int(text: str) -> int:

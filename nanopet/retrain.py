@@ -52,12 +52,12 @@ import yaml
 from nanopet.data.splits import DATASET_KEYS, cutoff_of
 from nanopet.errors import InputError
 from nanopet.options import resolve_options
+from nanopet.train import SHOWN_UNITS  # how metrics are printed, as in the epoch lines
 from nanopet.tune.storage import choose_trial, defaults_options, open_study, trial_labels
 
 RUN_SETTINGS = ("log_interval", "checkpoint_interval", "log_mae", "atoms_per_pass", "distributed", "distributed_port")
 TARGETS = ("energy", "forces", "stress", "virial")  # order of tables
-# display units and factors for printed tables (files keep the trainer's units: eV, eV/A, GPa)
-SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "stress": ("GPa", 1.0), "virial": ("meV/atom", 1000.0)}
+# units in files (the trainer's: eV, eV/A, GPa); printed tables use SHOWN_UNITS (meV, like the epoch lines)
 FILE_UNITS = {"energy": "eV/atom", "forces": "eV/A", "stress": "GPa", "virial": "eV/atom"}
 
 

@@ -44,6 +44,8 @@ GRADIENT_CLIP_NORM = 1.0
 BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
 EV_PER_A3_IN_GPA = 160.21766208
 CPU_ATOMS_PER_PASS = 256
+# how metrics are printed (files keep eV/atom, eV/A, GPa): the unit and the factor from the file's value
+SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +400,8 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train NanoPET as ``options`` say; see the module docstring for ``on_epoch``.
 
-    ``output_dir`` receives checkpoints/, model.ckpt and metrics.csv (nothing is written without it).
+    ``output_dir`` receives checkpoints/, model.ckpt and metrics.csv (nothing is written without it); a new
+    run (no ``resume``) starts metrics.csv afresh and overwrites model.ckpt and the checkpoints of its epochs.
     ``resume`` continues from a checkpoint exactly (model, optimizer, scheduler, epoch, RNG).
     ``data`` reuses already neighbour-listed splits (restricted to this run's cutoff).
     """
@@ -466,6 +469,8 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if resume is not None:  # epochs logged after the checkpoint was written (then lost, e.g. a kill) run again
             forget_epochs(output_dir / "metrics.csv", start_epoch)
+        else:  # a new run never continues an earlier run's rows
+            (output_dir / "metrics.csv").unlink(missing_ok=True)
 
     def checkpoint(epoch: int) -> dict:
         return {
@@ -537,7 +542,7 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
             history.append(metrics)
             last = epoch == training["num_epochs"] - 1
             if epoch % training["log_interval"] == 0 or last:
-                log(progress_line(metrics, training["num_epochs"], training["log_mae"]))
+                log(progress_line(metrics, training["num_epochs"], training["log_mae"], per_structure))
                 if output_dir is not None and distribution.is_main:
                     append_csv(output_dir / "metrics.csv", metrics, training["log_mae"])
             if output_dir is not None and distribution.is_main and epoch % training["checkpoint_interval"] == 0:
@@ -574,7 +579,7 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
     if len(data.test):
         result.test_metrics = evaluate(model, data.test, training["batch_size"], loss, offsets["test"], per_structure,
                                        device, dtype).metrics("test")
-        log("test: " + ", ".join(f"{k.removeprefix('test_')} {v:.4g}" for k, v in result.test_metrics.items()))
+        log("test: " + ", ".join(metric_parts(result.test_metrics, "test", True, per_structure)))
     return result
 
 
@@ -616,18 +621,33 @@ def print_flush(message: str) -> None:
     print(message, flush=True)
 
 
-def progress_line(metrics: dict, num_epochs: int, log_mae: bool) -> str:
+def progress_line(metrics: dict, num_epochs: int, log_mae: bool, per_structure: bool = False) -> str:
     parts = [f"epoch {metrics['epoch']:>{len(str(num_epochs))}}/{num_epochs}", f"lr {metrics['learning_rate']:.2e}",
              f"train loss {metrics['train_loss']:.4e}", f"val loss {metrics['val_loss']:.4e}"]
-    units = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
-    for term, (unit, factor) in units.items():
-        if f"val_{term}_rmse" in metrics:
-            text = f"val {term} RMSE {metrics[f'val_{term}_rmse'] * factor:.4g}"
-            if log_mae:
-                text += f" MAE {metrics[f'val_{term}_mae'] * factor:.4g}"
-            parts.append(f"{text} {unit}")
+    parts += [f"val {part}" for part in metric_parts(metrics, "val", log_mae, per_structure)]
     parts.append(f"{metrics['epoch_time']:.1f} s")
     return ", ".join(parts)
+
+
+def shown_unit(term: str, per_structure: bool = False) -> tuple[str, float]:
+    """The printed unit of a target's metrics and the factor from the file's value (eV/atom -> meV/atom)."""
+    unit, factor = SHOWN_UNITS[term]
+    if per_structure and term in ("energy", "virial"):
+        unit = unit.replace("/atom", "/structure")
+    return unit, factor
+
+
+def metric_parts(metrics: dict, split: str, with_mae: bool, per_structure: bool = False) -> list[str]:
+    """``energy RMSE 12.3 MAE 9.8 meV/atom`` for each target of ``split`` in ``metrics``, in printed units."""
+    parts = []
+    for term in SHOWN_UNITS:
+        if f"{split}_{term}_rmse" in metrics:
+            unit, factor = shown_unit(term, per_structure)
+            text = f"{term} RMSE {metrics[f'{split}_{term}_rmse'] * factor:.4g}"
+            if with_mae and f"{split}_{term}_mae" in metrics:
+                text += f" MAE {metrics[f'{split}_{term}_mae'] * factor:.4g}"
+            parts.append(f"{text} {unit}")
+    return parts
 
 
 def forget_epochs(path: Path, first: int) -> None:

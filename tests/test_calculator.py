@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms, units
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
@@ -150,7 +151,7 @@ def test_stress_of_an_open_structure_is_refused(calculator):
     atoms = Atoms("CuAu", positions=[[0, 0, 0], [2.5, 0, 0]])
     atoms.calc = calculator
     assert np.isfinite(atoms.get_potential_energy())
-    with pytest.raises(ValueError):
+    with pytest.raises(PropertyNotImplementedError):
         atoms.get_stress()
 
 
@@ -171,6 +172,14 @@ def test_missing_checkpoint_is_an_input_error(tmp_path):
     not_a_checkpoint.write_text("hello")
     with pytest.raises(InputError):
         NanoPETCalculator.from_checkpoint(not_a_checkpoint)
+
+
+def test_device_defaults_to_auto_like_options(physics_trained, monkeypatch):
+    asked = []
+    monkeypatch.setattr("nanopet.calculator.select_device", lambda name: asked.append(name) or torch.device("cpu"))
+    NanoPETCalculator.from_checkpoint(physics_trained[0])
+    NanoPETCalculator(physics_trained[0])
+    assert asked == ["auto", "auto"]  # a GPU when one is visible, as `device: auto` in options files
 
 
 # ----------------------------------------------------------------------------------------------

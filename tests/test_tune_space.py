@@ -98,7 +98,7 @@ INVALID = [
     ({"parameters": {"num_epochs": {"type": "int", "low": 1, "high": 4}}}, "parameters.num_epochs: num_epochs is not tuned"),
     ({"parameters": {"loss.weights.force": {"type": "float", "low": 0, "high": 1}}},
      "parameters.loss.weights.force: weights has no key 'force' (did you mean 'forces'?)"),
-    ({"training_set": "missing.xyz"}, "training_set: dataset file"),
+    ({"training_set": "missing.xyz"}, "training_set.systems: missing.xyz: file not found"),
     ({"study": {"sampler": {"type": "tpee"}}}, "study.sampler.type: unknown sampler 'tpee' (did you mean 'tpe'?)"),
     ({"strategy": {"type": "joint", "enumerate": "yes"}}, "strategy.enumerate: expected true or false, got 'yes'"),
     ({"study": {"pruner": {"type": "median", "n_startup": 3}}}, "study.pruner.n_startup: unknown key"),

@@ -176,7 +176,7 @@ def _parse_dataset(dataset, base_dir: Path, name: str) -> DatasetSpec:
 def _parse_systems(systems, base_dir: Path, where: str) -> tuple[Path, str]:
     """The structure file (generating a built-in dataset if asked) and its length unit."""
     if isinstance(systems, (str, Path)):
-        return _resolve(systems, base_dir), "angstrom"
+        return _resolve(systems, base_dir, where), "angstrom"
     if not isinstance(systems, dict):
         raise InputError(f"{where}: expected a file path or a dict with 'read_from', got {systems!r}")
     if "builtin" in systems:
@@ -185,7 +185,7 @@ def _parse_systems(systems, base_dir: Path, where: str) -> tuple[Path, str]:
     if not systems.get("read_from"):
         raise InputError(f"{where}: missing 'read_from' (the structure file)")
     _check_reader(systems, where)
-    return _resolve(systems["read_from"], base_dir), str(systems.get("length_unit") or "angstrom")
+    return _resolve(systems["read_from"], base_dir, f"{where}.read_from"), str(systems.get("length_unit") or "angstrom")
 
 
 def _builtin_path(systems: dict, where: str) -> Path:
@@ -207,7 +207,7 @@ def _parse_energy(energy, systems_path: Path, base_dir: Path, where: str) -> Dat
     if energy.get("quantity", "energy") != "energy":
         raise InputError(f"{where}.quantity: only 'energy' is supported, got {energy['quantity']!r}")
     _check_reader(energy, where)
-    energy_path = _resolve(energy["read_from"], base_dir) if energy.get("read_from") else systems_path
+    energy_path = _resolve(energy["read_from"], base_dir, f"{where}.read_from") if energy.get("read_from") else systems_path
     if energy.get("stress") and energy.get("virial"):
         raise InputError(f"{where}: give either 'stress' or 'virial', not both")
     stress_default = None if energy.get("virial") else True  # a virial replaces the stress
@@ -243,7 +243,7 @@ def _parse_gradient(value, default_key: str, energy_path: Path, base_dir: Path, 
         )
     _check_keys(value, GRADIENT_KEYS, where)
     _check_reader(value, where)
-    path = _resolve(value["read_from"], base_dir) if value.get("read_from") else energy_path
+    path = _resolve(value["read_from"], base_dir, f"{where}.read_from") if value.get("read_from") else energy_path
     return LabelSpec(str(value.get("key") or default_key), path, explicit=True)
 
 
@@ -276,9 +276,14 @@ def _integer(value, where: str, minimum: int) -> int:
     return value
 
 
-def _resolve(path, base_dir: Path) -> Path:
-    path = Path(str(path)).expanduser()
-    return path if path.is_absolute() else base_dir / path
+def _resolve(path, base_dir: Path, where: str) -> Path:
+    """The file ``path`` names (relative: to ``base_dir``); a missing one is an error naming the key path ``where``."""
+    given = Path(str(path)).expanduser()
+    resolved = given if given.is_absolute() else base_dir / given
+    if not resolved.is_file():
+        looked = "" if given.is_absolute() or base_dir == Path(".") else f" (looked for {resolved})"
+        raise InputError(f"{where}: {path}: file not found{looked}")
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_parser(subparsers) -> None:
     report = subparsers.add_parser("report", help="write an offline HTML report of a study (reports/<study>/index.html)")
     report.add_argument("study", help="study name (folder under studies/), a stage study's name, a journal file, or a storage URL")
     report.add_argument("--storage", help="storage URL (needed for a PostgreSQL study with a password)")
-    report.add_argument("--studies-dir", default="studies", help="where studies live (default: studies)")
-    report.add_argument("--out", help="where reports go (default: reports/ beside the studies folder); the report is OUT/<study>/")
+    report.add_argument("--directory", default="studies", help="where studies live (default: studies)")
+    report.add_argument("--reports-dir", metavar="DIR", help="where reports go (default: reports/ beside the studies folder); "
+                        "the report is DIR/<study>/")
+    # the spellings before every command shared one vocabulary: accepted, not shown
+    report.add_argument("--studies-dir", dest="directory", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    report.add_argument("--out", dest="reports_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def run(args, out=print) -> int:
     from nanopet.report import default_out_dir
     from nanopet.report.study import CSV, SUMMARY, status_line, write_study_report
 
-    out_dir = args.out if args.out else default_out_dir(args.studies_dir)
-    page, data = write_study_report(args.study, directory=args.studies_dir, storage=args.storage, out_dir=out_dir)
+    out_dir = args.reports_dir if args.reports_dir else default_out_dir(args.directory)
+    page, data = write_study_report(args.study, directory=args.directory, storage=args.storage, out_dir=out_dir)
     out(f"report of {data.search}: {page} (also {page.parent / CSV}, {page.parent / SUMMARY})")
     if data.status != "finished":
         out("  " + status_line(data))
