@@ -4,12 +4,17 @@ and row moves between the packed edge layout and the padded attention layout.
 Force training differentiates the model twice; autograd's generic double backward of these few
 operations dominates its cost, so each has a closed-form derivative here. Each is the same function,
 with the same derivatives, as its plain-torch counterpart (tests/test_model.py checks both).
+
+Under ``torch.jit.script`` (the exported model, nanopet/export.py) each public function here is its
+plain-torch counterpart instead: custom ``autograd.Function``s cannot be scripted, and an engine
+differentiates the energy once, which torch's own derivatives do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -91,14 +96,23 @@ class _Activation(torch.autograd.Function):
         return _ActivationGrad.apply(grad, x, ctx.kind), None
 
 
+@torch.jit.unused
+def _activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return _Activation.apply(x, kind)
+
+
 class SiLU(nn.Module):
-    def forward(self, x):
-        return _Activation.apply(x, "silu")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.silu(x)
+        return _activation(x, "silu")
 
 
-def gelu(x):
+def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU."""
-    return _Activation.apply(x, "gelu")
+    if torch.jit.is_scripting():
+        return F.gelu(x)
+    return _activation(x, "gelu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,15 +179,22 @@ class _LayerNorm(torch.autograd.Function):
         return dx, dw, db, None
 
 
-def layer_norm(x, weight, bias, eps: float = 1e-5):
-    """F.layer_norm over the last dimension, with the hand-written second derivative."""
+@torch.jit.unused
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     return _LayerNorm.apply(x, weight, bias, eps)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """F.layer_norm over the last dimension, with the hand-written second derivative."""
+    if torch.jit.is_scripting():
+        return F.layer_norm(x, [x.shape[-1]], weight, bias, eps)
+    return _layer_norm(x, weight, bias, eps)
 
 
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm over the last dimension (same parameters and state_dict), twice differentiable by hand."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.weight, self.bias, self.eps)
 
 
@@ -211,15 +232,29 @@ class _Pick(torch.autograd.Function):
         return place_rows(grad, rows, ctx.size, padding), None, None
 
 
-def place_rows(x: torch.Tensor, rows: torch.Tensor, size: int, padding: torch.Tensor | None = None) -> torch.Tensor:
-    """out = zeros(size, ...) with out[rows] = x; ``rows`` must be distinct. ``padding``, where known, is every
-    other row of out: then only those are zeroed, and the layout is written once, not twice."""
+@torch.jit.unused
+def _place(x: torch.Tensor, rows: torch.Tensor, size: int, padding: Optional[torch.Tensor]) -> torch.Tensor:
     return _Place.apply(x, rows, size, padding)
 
 
-def pick_rows(x: torch.Tensor, rows: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-    """x[rows] for distinct ``rows``; ``padding``: the rows of x not in ``rows``, where known (for the backward)."""
+@torch.jit.unused
+def _pick(x: torch.Tensor, rows: torch.Tensor, padding: Optional[torch.Tensor]) -> torch.Tensor:
     return _Pick.apply(x, rows, padding)
+
+
+def place_rows(x: torch.Tensor, rows: torch.Tensor, size: int, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out = zeros(size, ...) with out[rows] = x; ``rows`` must be distinct. ``padding``, where known, is every
+    other row of out: then only those are zeroed, and the layout is written once, not twice."""
+    if torch.jit.is_scripting():
+        return x.new_zeros([size] + x.shape[1:]).index_copy(0, rows, x)
+    return _place(x, rows, size, padding)
+
+
+def pick_rows(x: torch.Tensor, rows: torch.Tensor, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x[rows] for distinct ``rows``; ``padding``: the rows of x not in ``rows``, where known (for the backward)."""
+    if torch.jit.is_scripting():
+        return x.index_select(0, rows)
+    return _pick(x, rows, padding)
 
 
 def unused_rows(rows: torch.Tensor, size: int) -> torch.Tensor:
