@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nanopet.errors import InputError, NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses")
+SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nanopet.commands_retrain import add_parsers as add_retrain_parsers
 
     add_retrain_parsers(commands)  # retrain, compare-losses
+    from nanopet.commands_export import add_parsers as add_export_parsers
+
+    add_export_parsers(commands)  # export, eval
 
     data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
     data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     from nanopet.commands_retrain import COMMANDS as RETRAIN_COMMANDS
 
     handlers.update(RETRAIN_COMMANDS)
+    from nanopet.commands_export import COMMANDS as EXPORT_COMMANDS
+
+    handlers.update(EXPORT_COMMANDS)
     try:
         return handlers[args.command](args)
     except NanoPETError as error:

@@ -3,6 +3,7 @@ ASE calculator (a client we did not write), against our NanoPETCalculator on the
 
 from __future__ import annotations
 
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from ase.md.verlet import VelocityVerlet
 from metatomic_ase import MetatomicCalculator
 
 from nanopet.calculator import NanoPETCalculator
+from nanopet.cli import main
 from nanopet.data import write_emt_alloy
 from nanopet.data.batch import GraphDataset
 from nanopet.data.read import read_structures
@@ -27,9 +29,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning") 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(checkpoint, exported model.pt) of a tiny float64 Cu/Au model with ZBL, trained for 2 epochs."""
+    """(checkpoint, exported model.pt) of a tiny float64 Cu/Au model with ZBL, trained for 2 epochs on emt.xyz
+    beside them (6 structures: 4 train, 2 validation); test.xyz beside them holds 3 other structures."""
     directory = tmp_path_factory.mktemp("exported")
     structures = read_structures(str(write_emt_alloy(directory / "emt.xyz", 6, seed=2)))
+    write_emt_alloy(directory / "test.xyz", 3, seed=3)
     data = Data(GraphDataset(structures[:4], CUTOFF), GraphDataset(structures[4:], CUTOFF), GraphDataset([], CUTOFF))
     options = {
         "seed": 0, "device": "cpu", "base_precision": 64, "training_set": "unused.xyz",
@@ -198,3 +202,91 @@ def test_md_with_the_metatomic_calculator(trained):
     theirs = nve_drift(atoms, MetatomicCalculator(str(exported)), 100)
     assert theirs <= 1.5 * ours + 1e-6, (theirs, ours)
     assert theirs / len(atoms) < 1e-4  # eV/atom
+
+
+# ----------------------------------------------------------------------------------------------
+# nanopet-tune export and eval
+
+
+def test_eval_of_checkpoint_and_export_report_retrains_numbers(trained, tmp_path, capsys):
+    """eval of the .ckpt and of its exported .pt (through metatomic) give the errors retrain computes for the
+    same test set, and write the predictions our calculator makes."""
+    from nanopet.evaluate import evaluate_model
+    from nanopet.retrain import evaluate_checkpoint
+
+    checkpoint, _ = trained
+    exported = tmp_path / "exported.pt"
+    assert main(["export", str(checkpoint), "-o", str(exported)]) == 0
+    assert exported.is_file()
+    test = checkpoint.parent / "test.xyz"
+    assert main(["eval", str(checkpoint), str(test), "-o", str(tmp_path / "predictions.xyz"), "--batch-size", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "energy per atom (meV/atom)" in table and "forces (meV/A)" in table and "stress (GPa)" in table
+
+    structures = read_structures(str(test))
+    data = Data(GraphDataset(read_structures(str(checkpoint.parent / "emt.xyz"))[:4], CUTOFF), GraphDataset([], CUTOFF),
+                GraphDataset(structures, CUTOFF))
+    retrain = evaluate_checkpoint(checkpoint, data)
+    ours = evaluate_model(checkpoint, [test], out=lambda line: None)[str(test)]
+    theirs = evaluate_model(exported, [test], batch_size=2, out=lambda line: None)[str(test)]
+    for key in ("test_energy_rmse", "test_energy_mae", "test_forces_rmse", "test_forces_mae", "test_stress_rmse"):
+        assert ours[key] == pytest.approx(retrain[key], rel=1e-6), key
+        assert theirs[key] == pytest.approx(retrain[key], rel=1e-6), key
+        assert retrain[key] > 0
+
+    calculator = NanoPETCalculator(checkpoint)
+    for structure, written in zip(structures, ase.io.read(str(tmp_path / "predictions.xyz"), ":")):
+        expected = predictions(structure.to_atoms(), calculator)
+        # (extended XYZ holds 8 decimals)
+        assert written.get_potential_energy() == pytest.approx(expected["energy"], rel=1e-9)
+        np.testing.assert_allclose(written.get_forces(), expected["forces"], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(written.get_stress(), expected["stress"], rtol=0, atol=1e-8)
+
+
+def test_eval_of_unlabelled_structures_writes_predictions(trained, tmp_path, capsys):
+    checkpoint, exported = trained
+    data = tmp_path / "unlabelled.xyz"
+    ase.io.write(str(data), [GEOMETRIES["bulk"](), GEOMETRIES["molecule"]()])
+    output = tmp_path / "predicted.xyz"
+    assert main(["eval", str(exported), str(data), "-o", str(output)]) == 0
+    assert "predictions only" in capsys.readouterr().out
+    frames = ase.io.read(str(output), ":")
+    reference = NanoPETCalculator(checkpoint)
+    for atoms, written in zip((GEOMETRIES["bulk"](), GEOMETRIES["molecule"]()), frames):
+        assert written.get_potential_energy() == pytest.approx(predictions(atoms, reference)["energy"], rel=1e-6)
+
+
+def bad_files(directory, checkpoint):
+    """name -> (argv, what the error line must name) for each bad input."""
+    not_a_checkpoint = directory / "notes.ckpt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    foreign = directory / "silver.xyz"
+    ase.io.write(str(foreign), [GEOMETRIES["bulk"](), bulk("Ag", "fcc", a=4.1)])
+    nan = directory / "nan.xyz"
+    broken = GEOMETRIES["bulk"]()
+    broken.positions[2, 1] = np.nan
+    ase.io.write(str(nan), [GEOMETRIES["bulk"](), broken])
+    not_metatomic = directory / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(not_metatomic))
+    return {
+        "export: not a checkpoint": (["export", str(not_a_checkpoint), "-o", str(directory / "a.pt")], [str(not_a_checkpoint)]),
+        "export: missing file": (["export", str(directory / "missing.ckpt"), "-o", str(directory / "b.pt")], ["missing.ckpt"]),
+        "export: unwritable output": (["export", str(checkpoint), "-o", str(directory / "no" / "c.pt")], [str(directory / "no")]),
+        "eval: unknown species": (["eval", str(checkpoint), str(foreign), "-o", str(directory / "d.xyz")],
+                                  [f"{foreign}:1", "Ag"]),
+        "eval: NaN positions": (["eval", str(checkpoint), str(nan), "-o", str(directory / "e.xyz")], [f"{nan}:1", "positions"]),
+        "eval: not a metatomic model": (["eval", str(not_metatomic), str(nan), "-o", str(directory / "f.xyz")],
+                                        [str(not_metatomic), "metatomic"]),
+    }
+
+
+def test_bad_input_is_one_line_exit_2_nothing_written(trained, tmp_path, capsys):
+    checkpoint, _ = trained
+    for name, (argv, named) in bad_files(tmp_path, checkpoint).items():
+        before = set(tmp_path.rglob("*"))
+        assert main(argv) == 2, name
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and error.startswith("nanopet-tune: error: "), (name, error)
+        for text in named:
+            assert text in error, (name, text, error)
+        assert set(tmp_path.rglob("*")) == before, name  # nothing written
