@@ -23,7 +23,7 @@ from nanopet.data.structure import Structure
 from nanopet.errors import InputError
 
 PROGRESS_SECONDS = 5.0  # a progress line at most this often on long sets
-SHOWN_TARGETS = ("energy", "forces", "stress")
+SHOWN_TARGETS = ("energy", "forces", "stress", "virial")
 
 
 @dataclass
