@@ -12,7 +12,7 @@ from pathlib import Path
 from nanopet import __version__
 from nanopet.errors import InputError, NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses")
+SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval")
 # One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
 # command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
 # What `train` writes into its folder: a run's results (refused or replaced, never mixed) and its records.
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nanopet.commands_retrain import add_parsers as add_retrain_parsers
 
     add_retrain_parsers(commands)  # retrain, compare-losses
+    from nanopet.commands_export import add_parsers as add_export_parsers
+
+    add_export_parsers(commands)  # export, eval
 
     data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
     data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
@@ -248,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     from nanopet.commands_retrain import COMMANDS as RETRAIN_COMMANDS
 
     handlers.update(RETRAIN_COMMANDS)
+    from nanopet.commands_export import COMMANDS as EXPORT_COMMANDS
+
+    handlers.update(EXPORT_COMMANDS)
     try:
         return handlers[args.command](args)
     except NanoPETError as error:

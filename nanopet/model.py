@@ -24,9 +24,9 @@ Deliberate deviations from the reference code (each also noted where it happens)
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 
 from nanopet.data.batch import Batch
 from nanopet.errors import InputError
+from nanopet.kernels import LayerNorm, SiLU, gelu, pick_rows, place_rows, unused_rows
 
 DEFAULT_HYPERS_FILE = Path(__file__).with_name("default-hypers.yaml")
 
@@ -55,218 +56,6 @@ def cutoff_function(r: torch.Tensor, cutoff: float, width: float) -> torch.Tenso
     x = ((r - (cutoff - width)) / width).clamp(0.0, 1.0)
     return torch.cos(0.5 * math.pi * x) ** 2
 
-# ---------------------------------------------------------------------------------------------
-# Activations with a cheap second derivative. Force training differentiates every activation
-# twice; autograd's generic double backward of SiLU/GELU costs dozens of elementwise passes over
-# (E, 4d) tensors, these closed forms a handful. Same functions, same derivatives.
-
-_aten = torch.ops.aten
-
-
-@contextlib.contextmanager
-def _native_gelu():
-    """aten's own GELU kernels: on CPU torch hands large GELUs to oneDNN, which caches a compiled
-    primitive per tensor shape; packed edge tokens have a new shape every batch, and that cache grew
-    resident memory by ~150 MB an epoch (measured at cutoff 4.5, batch 16)."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
-
-
-def _derivative(kind, grad, x):
-    """grad * f'(x)."""
-    if kind == "silu":
-        return _aten.silu_backward(grad, x)
-    with _native_gelu():
-        return _aten.gelu_backward(grad, x)
-
-
-class _ActivationGrad(torch.autograd.Function):
-    """g * f'(x), differentiable once more: d/dg = f'(x), d/dx = g * f''(x)."""
-
-    @staticmethod
-    def forward(ctx, grad, x, kind):
-        ctx.save_for_backward(grad, x)
-        ctx.kind = kind
-        return _derivative(kind, grad, x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, outer):
-        grad, x = ctx.saved_tensors
-        d_grad = d_x = None
-        if ctx.needs_input_grad[0]:
-            d_grad = _derivative(ctx.kind, outer, x)
-        if ctx.needs_input_grad[1]:
-            # few passes over the (rows, 4d) tensors, and in place where the tensor is our own
-            if ctx.kind == "silu":  # f'' = s(1-s)(2 + x(1-2s)), s = sigmoid(x)
-                s = torch.sigmoid(x)
-                second = (x * s).mul_(-2.0).add_(x).add_(2.0)  # 2 + x(1-2s)
-                second.mul_(s).mul_(s.neg_().add_(1.0))
-            else:  # f'' = phi(x)(2 - x^2), phi the standard normal density
-                square = x * x
-                second = square.mul(-((2 * math.pi) ** -0.5)).add_(2 * (2 * math.pi) ** -0.5)  # (2 - x^2) / sqrt(2 pi)
-                second.mul_(square.mul_(-0.5).exp_())
-            d_x = second.mul_(outer).mul_(grad)
-        return d_grad, d_x, None
-
-
-class _Activation(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kind):
-        ctx.save_for_backward(x)
-        ctx.kind = kind
-        if kind == "silu":
-            return F.silu(x)
-        with _native_gelu():
-            return F.gelu(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return _ActivationGrad.apply(grad, x, ctx.kind), None
-
-
-class SiLU(nn.Module):
-    def forward(self, x):
-        return _Activation.apply(x, "silu")
-
-
-def gelu(x):
-    """Exact (erf) GELU."""
-    return _Activation.apply(x, "gelu")
-
-
-# ---------------------------------------------------------------------------------------------
-# LayerNorm with a hand-written second derivative (force training differentiates it twice). Forward
-# and first backward are torch's fused kernels. Same function, same derivatives.
-
-
-class _LayerNormGrad(torch.autograd.Function):
-    """(dx, dw, db) of y = w * xhat + b, xhat = (x - mean) * rstd row-wise, given dy = g."""
-
-    @staticmethod
-    def forward(ctx, g, x, weight, mean, rstd):
-        ctx.save_for_backward(g, x, weight, mean, rstd)
-        ctx.set_materialize_grads(False)
-        # the kernel reads its bias argument only for db's shape and type: the weight stands in for it
-        return _aten.native_layer_norm_backward(g, x, [x.shape[-1]], mean, rstd, weight, weight, [True, True, True])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, v, v_w, v_b):
-        # dx = rstd * P(g w), P(z) = z - mean(z) - xhat mean(z xhat) (symmetric); dw = sum_rows g xhat; db = sum_rows g.
-        # v, v_w, v_b: the loss's gradients with respect to dx, dw, db (None where they do not reach it)
-        g, x, weight, mean, rstd = ctx.saved_tensors
-        xhat = (x - mean).mul_(rstd)
-
-        def project(z):  # P(z), row-wise
-            return torch.addcmul(z - z.mean(-1, keepdim=True), xhat, (z * xhat).mean(-1, keepdim=True), value=-1.0)
-
-        d_g = d_x = d_w = None
-        if v is not None:
-            p_v = project(v)
-            r_pv = p_v * rstd  # d loss / d(g w)
-            d_g = r_pv * weight
-            d_w = (g * r_pv).sum(0)
-            if ctx.needs_input_grad[1]:
-                # through rstd and xhat (d xhat / dx = rstd P, d rstd / dx = -rstd^2 xhat / D), collected into
-                # dx = -rstd^2 (b gw + a P(v) + (s - a b) xhat - b mean(gw)) with per-row a, b, s:
-                gw = g * weight
-                mean_gw = gw.mean(-1, keepdim=True)
-                a, b = (gw * xhat).mean(-1, keepdim=True), (v * xhat).mean(-1, keepdim=True)
-                s = (v * gw).mean(-1, keepdim=True) - v.mean(-1, keepdim=True) * mean_gw - a * b
-                d_x = torch.addcmul(gw.mul_(b), p_v, a).addcmul_(xhat, s - a * b).sub_(b * mean_gw).mul_(rstd.square().neg_())
-        if v_w is not None:  # through dw = sum_rows g xhat
-            d_g = xhat * v_w if d_g is None else d_g.add_(xhat * v_w)
-            if ctx.needs_input_grad[1]:
-                extra = project(g * v_w).mul_(rstd)
-                d_x = extra if d_x is None else d_x.add_(extra)
-        if v_b is not None:
-            d_g = v_b.expand_as(g).clone() if d_g is None else d_g.add_(v_b)
-        return d_g, d_x, d_w, None, None
-
-
-class _LayerNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, rstd = _aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = _LayerNormGrad.apply(grad, x, weight, mean, rstd)
-        return dx, dw, db, None
-
-
-def layer_norm(x, weight, bias, eps: float = 1e-5):
-    """F.layer_norm over the last dimension, with the hand-written second derivative."""
-    return _LayerNorm.apply(x, weight, bias, eps)
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm over the last dimension (same parameters and state_dict), twice differentiable by hand."""
-
-    def forward(self, x):
-        return layer_norm(x, self.weight, self.bias, self.eps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Moving rows between the packed (E, ...) layout and a zero-padded one. The rows are distinct, so
-# placing and picking are each other's adjoints and stay plain copies at every order of
-# differentiation; autograd's own backward of index_select is an accumulating index_add (2.5x slower
-# than a copy here), and that of x[index] an accumulating index_put (3.5x).
-
-
-class _Place(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, rows, size, padding):
-        ctx.save_for_backward(rows, padding)
-        if padding is None:
-            return x.new_zeros(size, *x.shape[1:]).index_copy_(0, rows, x)
-        return x.new_empty(size, *x.shape[1:]).index_copy_(0, rows, x).index_fill_(0, padding, 0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, padding = ctx.saved_tensors
-        return pick_rows(grad, rows, padding), None, None, None
-
-
-class _Pick(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, rows, padding):
-        ctx.save_for_backward(rows, padding)
-        ctx.size = x.shape[0]
-        return x.index_select(0, rows)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, padding = ctx.saved_tensors
-        return place_rows(grad, rows, ctx.size, padding), None, None
-
-
-def place_rows(x: torch.Tensor, rows: torch.Tensor, size: int, padding: torch.Tensor | None = None) -> torch.Tensor:
-    """out = zeros(size, ...) with out[rows] = x; ``rows`` must be distinct. ``padding``, where known, is every
-    other row of out: then only those are zeroed, and the layout is written once, not twice."""
-    return _Place.apply(x, rows, size, padding)
-
-
-def pick_rows(x: torch.Tensor, rows: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-    """x[rows] for distinct ``rows``; ``padding``: the rows of x not in ``rows``, where known (for the backward)."""
-    return _Pick.apply(x, rows, padding)
-
-
-def unused_rows(rows: torch.Tensor, size: int) -> torch.Tensor:
-    """The rows of range(size) not in ``rows``."""
-    free = torch.ones(size, dtype=torch.bool, device=rows.device)
-    free[rows] = False
-    return free.nonzero().squeeze(1)
-
 
 # ---------------------------------------------------------------------------------------------
 # 2.6 Encoder: raw Cartesian edge vector + centre species + neighbour species -> edge token.
@@ -284,14 +73,17 @@ class Encoder(nn.Module):
         self.neighbor_embedding = nn.Embedding(n_species, d)
         self.compress = nn.Linear(3 * d, d, bias=False)
 
-    def forward(self, vectors, center_species, neighbor_species):
+    def forward(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor) -> torch.Tensor:
         # vectors (E, 3); species indices of each edge's centre and neighbour (E,) -> tokens (E, d)
         # compress(cat[mlp(r), center, neighbour]) = mlp(r) W_r^T + center W_c^T + neighbour W_n^T: the first
         # term folds into the MLP's last linear, the species terms into per-species tables. Same function
         # and gradients, no (E, 3d) tensor.
         d = self.compress.weight.shape[0]
         w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
-        hidden = self.vector_mlp[:-1](vectors)  # (E, 4d)
+        hidden = vectors
+        for k, layer in enumerate(self.vector_mlp):  # all but the last linear: (E, 4d)
+            if k < len(self.vector_mlp) - 1:
+                hidden = layer(hidden)
         center = (self.center_embedding.weight @ w_center.T)[center_species]  # (E, d)
         neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (E, d)
         return torch.addmm(center + neighbor, hidden, (w_vector @ self.vector_mlp[-1].weight).T)
@@ -311,15 +103,18 @@ class Slots:
     ``qkv_padding``, ``head_padding``: the other rows of those layouts (padding slots).
     """
 
-    def __init__(self, edge_slot: torch.Tensor, groups: tuple, num_heads: int):
+    def __init__(self, edge_slot: torch.Tensor, groups: List[Tuple[int, int]], num_heads: int):
         self.groups, self.num_heads = groups, num_heads
-        self.starts = [0, *itertools.accumulate(n * m for n, m in groups)]  # slot rows before each group; total
+        self.starts: List[int] = [0]  # slot rows before each group; total
+        for group_size in groups:
+            self.starts.append(self.starts[-1] + group_size[0] * group_size[1])
+        self.rows = self.starts[-1]  # slot rows in all groups
         device, h = edge_slot.device, num_heads
         starts = torch.tensor(self.starts[:-1], device=device)
         group = torch.bucketize(edge_slot, starts[1:], right=True)  # (E,)
         start = starts[group]
-        n = torch.tensor([n for n, _ in groups], device=device)[group]  # the edge's group's centres, slots
-        m = torch.tensor([m for _, m in groups], device=device)[group]
+        n = torch.tensor([g[0] for g in groups], device=device)[group]  # the edge's group's centres, slots
+        m = torch.tensor([g[1] for g in groups], device=device)[group]
         center, slot = (edge_slot - start) // m, (edge_slot - start) % m  # row within the group, slot within the row
         heads = torch.arange(h, device=device)
         within = center * h * m + slot  # (E,)
@@ -331,15 +126,10 @@ class Slots:
         self.head_padding = unused_rows(self.head_rows, h * self.rows)  # the padding slots' rows
         self.qkv_padding = unused_rows(self.qkv_rows, 3 * h * self.rows)
 
-    @property
-    def rows(self) -> int:
-        """Slot rows in all groups."""
-        return self.starts[-1]
-
-    def blocks(self, padded: torch.Tensor, per_slot: int) -> list[torch.Tensor]:
+    def blocks(self, padded: torch.Tensor, per_slot: int) -> List[torch.Tensor]:
         """Each group's part of a tensor with ``per_slot`` rows per slot, as views. (split, not slicing: the
         backward of a split concatenates the parts' gradients; that of each slice zero-fills the whole tensor.)"""
-        return list(padded.split([per_slot * (b - a) for a, b in zip(self.starts, self.starts[1:])]))
+        return list(padded.split([per_slot * (b - a) for a, b in zip(self.starts[:-1], self.starts[1:])]))
 
 
 class Attention(nn.Module):
@@ -352,7 +142,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, slots: Slots, log_cutoff, double_backward: bool):
+    def forward(self, x: torch.Tensor, slots: Slots, log_cutoff: torch.Tensor, double_backward: bool) -> torch.Tensor:
         # x (E, d) packed tokens; log_cutoff (slot rows,), added to the logits of every query over the keys
         e, d = x.shape
         h, dh = self.num_heads, d // self.num_heads
@@ -361,7 +151,8 @@ class Attention(nn.Module):
         padded = place_rows(qkv, slots.qkv_rows, 3 * h * slots.rows, slots.qkv_padding)
         outputs = []
         for (n, m), block, mask in zip(slots.groups, slots.blocks(padded, 3 * h), slots.blocks(log_cutoff, 1)):
-            q, k, v = block.view(3, n * h, m, dh)  # one group: n centres of m slots
+            qkv = block.view(3, n * h, m, dh)  # one group: n centres of m slots
+            q, k, v = qkv[0], qkv[1], qkv[2]
             if double_backward:  # force training differentiates through the attention twice
                 # logits = log_cutoff + scale * q k^T in one batched GEMM, (n*H, m, m)
                 logits = torch.baddbmm(mask.view(n, 1, 1, m).expand(n, h, 1, m).reshape(n * h, 1, m), q,
@@ -383,7 +174,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(d, 4 * d, bias=False)
         self.down = nn.Linear(4 * d, d, bias=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (down(gelu(up(LN(x)))) + x) / sqrt(2), the residual fused into the second GEMM
         # x (E, d); 1/sqrt(2) on the (d, 4d) weight, not as addmm's alpha: the backward then scales no (E, 4d) tensor
         hidden = gelu(self.up(self.norm(x)))  # (E, 4d)
@@ -396,7 +187,7 @@ class Transformer(nn.Module):
         self.attention = nn.ModuleList(Attention(d, num_heads) for _ in range(num_layers))
         self.feed_forward = nn.ModuleList(FeedForward(d) for _ in range(num_layers))
 
-    def forward(self, x, slots: Slots, log_cutoff, double_backward: bool):
+    def forward(self, x: torch.Tensor, slots: Slots, log_cutoff: torch.Tensor, double_backward: bool) -> torch.Tensor:
         for attention, feed_forward in zip(self.attention, self.feed_forward):
             x = feed_forward(attention(x, slots, log_cutoff, double_backward))
         return x
@@ -418,14 +209,12 @@ def readout_head(kind: str, d: int) -> nn.Module:
 # 2.11 ZBL: universal screened nuclear repulsion, switched off smoothly (E, E', E'' -> 0) at
 # r_c,ij = covalent radius(Z_i) + covalent radius(Z_j).
 
-ZBL_COULOMB = 14.399645  # e^2 / (4 pi eps0) in eV A
-ZBL_SCREENING = ((0.18175, 3.19980), (0.50986, 0.94229), (0.28022, 0.40290), (0.02817, 0.20162))
 
-
-def _zbl_unswitched(r, zi, zj):
+def _zbl_unswitched(r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
     a = 0.46850 / (zi**0.23 + zj**0.23)
-    phi = sum(c * torch.exp(-k * r / a) for c, k in ZBL_SCREENING)
-    return ZBL_COULOMB * zi * zj / r * phi
+    phi = (0.18175 * torch.exp(-3.19980 * r / a) + 0.50986 * torch.exp(-0.94229 * r / a)  # universal screening
+           + 0.28022 * torch.exp(-0.40290 * r / a) + 0.02817 * torch.exp(-0.20162 * r / a))
+    return 14.399645 * zi * zj / r * phi  # e^2 / (4 pi eps0) = 14.399645 eV A
 
 
 class ZBL(nn.Module):
@@ -454,13 +243,14 @@ class ZBL(nn.Module):
     def max_cutoff(self) -> float:
         return float(self.pair_cutoff.max())
 
-    def forward(self, distances, center_species, neighbor_species):
+    def forward(self, distances: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor) -> torch.Tensor:
         # distances (E,), species indices (E,) -> energy per directed edge (E,), halved (full list)
         rc = self.pair_cutoff[center_species, neighbor_species]
         inside = distances < rc
         r = torch.where(inside, distances, rc)  # keeps the unused branch finite
         zi, zj = self.z_i[center_species, neighbor_species], self.z_j[center_species, neighbor_species]
-        a, b, c = (t[center_species, neighbor_species] for t in (self.switch_a, self.switch_b, self.switch_c))
+        a, b = self.switch_a[center_species, neighbor_species], self.switch_b[center_species, neighbor_species]
+        c = self.switch_c[center_species, neighbor_species]
         pair = _zbl_unswitched(r, zi, zj) + a * r**3 / 3 + b * r**4 / 4 + c
         return 0.5 * torch.where(inside, pair, torch.zeros_like(pair))
 
@@ -526,39 +316,53 @@ class NanoPET(nn.Module):
     # 2.3-2.10: per-atom energies of the network (and ZBL) from positions and cells
     def atomic_energies(self, positions, cells, batch: Batch, double_backward: bool = False):
         species = self.species(batch.numbers)  # (N,)
-        n_atoms = positions.shape[0]
         # 2.3 edge vectors recomputed from positions (keeps the force/stress gradient path)
         edge_cells = cells[batch.structure_index[batch.centers]]  # (E, 3, 3)
         vectors = positions[batch.neighbors] - positions[batch.centers] + torch.einsum("ei,eij->ej", batch.shifts, edge_cells)
-        distances = vectors.norm(dim=-1)  # (E,)
-        center_species, neighbor_species = species[batch.centers], species[batch.neighbors]  # (E,)
+        return self.edge_energies(vectors, species, batch.centers, batch.neighbors, batch.edge_slot, batch.edge_reverse,
+                                  batch.slot_groups, double_backward)
 
-        energies = torch.zeros(n_atoms, dtype=positions.dtype, device=positions.device)
-        if self.zbl is not None and len(distances):
+    @torch.jit.export
+    def edge_energies(self, vectors: torch.Tensor, species: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor,
+                      edge_slot: torch.Tensor, edge_reverse: torch.Tensor, slot_groups: List[Tuple[int, int]],
+                      double_backward: bool = False) -> torch.Tensor:
+        """Per-atom energies (N,) from the full directed edge list: ``vectors`` (E, 3), ``species`` (N,) indices
+        0..S-1, edge ``centers``/``neighbors`` (E,), ``edge_slot``/``edge_reverse`` and ``slot_groups`` as in
+        ``Batch``. The one path of both the trainer's batches and the exported model (nanopet/export.py)."""
+        n_atoms = species.shape[0]
+        distances = torch.linalg.vector_norm(vectors, dim=-1)  # (E,)
+        center_species, neighbor_species = species[centers], species[neighbors]  # (E,)
+
+        energies = torch.zeros(n_atoms, dtype=vectors.dtype, device=vectors.device)
+        if self.zbl is not None and len(distances) > 0:
             zbl = self.zbl(distances, center_species, neighbor_species)
-            energies = energies.index_add(0, batch.centers, zbl)
-        if not batch.slot_groups:  # no edges anywhere: every atom is isolated, network energy 0
+            energies = energies.index_add(0, centers, zbl)
+        if len(slot_groups) == 0:  # no edges anywhere: every atom is isolated, network energy 0
             return energies + 0.0 * self.last_layer.weight.sum()  # (kept on the autograd graph)
 
         # 2.5 cutoff weights per edge; 2.4 NEF layouts for attention: log-weights, -69 in padding slots
-        slots = Slots(batch.edge_slot, batch.slot_groups, self.num_heads)
+        slots = Slots(edge_slot, slot_groups, self.num_heads)
         cutoff_weights = cutoff_function(distances, self.cutoff, self.cutoff_width)  # (E,)
-        log_cutoff = torch.log(place_rows(cutoff_weights, batch.edge_slot, slots.rows).clamp_min(1e-30))  # (rows,)
+        log_cutoff = torch.log(place_rows(cutoff_weights, edge_slot, slots.rows).clamp_min(1e-30))  # (rows,)
 
-        # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between
-        tokens = self.encoder(vectors, center_species, neighbor_species)  # (E, d)
-        features = self.gnn[0](tokens, slots, log_cutoff, double_backward)
-        d, no_padding = features.shape[-1], batch.edge_reverse.new_empty(0)
-        for message, transformer in zip(self.messages, self.gnn[1:]):
-            # message(cat[F_ij, F_ji]) = F_ij W_1^T + F_ji W_2^T, F_ji gathered through the reverse-edge index
-            w_self, w_reverse = message.weight.split(d, dim=1)
-            reverse = pick_rows(features @ w_reverse.T, batch.edge_reverse, no_padding)  # every edge has a reverse
-            messages = torch.addmm(reverse, features, w_self.T)  # (E, d)
-            features = (features + transformer(messages, slots, log_cutoff, double_backward)) * 0.5**0.5
+        # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between:
+        # F_0 = gnn[0](tokens), F_k = (F_{k-1} + gnn[k](message_k(F_{k-1}))) / sqrt(2)
+        features = self.encoder(vectors, center_species, neighbor_species)  # (E, d) tokens
+        d, no_padding = features.shape[-1], edge_reverse.new_empty(0)
+        message_weights = [message.weight for message in self.messages]
+        for k, transformer in enumerate(self.gnn):
+            if k == 0:
+                features = transformer(features, slots, log_cutoff, double_backward)
+            else:
+                # message(cat[F_ij, F_ji]) = F_ij W_1^T + F_ji W_2^T, F_ji gathered through the reverse-edge index
+                w_self, w_reverse = message_weights[k - 1].split(d, dim=1)
+                reverse = pick_rows(features @ w_reverse.T, edge_reverse, no_padding)  # every edge has a reverse
+                messages = torch.addmm(reverse, features, w_self.T)  # (E, d)
+                features = (features + transformer(messages, slots, log_cutoff, double_backward)) * 0.5**0.5
 
         # 2.9 per-atom features: cutoff-weighted sum over the centre's edges; 2.10 readout
         weighted = features * cutoff_weights[:, None]  # (E, d)
-        atom_features = weighted.new_zeros(n_atoms, d).index_add(0, batch.centers, weighted)  # (N, d)
+        atom_features = weighted.new_zeros(n_atoms, d).index_add(0, centers, weighted)  # (N, d)
         network = self.last_layer(self.head(atom_features)).squeeze(-1) * self.energy_scale  # (N,)
         return energies + network
 
@@ -570,6 +374,7 @@ class NanoPET(nn.Module):
         )
 
     # 2.12 energies, forces and stress by automatic differentiation
+    @torch.jit.unused
     def forward(self, batch: Batch, forces: bool = True, stress: bool = False, create_graph: bool = False,
                 with_composition: bool = True) -> dict:
         """Returns {"energy": (B,), "forces": (N, 3), "stress": (B, 3, 3)} as requested.

@@ -22,6 +22,7 @@ Output, ``studies/<study>/best/``::
     seed<s>/            model.ckpt, checkpoints/, metrics.csv (every epoch), train.log, result.json
     defaults/           the same for the defaults: hypers.yaml, seed<s>/
     model.ckpt          the seed with the lowest validation loss: NanoPETCalculator.from_checkpoint(...)
+    model.pt            the same model exported for metatomic engines (nanopet-tune export; see README)
     metrics.csv         one row per run (hypers, seed): test metrics, best epoch, epochs, stop reason
     summary.csv, .yaml  test metrics over seeds (mean, sample std) of both hypers, and the gain
     retrain.json        which trial the folder holds (a retrain of other hypers into it is refused)
@@ -336,6 +337,9 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
     chosen_run = min(best_runs, key=lambda r: r["best_val_loss"])
     model = folder / "model.ckpt"
     shutil.copyfile(Path(chosen_run["folder"]) / "model.ckpt", model)
+    from nanopet.export import export_checkpoint
+
+    exported = export_checkpoint(model, folder / "model.pt")
 
     per_structure = "energy" in options["architecture"]["training"]["per_structure_targets"]
     summary = []
@@ -360,6 +364,7 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
     lines = summary_lines(summary, len(seed_values), defaults is not None, per_structure)
     lines.append(f"model: {model} (seed {chosen_run['seed']}, lowest validation loss); "
                  f"ASE: NanoPETCalculator.from_checkpoint('{model}')")
+    lines.append(f"exported for metatomic engines (ASE, LAMMPS, i-PI): {exported}")
     lines.append(f"hypers: {hypers}; per-run metrics: {folder / 'metrics.csv'}; summary: {folder / 'summary.csv'}")
     for line in lines:
         out(line)

@@ -83,6 +83,10 @@ def test_retrain_reproduces_the_best_trial_and_gives_a_calculator(study):
     assert np.isfinite(energy) and forces_.shape == (len(atoms), 3) and stress.shape == (6,)
     reference = NanoPETCalculator(model_from_checkpoint(best / f"seed{chosen['seed']}" / "model.ckpt"))
     assert reference.get_potential_energy(atoms.copy()) == pytest.approx(energy, rel=1e-6)
+    # and exported beside it, for metatomic engines: the same energy through metatomic's ASE calculator
+    from metatomic_ase import MetatomicCalculator
+
+    assert MetatomicCalculator(str(best / "model.pt")).get_potential_energy(atoms.copy()) == pytest.approx(energy, rel=1e-5)
     # the test metrics are those of the saved models
     data = shared_data([load_checkpoint(result.model)["options"]])
     recomputed = evaluate_checkpoint(best / "seed1" / "model.ckpt", data)
