@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_retrain_parsers(commands)  # retrain, compare-losses
 
-    data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
-    data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
+    data = commands.add_parser("make-data", help="generate a built-in dataset (EMT alloys, xtb molecules) as extended XYZ")
+    data.add_argument("name", choices=["emt-alloy", "xtb-molecules"], help="dataset generator")
     data.add_argument("output", help="output .xyz file")
     data.add_argument("--n", type=int, default=1000, help="number of structures (default 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -147,13 +147,9 @@ def run_train(args) -> int:
 
 
 def run_make_data(args) -> int:
-    from nanopet.data.emt import write_emt_alloy
+    from nanopet.data.builtin import write_builtin_dataset
 
-    def progress(i, n):
-        if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
-            print(f"  {i + 1}/{n} structures", file=sys.stderr)
-
-    path = write_emt_alloy(args.output, args.n, seed=args.seed, progress=progress)
+    path = write_builtin_dataset(args.name, args.output, args.n, seed=args.seed)
     print(f"wrote {args.n} structures to {path}")
     return 0
 
