@@ -62,7 +62,7 @@ def measure(name: str, n_structures: int, batch_size: int, steps: int, precision
     from torch.utils.flop_counter import FlopCounterMode
 
     from nanopet.data.batch import GraphDataset
-    from nanopet.data.emt import builtin_dataset
+    from nanopet.data import builtin_dataset
     from nanopet.model import NanoPET, count_parameters, default_hypers
     from nanopet.train import Loss, keep_freed_memory, resolve_atoms_per_pass, training_step
 

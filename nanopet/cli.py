@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parsers(commands)  # export, eval
 
-    data = commands.add_parser("make-data", help="generate the built-in EMT dataset as extended XYZ")
-    data.add_argument("name", choices=["emt-alloy"], help="dataset generator")
+    data = commands.add_parser("make-data", help="generate a built-in dataset (EMT alloys, xtb molecules) as extended XYZ")
+    data.add_argument("name", choices=["emt-alloy", "xtb-molecules"], help="dataset generator")
     data.add_argument("output", help="output .xyz file")
     data.add_argument("--n", type=int, default=1000, help="number of structures (default 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -211,7 +211,7 @@ def prepare_run_folder(output_dir: Path, resume, overwrite: bool, keep_hypers: b
 
 
 def run_make_data(args) -> int:
-    from nanopet.data.emt import write_emt_alloy
+    from nanopet.data.builtin import write_builtin_dataset
 
     if args.n < 1:
         raise InputError(f"--n: must be at least 1 structure, got {args.n}")
@@ -219,7 +219,7 @@ def run_make_data(args) -> int:
         raise InputError(f"--seed: must be 0 or more, got {args.seed}")
     path = Path(args.output)
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; give the file to write, e.g. {path / 'emt-alloy.xyz'}")
+        raise InputError(f"{path}: is a folder; give the file to write, e.g. {path / (args.name + '.xyz')}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # before the generation: an unwritable place fails at once
     except (FileExistsError, NotADirectoryError):
@@ -229,12 +229,8 @@ def run_make_data(args) -> int:
     if not os.access(path.parent, os.W_OK):
         raise InputError(f"{path}: cannot write into {path.parent} (permission denied)")
 
-    def progress(done, n):
-        if done % max(1, n // 10) == 0 or done == n:
-            print(f"  {done}/{n} structures", file=sys.stderr, flush=True)
-
     try:
-        path = write_emt_alloy(path, args.n, seed=args.seed, progress=progress)
+        path = write_builtin_dataset(args.name, path, args.n, seed=args.seed)
     except OSError as error:
         raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
     print(f"wrote {args.n} structures to {path}")

@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from nanopet.data import builtin_dataset, generate_emt_alloy, load_splits, read_structures, write_emt_alloy
-from nanopet.data import emt as emt_module
+from nanopet.data import builtin as builtin_module
 from nanopet.errors import InputError
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_builtin_dataset_is_cached(tmp_path, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("the cached file should be reused")
 
-    monkeypatch.setattr(emt_module, "generate_emt_alloy", no_generation)
+    monkeypatch.setitem(builtin_module.GENERATORS, "emt-alloy", no_generation)
     second = builtin_dataset("emt-alloy", 2, seed=5)
     assert [s.energy for s in first] == [s.energy for s in second]
     from_config = read_structures({"systems": {"builtin": "emt-alloy", "n": 2, "seed": 5}})
@@ -140,7 +140,7 @@ def test_builtin_dataset_is_cached(tmp_path, monkeypatch):
 
 def test_builtin_dataset_unknown_name(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOPET_CACHE", str(tmp_path))
-    with pytest.raises(InputError, match="emt-aloy.*did you mean 'emt-alloy'.*known: emt-alloy"):
+    with pytest.raises(InputError, match="emt-aloy.*did you mean 'emt-alloy'.*known: emt-alloy, xtb-molecules"):
         builtin_dataset("emt-aloy", 2, seed=0)
     with pytest.raises(InputError, match="training_set.systems.builtin: unknown built-in dataset 'emt'"):
         read_structures({"systems": {"builtin": "emt", "n": 2}})

@@ -13,7 +13,7 @@ from nanopet.tune.space import Driver, Strategy, parameter_path
 from nanopet.tune.study import plan
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "losses"])
+@pytest.mark.parametrize("name", ["default", "quick", "losses", "molecules"])
 def test_shipped_search_spaces_load(name):
     space = load_search_space(REPO / "search_spaces" / f"{name}.yaml", check_data=False)
     assert space.parameters and space.budget.epochs >= 1

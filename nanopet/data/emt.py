@@ -9,15 +9,12 @@ energies, forces and stresses. Generation is fully determined by the seed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, did_you_mean
-
-BUILTIN_DATASETS = ("emt-alloy",)
+from ..errors import InputError
+from .md import hot_start_langevin
 
 SUPERCELL = (2, 2, 2)  # conventional fcc cells (4 atoms each): 32 atoms
 MAX_ISOTROPIC_STRAIN = 0.03
@@ -70,45 +67,6 @@ def write_emt_alloy(path, n: int, seed: int = 0, progress=None) -> Path:
     path = Path(path)
     ase.io.write(path, generate_emt_alloy(n, seed=seed, progress=progress), format="extxyz")
     return path
-
-
-def builtin_dataset(name: str, n: int, seed: int = 0) -> list:
-    """The built-in dataset ``name`` as a list of ``Structure``, generated once and cached on disk."""
-    from .read import read_structures
-
-    return read_structures(str(builtin_dataset_path(name, n, seed)))
-
-
-def builtin_dataset_path(name: str, n: int, seed: int = 0, progress=None) -> Path:
-    """Path of the cached extxyz file of a built-in dataset, generating it if needed.
-
-    The file is written to a temporary name and moved into place, so concurrent processes
-    asking for the same dataset never see a partial file.
-    """
-    if name not in BUILTIN_DATASETS:
-        raise InputError(
-            f"unknown built-in dataset '{name}'{did_you_mean(name, BUILTIN_DATASETS)}; "
-            f"known: {', '.join(BUILTIN_DATASETS)}"
-        )
-    directory = cache_dir()
-    path = directory / f"{name}-n{int(n)}-s{int(seed)}.xyz"
-    if path.exists():
-        return path
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write_emt_alloy(temporary, n, seed=seed, progress=progress)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
-
-
-def cache_dir() -> Path:
-    """``$NANOPET_CACHE`` if set, else ``~/.cache/nanopet-tune``."""
-    return Path(os.environ.get("NANOPET_CACHE") or Path.home() / ".cache" / "nanopet-tune")
 
 
 def _fcc_lattice_constants(elements) -> dict:
@@ -164,24 +122,11 @@ def _rattled_structure(rng, lattice_constants: dict):
 
 def _md_snapshots(rng, lattice_constants: dict, temperature: float, n_snapshots: int) -> list:
     """Snapshots of one Langevin run at ``temperature`` (K), after a short equilibration."""
-    from ase import units
     from ase.calculators.emt import EMT
-    from ase.md.langevin import Langevin
 
     atoms = _random_lattice(rng, lattice_constants)
     atoms.calc = EMT()
-    # Maxwell-Boltzmann momenta, hotter than the target: about half of the kinetic energy
-    # flows into the potential energy, so the run starts near the target temperature.
-    thermal_momentum = np.sqrt(atoms.get_masses() * units.kB * 2 * temperature)
-    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * thermal_momentum[:, None])
-    dynamics = Langevin(
-        atoms,
-        timestep=MD_TIMESTEP_FS * units.fs,
-        temperature_K=temperature,
-        friction=MD_FRICTION_PER_FS / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
+    dynamics = hot_start_langevin(atoms, rng, temperature, MD_TIMESTEP_FS, MD_FRICTION_PER_FS)
     dynamics.run(MD_EQUILIBRATION_STEPS)
     snapshots = []
     for _ in range(n_snapshots):

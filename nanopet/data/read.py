@@ -4,6 +4,7 @@ A dataset is a path, a list of datasets, or a dict::
 
     systems: {read_from: data.xyz, length_unit: angstrom}   # or `systems: data.xyz`
                                                              # or {builtin: emt-alloy, n: 200, seed: 0}
+                                                             # or {builtin: xtb-molecules, n: 200}
     targets:
       energy: {key: energy, unit: eV, forces: {key: forces}, stress: {key: stress}}
       # or `virial: {key: virial}` instead of stress; `forces: false` to ignore forces
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, did_you_mean
+from .builtin import builtin_dataset_path
 from .structure import Structure
 
 
@@ -89,6 +91,11 @@ def read_structures(dataset, base_dir=".", name: str = "training_set") -> list[S
         return [s for i, part in enumerate(dataset) for s in read_structures(part, base_dir, f"{name}[{i}]")]
     spec = _parse_dataset(dataset, Path(base_dir), name)
     return _read_dataset(spec)
+
+
+def builtin_dataset(name: str, n: int, seed: int = 0) -> list[Structure]:
+    """The built-in dataset ``name`` as Structures, generated once and cached on disk."""
+    return read_structures(str(builtin_dataset_path(name, n, seed)))
 
 
 def load_splits(options: dict, base_dir=".", seed: int = 0):
@@ -189,8 +196,6 @@ def _parse_systems(systems, base_dir: Path, where: str) -> tuple[Path, str]:
 
 
 def _builtin_path(systems: dict, where: str) -> Path:
-    from .emt import builtin_dataset_path
-
     _check_keys(systems, BUILTIN_KEYS, where)
     n = _integer(systems.get("n", DEFAULT_BUILTIN_SIZE), f"{where}.n", minimum=1)
     seed = _integer(systems.get("seed", 0), f"{where}.seed", minimum=0)
