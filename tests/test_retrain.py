@@ -15,7 +15,7 @@ from retrain_support import tiny_study
 
 from nanopet.calculator import NanoPETCalculator
 from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
-from nanopet.commands_retrain import COMMANDS, add_parsers
+from nanopet.cli.retrain import COMMANDS, add_parsers
 from nanopet.data import generate_emt_alloy
 from nanopet.errors import InputError
 from nanopet.options import read_yaml, resolve_options
