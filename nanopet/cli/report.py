@@ -5,7 +5,7 @@ from __future__ import annotations
 from nanopet.cli.arguments import hidden_alias
 
 
-def add_parsers(commands) -> None:
+def add_parser(commands) -> None:
     """Add the ``report`` subcommand to an argparse subparsers object."""
     report = commands.add_parser("report", help="write an offline HTML report of a study (reports/<study>/index.html)")
     report.add_argument("study", help="study name (folder under studies/), a stage study's name, a journal file, or a storage URL")
@@ -18,7 +18,7 @@ def add_parsers(commands) -> None:
     hidden_alias(report, "--out", dest="reports_dir")
 
 
-def run_report(args, out=print) -> int:
+def run(args, out=print) -> int:
     from nanopet.report import default_out_dir
     from nanopet.report.study import CSV, SUMMARY, status_line, write_study_report
 
@@ -30,4 +30,5 @@ def run_report(args, out=print) -> int:
     return 0
 
 
-COMMANDS = {"report": run_report}
+COMMANDS = {"report": run}
+add_parsers = add_parser  # the name nanopet.cli calls in every command group
