@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def base_space(args, directory: Path, name: str) -> dict:
     return {
         "seed": 0, "device": args.device, "base_precision": 32,
-        "training_set": {"systems": {"builtin": "emt-alloy", "n": args.structures, "seed": 0}},
+        "training_set": {"systems": {"builtin": args.builtin, "n": args.structures, "seed": 0},
+                         **({"targets": {"energy": {"key": "energy", "forces": {"key": "forces"}}}}
+                            if args.builtin == "xtb-molecules" else {})},
         "validation_set": 0.2, "test_set": 0.0,
         "architecture": {"model": {"cutoff": 4.0, "d_pet": args.d_pet, "num_heads": 2, "num_gnn_layers": 1,
                                    "num_attention_layers": 1},
@@ -140,6 +142,11 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
     best_a = min(t.value for t in a if t.state.name == "COMPLETE")
     epochs_a = sum(len(t.intermediate_values) for t in a)
     reach_a, reach_wall_a = until(a, best_a)
+    tag = f"seed {seed}: "
+    if args.pruner == "none":  # the unpruned study alone, analysed (kept for --replay with --keep)
+        rows = [("pruning", tag + f"epochs computed, {args.trials} trials; best val_loss", f"{epochs_a:.0f}", f"{best_a:.4g}", "", "")]
+        return (rows + ranking_rows(a, first_rung(args, args.epochs), args.epochs, tag) + replay_rows(a, args.epochs, tag),
+                [f"seed {seed}: unpruned only, {len(a)} trials x {args.epochs} epochs"], None)
 
     pruned = copy.deepcopy(raw)
     pruned["study"]["name"] = name = f"pruned-s{seed}"
@@ -160,7 +167,6 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
             break
         n_trials += max(1, args.trials // 4)
     ratio = None if reach_b is None else reach_b / reach_a
-    tag = f"seed {seed}: "
     rows = [
         ("pruning", tag + f"epochs computed, {args.trials} trials each", f"{epochs_a:.0f}", f"{same[0]:.0f}",
          f"{same[0] / epochs_a:.2f}", ""),
@@ -184,7 +190,7 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, float | 
 def ranking_rows(unpruned: list, rung: int, epochs: int, tag: str) -> list:
     """Why pruning works or not: how well the value at the first rung ranks the unpruned trials' final values, and
     short-horizon bias: how the learning rate ranks them early and at the end (> 0: lower rates are better)."""
-    from nanopet.report.importance import kendall_tau
+    from nanopet.tune.pruning import kendall_tau
 
     full = [t for t in unpruned if t.state.name == "COMPLETE" and rung in t.intermediate_values]
     two = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731 - None: a constant sample
@@ -216,15 +222,19 @@ def replay_kept(args) -> tuple[list, list]:
     return rows, notes
 
 
+RANKING_TAUS = (0.4, 0.6, 0.8)  # the ranking pruner's min_tau replayed
+
+
 def replayed(epochs: int) -> list:
     """The pruners replayed: successive halving deciding first at about a ninth, a fifth and a third of the
     trial's epochs (epochs 1, 2, 3 of 9), the pruner of a search space that names none (median from a fifth),
-    and hyperband from a ninth."""
+    hyperband from a ninth, and the ranking pruner (nanopet/tune/pruning.py) at a few min_tau."""
     from nanopet.tune.space import default_pruner
 
     rungs = epoch_shares(epochs, 1 / 9, 1 / 5, 1 / 3)  # short trials: fewer distinct first rungs
     return [{"type": "successive_halving", "min_resource": r, "reduction_factor": 3} for r in rungs] + [
-        default_pruner(epochs), {"type": "hyperband", "min_resource": rungs[0], "reduction_factor": 3}]
+        default_pruner(epochs), {"type": "hyperband", "min_resource": rungs[0], "reduction_factor": 3}] + [
+        {"type": "ranking", "min_tau": tau, "n_startup_trials": 5} for tau in RANKING_TAUS]
 
 
 def replay(curves: list, settings: dict, epochs: int) -> tuple[list, list]:
@@ -331,13 +341,16 @@ def print_table(title: str, header: tuple, rows: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--structures", type=int, default=100, help="built-in EMT structures (default 100)")
+    parser.add_argument("--builtin", default="emt-alloy", choices=["emt-alloy", "xtb-molecules"],
+                        help="the built-in dataset (default emt-alloy; xtb-molecules: energies and forces, no cell)")
+    parser.add_argument("--structures", type=int, default=100, help="built-in structures (default 100)")
     parser.add_argument("--d-pet", type=int, default=16, help="base d_pet; the search picks d/2, d, 2d (default 16)")
     parser.add_argument("--trials", type=int, default=30, help="trials of each pruning study (default 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="TPE seeds of the pruning comparison (default 0)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["pruning", "parallel"], help="parts not to run")
     parser.add_argument("--epochs", type=int, default=9, help="epochs per trial in the pruning studies (default 9)")
-    parser.add_argument("--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median"])
+    parser.add_argument("--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median", "none"],
+                        help="the pruned study's pruner (none: the unpruned studies only, e.g. to keep for --replay)")
     parser.add_argument("--min-resource", type=int, help="first rung / warm-up epochs of the pruner (default epochs // 9)")
     parser.add_argument("--scheduler-patience", type=int, default=1000,
                         help="trials' scheduler_patience in epochs (default 1000: the learning rate never drops)")

@@ -142,7 +142,7 @@ def test_kendall_tau_is_scipys_tau_b_and_counts_only_pairs_within_a_stage():
     import numpy as np
     from scipy.stats import kendalltau
 
-    from nanopet.report.importance import kendall_tau
+    from nanopet.tune.pruning import kendall_tau
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 4, 25).astype(float)  # with ties

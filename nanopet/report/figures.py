@@ -23,8 +23,8 @@ from nanopet.report.importance import (
     DOCUMENTED_ORDER,
     FEW_TRIALS,
     Importances,
-    kendall_tau,
 )
+from nanopet.tune.pruning import kendall_tau
 from nanopet.tune.study import decode
 
 STATE_COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728", "running": "#2ca02c", "waiting": "#7f7f7f"}
