@@ -106,6 +106,39 @@ def last_layer_init(factor: float):
 
 
 @contextlib.contextmanager
+def geometry_balance(on: bool):
+    """The trainer's balance_geometry initialisation on or off (off: torch's default initialisation)."""
+    trainer = importlib.import_module("nanopet.train")
+    saved = trainer.GEOMETRY_BALANCE
+    trainer.GEOMETRY_BALANCE = on
+    try:
+        yield
+    finally:
+        trainer.GEOMETRY_BALANCE = saved
+
+
+@contextlib.contextmanager
+def vector_init(factor: float, layer: int = 0):
+    """A linear layer of the encoder's edge-vector MLP (0: the first, on the raw vector in A; -1: the last)
+    initialised at ``factor`` times torch's default (the trainer's balance_geometry off)."""
+    trainer = importlib.import_module("nanopet.train")
+    original, saved = trainer.NanoPET, trainer.GEOMETRY_BALANCE
+    trainer.GEOMETRY_BALANCE = False
+
+    class NanoPET(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            with torch.no_grad():
+                self.encoder.vector_mlp[layer].weight.mul_(factor)
+
+    trainer.NanoPET = NanoPET
+    try:
+        yield
+    finally:
+        trainer.NanoPET, trainer.GEOMETRY_BALANCE = original, saved
+
+
+@contextlib.contextmanager
 def adam(steps_of_warmup: int = 0, **settings):
     """torch.optim.Adam replaced by one with a linear learning-rate warm-up and/or other settings."""
     original = torch.optim.Adam
@@ -156,6 +189,7 @@ def variants(n_train: int) -> dict:
     steps_per_epoch = max(1, n_train // BATCH_SIZE)
     return {
         "baseline (lr 1e-3)": ({}, contextlib.nullcontext),
+        "torch-default-init": ({}, lambda: geometry_balance(False)),
         "no-clip": ({}, lambda: clip_norm(math.inf)),
         "clip-10": ({}, lambda: clip_norm(10.0)),
         "energy-w0.1": ({"weights": {"energy": 0.1}}, contextlib.nullcontext),
@@ -169,6 +203,13 @@ def variants(n_train: int) -> dict:
         "no-rotations": ({"training": {"rotational_augmentation": False}}, contextlib.nullcontext),
         "d_pet-64-2+2": ({"model": {"d_pet": 64, "num_gnn_layers": 2, "num_attention_layers": 2, "num_heads": 4}},
                          contextlib.nullcontext),
+        "vector-x3": ({}, lambda: vector_init(3.0)),
+        "vector-x10": ({}, lambda: vector_init(10.0)),
+        "vector-x30": ({}, lambda: vector_init(30.0)),
+        "vector-out-x10": ({}, lambda: vector_init(10.0, -1)),
+        "vector-x10-batch-2": ({"training": {"batch_size": 2}}, lambda: vector_init(10.0)),
+        "batch-2": ({"training": {"batch_size": 2}}, contextlib.nullcontext),
+        "batch-2-lr-3e-3": ({"training": {"batch_size": 2}, "learning_rate": 3e-3}, contextlib.nullcontext),
         "lr-3e-3": ({"learning_rate": 3e-3}, contextlib.nullcontext),
         "lr-3e-4": ({"learning_rate": 3e-4}, contextlib.nullcontext),
     }
@@ -269,6 +310,7 @@ def reached(curve: list[float], stamps: list[float], threshold: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--builtin", default="xtb-molecules", choices=["xtb-molecules", "emt-alloy"])
     parser.add_argument("--structures", type=int, default=250)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -281,9 +323,9 @@ def main() -> None:
     from nanopet.data import write_builtin_dataset
 
     work = Path(tempfile.mkdtemp(prefix="nanopet-plateau-"))
-    data = write_builtin_dataset("xtb-molecules", work / "molecules.xyz", args.structures, seed=0, show_progress=False)
+    data = write_builtin_dataset(args.builtin, work / f"{args.builtin}.xyz", args.structures, seed=0, show_progress=False)
     n_train = args.structures - round(0.2 * args.structures)
-    print(f"{args.structures} xtb molecules ({n_train} train), cutoff {MODEL['cutoff']}, d_pet {MODEL['d_pet']}, "
+    print(f"{args.structures} {args.builtin} structures ({n_train} train), cutoff {MODEL['cutoff']}, d_pet {MODEL['d_pet']}, "
           f"1+1 layers, float32, batch {BATCH_SIZE}, {args.epochs} epochs, seeds {args.seeds}", flush=True)
     if not args.no_diagnosis:
         diagnose(data, args.seeds[0])
