@@ -63,8 +63,10 @@ def measure(name: str, n_structures: int, batch_size: int, steps: int, precision
 
     from nanopet.data.batch import GraphDataset
     from nanopet.data import builtin_dataset
-    from nanopet.model import NanoPET, count_parameters, default_hypers
-    from nanopet.train import Loss, keep_freed_memory, resolve_atoms_per_pass, training_step
+    from nanopet.model import NanoPET, count_parameters
+    from nanopet.options import default_hypers
+    from nanopet.runtime import keep_freed_memory, resolve_atoms_per_pass
+    from nanopet.train import Loss, training_step
 
     keep_freed_memory()
     dtype = torch.float64 if precision == 64 else torch.float32

@@ -29,7 +29,8 @@ import yaml
 OURS = """
 import sys, time, torch, yaml
 from nanopet.data.batch import GraphDataset
-from nanopet.train import train, load_data
+from nanopet.data.splits import load_data
+from nanopet.train import train
 options = yaml.safe_load(open(sys.argv[1]))
 times = []
 result = train(options, on_epoch=lambda epoch, metrics: times.append((time.perf_counter(), metrics)), log=lambda line: None)

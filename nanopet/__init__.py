@@ -2,18 +2,20 @@
 
 Public API (everything else is internal):
 
-- ``NanoPET``: the model (``nanopet.model``), ``default_hypers()`` its documented defaults
+- ``NanoPET``: the model (``nanopet.model``), ``default_hypers()`` its documented defaults (``nanopet.options``)
 - ``train(options, on_epoch=...)``: the trainer, ``load_data`` / ``Data`` to reuse neighbour lists
 - ``NanoPETCalculator``: an ASE calculator from a checkpoint
 - ``Structure``, ``read_structures``, ``load_splits``, ``generate_emt_alloy``: data
 """
 
 from nanopet.calculator import NanoPETCalculator
+from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
 from nanopet.data import Structure, generate_emt_alloy, load_splits, read_structures
+from nanopet.data.splits import Data, load_data
 from nanopet.errors import InputError, NanoPETError, NonFiniteLossError
-from nanopet.model import NanoPET, default_hypers
-from nanopet.options import resolve_options
-from nanopet.train import Data, TrainResult, load_checkpoint, load_data, model_from_checkpoint, train
+from nanopet.model import NanoPET
+from nanopet.options import default_hypers, resolve_options
+from nanopet.train import TrainResult, train
 
 __version__ = "0.1.0"
 

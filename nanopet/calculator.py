@@ -14,10 +14,11 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from nanopet.checkpoints import model_from_checkpoint
 from nanopet.data.batch import GraphDataset
 from nanopet.data.structure import Structure
 from nanopet.model import NanoPET
-from nanopet.train import model_from_checkpoint, select_device
+from nanopet.runtime import select_device
 
 
 class NanoPETCalculator(Calculator):

@@ -159,7 +159,7 @@ def metatomic_predictions(model, structures: list[Structure], batch_size: int, p
 def load_model(path: Path) -> tuple[object, bool, list[int], float]:
     """(model, is_metatomic, atomic types, cutoff) of a checkpoint or an exported metatomic .pt."""
     if path.suffix != ".pt":
-        from nanopet.train import model_from_checkpoint
+        from nanopet.checkpoints import model_from_checkpoint
 
         model = model_from_checkpoint(path).eval()
         return model, False, list(model.atomic_types), model.cutoff

@@ -151,7 +151,7 @@ def export_model(model: NanoPET, name: str = "nanopet", description: str = "") -
 
 def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path, None] = None) -> Path:
     """``nanopet-tune export``: write the metatomic model of a checkpoint's best weights; returns its path."""
-    from nanopet.train import model_from_checkpoint
+    from nanopet.checkpoints import model_from_checkpoint
 
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else checkpoint.with_suffix(".pt")

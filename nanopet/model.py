@@ -25,27 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from nanopet.data.batch import Batch
 from nanopet.errors import InputError
 from nanopet.kernels import LayerNorm, SiLU, gelu, pick_rows, place_rows, unused_rows
-
-DEFAULT_HYPERS_FILE = Path(__file__).with_name("default-hypers.yaml")
-
-
-def default_hypers() -> dict:
-    """The documented defaults (``default-hypers.yaml`` beside this file): {"model": ..., "training": ...}."""
-    with open(DEFAULT_HYPERS_FILE) as f:
-        return yaml.safe_load(f)
-
 
 # ---------------------------------------------------------------------------------------------
 # 2.5 Cutoff function: 1 below r_c - w, then a cosine switch to 0 at r_c.

@@ -23,13 +23,19 @@ from pathlib import Path
 import yaml
 
 from nanopet.errors import InputError, did_you_mean
-from nanopet.model import default_hypers
 
+DEFAULT_HYPERS_FILE = Path(__file__).with_name("default-hypers.yaml")  # beside model.py, whose hypers it documents
 RUN_DEFAULTS = {"seed": 0, "device": "auto", "base_precision": 32}
 TOP_LEVEL_KEYS = {"seed", "device", "base_precision", "architecture", "training_set", "validation_set", "test_set"}
 LOSS_TERMS = ("energy", "forces", "virial")
 # mappings whose keys are the user's own (targets, species), not hyperparameter names
 FREE_FORM = {"heads", "fixed_composition_weights", "deltas", "weights"}
+
+
+def default_hypers() -> dict:
+    """The documented defaults (``default-hypers.yaml``, beside ``model.py``): {"model": ..., "training": ...}."""
+    with open(DEFAULT_HYPERS_FILE) as f:
+        return yaml.safe_load(f)
 
 
 def read_yaml(path: str | Path) -> dict:

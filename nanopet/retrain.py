@@ -85,7 +85,7 @@ def with_seed(options: dict, seed: int) -> dict:
 
 def latest_checkpoint(folder: Path, key: str) -> Path | None:
     """The checkpoint of ``folder`` with the highest epoch (``model.ckpt`` or ``checkpoints/model_<e>.ckpt``)."""
-    from nanopet.train import load_checkpoint
+    from nanopet.checkpoints import load_checkpoint
 
     candidates = []
     for path in (folder / "checkpoints").glob("model_*.ckpt"):
@@ -157,8 +157,10 @@ def read_history(path: Path) -> list[dict]:
 
 def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str = "cpu") -> dict:
     """Metrics of a saved model's best-validation weights on ``split``, recomputed as the trainer does."""
+    from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
     from nanopet.composition import composition_offsets, composition_weights
-    from nanopet.train import Loss, evaluate, load_checkpoint, model_from_checkpoint, select_device
+    from nanopet.runtime import select_device
+    from nanopet.train import Loss, evaluate
 
     options = resolve_options(load_checkpoint(path)["options"])
     training = options["architecture"]["training"]
@@ -179,7 +181,7 @@ def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str
 
 def shared_data(options_list: list[dict], cutoff: float = 0.0):
     """``load_data`` once for runs that share a dataset and split (neighbour lists at the largest cutoff)."""
-    from nanopet.train import load_data
+    from nanopet.data.splits import load_data
 
     first = options_list[0]
     for options in options_list[1:]:
@@ -251,7 +253,7 @@ class RetrainResult:
 
 
 def finalize(options: dict, epochs: int | None, device: str | None, test_set: float | None) -> dict:
-    from nanopet.model import default_hypers
+    from nanopet.options import default_hypers
 
     options = copy.deepcopy(options)
     training = options["architecture"]["training"]

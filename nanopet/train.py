@@ -12,16 +12,16 @@ Deliberate deviations from the reference trainer, for a tuning workbench:
 - batches are drawn from buckets of similar neighbour count (less padding, same distribution);
 - ``num_epochs`` counts total epochs: a resumed run continues up to it, not num_epochs more;
 - the saved model (``model.ckpt``) carries the best-validation weights used by the calculator.
+
+The files a run writes (checkpoints, metrics.csv) are nanopet.checkpoints'; the device and the DDP
+process group come from nanopet.runtime; the data splits from nanopet.data.splits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import ctypes
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +31,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanopet.composition import composition_offsets, composition_weights, fit_composition_weights, fixed_composition  # noqa: F401
+from nanopet.checkpoints import CHECKPOINT_FORMAT, append_csv, forget_epochs, load_checkpoint, save_checkpoint
+from nanopet.composition import composition_offsets, composition_weights
 from nanopet.data.batch import Batch, GraphDataset
-from nanopet.data.splits import Data, cutoff_of, read_data
+from nanopet.data.splits import Data, load_data
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.model import NanoPET
 from nanopet.options import loss_type, resolve_options
+from nanopet.runtime import Distribution, keep_freed_memory, resolve_atoms_per_pass, select_device, start_distributed
 
-CHECKPOINT_FORMAT = "nanopet-tune/1"
 MIN_LEARNING_RATE = 1e-7
 GRADIENT_CLIP_NORM = 1.0
 GEOMETRY_BALANCE = True  # balance_geometry at the start of training (bench_plateau.py switches it off to compare)
 BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
 EV_PER_A3_IN_GPA = 160.21766208
-CPU_ATOMS_PER_PASS = 256
 # how metrics are printed (files keep eV/atom, eV/A, GPa): the unit and the factor from the file's value
 SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
 
@@ -236,7 +236,7 @@ class Accumulator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches, augmentation, distribution
+# Batches, augmentation, and each rank's share of them
 
 
 def epoch_batches(dataset: GraphDataset, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
@@ -288,72 +288,6 @@ def rotate(batch: Batch, rotations: torch.Tensor) -> Batch:
     return rotated
 
 
-@dataclass
-class Distribution:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def start_distributed(training: dict, device: torch.device) -> Distribution:
-    """Join the process group described by torchrun (RANK/WORLD_SIZE) or SLURM (SLURM_PROCID/NTASKS)."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"]))
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    else:
-        raise InputError(
-            "architecture.training.distributed: true needs a process launcher; run under torchrun "
-            "(torchrun --nproc-per-node N -m nanopet.cli train options.yaml) or srun"
-        )
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env["MASTER_PORT"] = str(training["distributed_port"])
-    if device.type == "cpu":  # oversubscribed OpenMP threads make CPU training many times slower
-        local_processes = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", world)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, rank=rank, world_size=world)
-    return Distribution(rank, world, local)
-
-
-def select_device(name: str, distribution_local_rank: int | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"device: {name} requested but no CUDA device is visible; use device: cpu or auto")
-        if name == "cuda" and distribution_local_rank is not None:
-            name = f"cuda:{distribution_local_rank % torch.cuda.device_count()}"
-    elif name != "cpu":
-        raise InputError(f"device: must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return torch.device(name)
-
-
-def resolve_atoms_per_pass(value, device: torch.device) -> int:
-    """``auto``: 256 atoms per pass on CPU (peak memory halves at the default batch, speed unchanged),
-    the whole batch on GPU."""
-    if value == "auto":
-        return CPU_ATOMS_PER_PASS if device.type == "cpu" else 2**62
-    return int(value)
-
-
-def keep_freed_memory() -> None:
-    """Stop glibc from returning large freed blocks to the OS after every step (the biggest CPU loss
-    measured on force training: each step re-faults hundreds of MB). No-op off glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -367,12 +301,6 @@ class TrainResult:
     stopped: str  # "completed" | "callback" | "learning_rate"
     output_dir: Path | None = None
     test_metrics: dict = field(default_factory=dict)
-
-
-def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None) -> Data:
-    """Read the splits named in ``options`` and compute neighbour lists once, at ``cutoff``."""
-    options = resolve_options(options)
-    return read_data(options, base_dir, cutoff or cutoff_of(options))
 
 
 def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
@@ -613,37 +541,7 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints, logging
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Atomic write: a killed process never leaves a half-written checkpoint behind."""
-    path = Path(path)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise InputError(f"{path}: not a readable nanopet-tune checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a nanopet-tune checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def model_from_checkpoint(path: str | Path, best: bool = True) -> NanoPET:
-    """Rebuild the model of a checkpoint (best-validation weights by default)."""
-    state = load_checkpoint(path)
-    model = NanoPET(state["model"]["hypers"], state["model"]["atomic_types"])
-    model.to(getattr(torch, state["model"]["dtype"]))
-    model.load_state_dict(state["best_model_state_dict"] if best else state["model_state_dict"])
-    return model
+# Logging (the files a run writes are in nanopet.checkpoints)
 
 
 def print_flush(message: str) -> None:
@@ -679,23 +577,3 @@ def metric_parts(metrics: dict, split: str, with_mae: bool, per_structure: bool 
     return parts
 
 
-def forget_epochs(path: Path, first: int) -> None:
-    """Drop the rows of epochs >= ``first`` from a metrics CSV (atomically), so that no epoch is listed twice."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < first]
-    if len(kept) < len(lines):
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(kept))
-        os.replace(temporary, path)
-
-
-def append_csv(path: Path, metrics: dict, log_mae: bool) -> None:
-    row = {k: v for k, v in metrics.items() if log_mae or not k.endswith("_mae")}
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)

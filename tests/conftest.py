@@ -42,8 +42,8 @@ def emt_structures() -> list[Structure]:
 
 @pytest.fixture(scope="session")
 def emt_data(emt_structures):
-    """``nanopet.train.Data`` with 20 train / 5 validation / 5 test structures at cutoff 4.0 A."""
-    from nanopet.train import Data
+    """``nanopet.data.splits.Data`` with 20 train / 5 validation / 5 test structures at cutoff 4.0 A."""
+    from nanopet.data.splits import Data
 
     s = emt_structures
     return Data(GraphDataset(s[:20], EMT_CUTOFF), GraphDataset(s[20:25], EMT_CUTOFF), GraphDataset(s[25:30], EMT_CUTOFF))

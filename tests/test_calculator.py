@@ -16,11 +16,14 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 from nanopet.calculator import NanoPETCalculator
+from nanopet.checkpoints import model_from_checkpoint
+from nanopet.composition import fit_composition_weights
 from nanopet.data import read_structures, write_emt_alloy
 from nanopet.data.batch import GraphDataset
+from nanopet.data.splits import Data
 from nanopet.data.structure import Structure
 from nanopet.errors import InputError
-from nanopet.train import Data, fit_composition_weights, model_from_checkpoint, train
+from nanopet.train import train
 
 CUTOFF = 4.0
 

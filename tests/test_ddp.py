@@ -2,7 +2,7 @@
 
 Each test spawns two fresh Python processes with ``torch.multiprocessing``; they find each other
 through RANK / WORLD_SIZE / MASTER_ADDR in the environment and ``distributed_port`` (a free port),
-exactly as ``nanopet.train.start_distributed`` reads them under torchrun.
+exactly as ``nanopet.runtime.start_distributed`` reads them under torchrun.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import torch
 import torch.multiprocessing as mp
 from conftest import EMT_CUTOFF
 
+from nanopet.composition import fit_composition_weights
 from nanopet.data.batch import GraphDataset
+from nanopet.data.splits import Data
 from nanopet.model import NanoPET, composition_features
-from nanopet.train import Data, Loss, evaluate, fit_composition_weights, loss_terms, shard, start_distributed, train
+from nanopet.runtime import start_distributed
+from nanopet.train import Loss, evaluate, loss_terms, shard, train
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120

@@ -15,13 +15,15 @@ from ase.md.verlet import VelocityVerlet
 from metatomic_ase import MetatomicCalculator
 
 from nanopet.calculator import NanoPETCalculator
+from nanopet.checkpoints import model_from_checkpoint
 from nanopet.cli import main
 from nanopet.data import write_emt_alloy
 from nanopet.data.batch import GraphDataset
 from nanopet.data.read import read_structures
+from nanopet.data.splits import Data
 from nanopet.export import export_checkpoint, export_model
 from nanopet.kernels import LayerNorm, SiLU, gelu, pick_rows, place_rows
-from nanopet.train import Data, model_from_checkpoint, train
+from nanopet.train import train
 
 CUTOFF = 4.0
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # metatomic is TorchScript

@@ -21,7 +21,8 @@ from nanopet.data.neighbors import edge_graph, neighbor_list
 from nanopet.data.structure import Structure
 from nanopet.errors import InputError
 from nanopet.kernels import LayerNorm, SiLU, gelu, layer_norm, pick_rows, place_rows, unused_rows
-from nanopet.model import Attention, FeedForward, NanoPET, Transformer, count_parameters, default_hypers
+from nanopet.model import Attention, FeedForward, NanoPET, Transformer, count_parameters
+from nanopet.options import default_hypers
 
 F64 = torch.float64
 CU, AU = 29, 79

@@ -20,8 +20,9 @@ import torch
 from optuna.trial import TrialState
 from tune_support import REPO, tiny_space
 
+from nanopet.cli import report as command
 from nanopet.errors import InputError
-from nanopet.report import command, report_after_search, write_page, write_report
+from nanopet.report import report_after_search, write_page, write_report
 from nanopet.report.collect import collect
 from nanopet.report.importance import DOCUMENTED_ORDER, agreement, measure
 from nanopet.tune import load_search_space, run

@@ -14,13 +14,13 @@ import torch
 from retrain_support import tiny_study
 
 from nanopet.calculator import NanoPETCalculator
-from nanopet.commands_retrain import COMMANDS, add_parsers
+from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
+from nanopet.cli.retrain import COMMANDS, add_parsers
 from nanopet.data import generate_emt_alloy
 from nanopet.errors import InputError
 from nanopet.options import read_yaml, resolve_options
 from nanopet.retrain import choose_trial, evaluate_checkpoint, open_study, retrain, shared_data
 from nanopet.tune.storage import trial_options
-from nanopet.train import load_checkpoint, model_from_checkpoint
 from nanopet.tune.storage import open_storage
 
 

@@ -18,25 +18,14 @@ from ase.build import bulk, fcc100
 from ase.calculators.emt import EMT
 from conftest import EMT_CUTOFF, emt_to_structure
 
+from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
+from nanopet.composition import fit_composition_weights
 from nanopet.data import Structure
 from nanopet.data.batch import GraphDataset
+from nanopet.data.splits import Data
 from nanopet.errors import InputError, NanoPETError, NonFiniteLossError
 from nanopet.model import NanoPET
-from nanopet.train import (
-    Accumulator,
-    Data,
-    Loss,
-    Terms,
-    epoch_batches,
-    evaluate,
-    fit_composition_weights,
-    load_checkpoint,
-    loss_terms,
-    model_from_checkpoint,
-    random_rotations,
-    rotate,
-    train,
-)
+from nanopet.train import Accumulator, Loss, Terms, epoch_batches, evaluate, loss_terms, random_rotations, rotate, train
 
 train_module = importlib.import_module("nanopet.train")  # `import nanopet.train` gives the function
 

@@ -96,7 +96,7 @@ def test_a_trial_waits_for_an_earlier_trial_still_suggesting_its_parameters(tmp_
 
     import optuna
 
-    from nanopet.train import load_data
+    from nanopet.data.splits import load_data
     from nanopet.tune import load_search_space
     from nanopet.tune.objective import TrialRunner
 

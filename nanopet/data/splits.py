@@ -1,5 +1,6 @@
 """The data splits as neighbour-listed datasets, and the rules that keep their neighbour lists built once.
 
+- ``load_data``: the splits named in an options file, read and neighbour-listed once.
 - ``Data``: train/val/test ``GraphDataset``s; ``at_cutoff`` restricts them to a smaller cutoff by distance
   filtering (no new neighbour lists), so a search builds them once at the largest cutoff any trial uses.
 - ``largest_cutoff``: that cutoff, from the base options' cutoff and the tuned parameters, keyed by the
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanopet.data.batch import GraphDataset
+from nanopet.options import resolve_options
 
 CUTOFF = ("architecture", "model", "cutoff")  # where a trial's cutoff is in its options
 DATASET_KEYS = ("training_set", "validation_set", "test_set")
@@ -36,6 +38,12 @@ class Data:
             return dataset if math.isclose(dataset.cutoff, cutoff) else dataset.restrict(cutoff)
 
         return Data(restricted(self.train), restricted(self.val), restricted(self.test))
+
+
+def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None) -> Data:
+    """Read the splits named in ``options`` and compute neighbour lists once, at ``cutoff``."""
+    options = resolve_options(options)
+    return read_data(options, base_dir, cutoff or cutoff_of(options))
 
 
 def read_data(options: dict, base_dir: str | Path, cutoff: float) -> Data:

@@ -10,7 +10,7 @@ Public API:
   other reports (plotly.min.js is written once beside the page)
 
 Modules: ``collect`` (storage -> tables), ``importance``, ``figures``, ``page``, ``study`` (the three
-files), ``command`` (the ``report`` subcommand).
+files); the ``report`` subcommand is ``nanopet.cli.report``.
 """
 
 from __future__ import annotations

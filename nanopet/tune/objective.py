@@ -31,8 +31,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from nanopet.data.splits import Data
 from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.train import Data, train
+from nanopet.train import train
 from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import Stage, short, suggest

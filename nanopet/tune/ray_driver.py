@@ -533,7 +533,7 @@ def space_of(payload: dict) -> SearchSpace:
 
 def data_of(space: SearchSpace) -> TrialData:
     """The space's data at its largest cutoff, loaded once per process."""
-    from nanopet.train import load_data
+    from nanopet.data.splits import load_data
 
     options = space.resolved
     key = json.dumps([{k: options.get(k) for k in ("training_set", "validation_set", "test_set", "seed")},
@@ -571,7 +571,8 @@ class RayEngine:
 def trainable_fn(config: dict, payload: dict) -> None:
     from ray import tune
 
-    from nanopet.train import load_checkpoint, train
+    from nanopet.checkpoints import load_checkpoint
+    from nanopet.train import train
 
     started = time.perf_counter()
     space = space_of(payload)

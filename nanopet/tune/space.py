@@ -25,8 +25,7 @@ from pathlib import Path
 
 from nanopet.data.splits import cutoff_of, largest_cutoff
 from nanopet.errors import InputError, did_you_mean
-from nanopet.model import default_hypers
-from nanopet.options import FREE_FORM, LOSS_TERMS, TOP_LEVEL_KEYS, read_yaml, resolve_options
+from nanopet.options import FREE_FORM, LOSS_TERMS, TOP_LEVEL_KEYS, default_hypers, read_yaml, resolve_options
 
 SECTIONS = ("study", "objective", "budget", "strategy", "parameters", "driver")
 STUDY_KEYS = ("name", "storage", "directory", "sampler", "pruner", "keep_checkpoints", "max_retries",

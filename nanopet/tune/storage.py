@@ -323,7 +323,7 @@ def choose_trial(found: FoundStudy, spec: str | int | None = None) -> ChosenTria
 
 def trial_options(found: FoundStudy, study, trial) -> tuple[dict, str]:
     """A trial's full options, resolved, dataset paths absolute (see the module docstring for the order)."""
-    from nanopet.train import load_checkpoint
+    from nanopet.checkpoints import load_checkpoint
     from nanopet.tune.study import decode  # the parameters' encoding lives with the studies' distributions
 
     attrs = trial.user_attrs

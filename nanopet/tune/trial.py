@@ -275,7 +275,7 @@ def measure_cost(space: SearchSpace, options: dict, data, atomic_types: list[int
     import torch
 
     from nanopet.model import NanoPET
-    from nanopet.train import select_device
+    from nanopet.runtime import select_device
 
     model = NanoPET(options["architecture"]["model"], atomic_types)
     if space.objective.cost_measure == "parameters":

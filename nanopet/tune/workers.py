@@ -89,7 +89,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     """
     import optuna
 
-    from nanopet.train import load_data
+    from nanopet.data.splits import load_data
     from nanopet.tune.lease import recover
     from nanopet.tune.objective import TrialInterrupted, TrialRunner
     from nanopet.tune.stages import run_stages

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+from nanopet.cli.arguments import hidden_alias
 
 
-def add_parser(subparsers) -> None:
-    report = subparsers.add_parser("report", help="write an offline HTML report of a study (reports/<study>/index.html)")
+def add_parser(commands) -> None:
+    """Add the ``report`` subcommand to an argparse subparsers object."""
+    report = commands.add_parser("report", help="write an offline HTML report of a study (reports/<study>/index.html)")
     report.add_argument("study", help="study name (folder under studies/), a stage study's name, a journal file, or a storage URL")
     report.add_argument("--storage", help="storage URL (needed for a PostgreSQL study with a password)")
     report.add_argument("--directory", default="studies", help="where studies live (default: studies)")
     report.add_argument("--reports-dir", metavar="DIR", help="where reports go (default: reports/ beside the studies folder); "
                         "the report is DIR/<study>/")
     # the spellings before every command shared one vocabulary: accepted, not shown
-    report.add_argument("--studies-dir", dest="directory", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    report.add_argument("--out", dest="reports_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    hidden_alias(report, "--studies-dir", dest="directory")
+    hidden_alias(report, "--out", dest="reports_dir")
 
 
 def run(args, out=print) -> int:
@@ -27,3 +28,7 @@ def run(args, out=print) -> int:
     if data.status != "finished":
         out("  " + status_line(data))
     return 0
+
+
+COMMANDS = {"report": run}
+add_parsers = add_parser  # the name nanopet.cli calls in every command group

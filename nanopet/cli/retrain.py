@@ -1,14 +1,12 @@
-"""``nanopet-tune retrain`` and ``nanopet-tune compare-losses``: their arguments and handlers.
-
-``nanopet.cli`` adds them with ``add_parsers(commands)`` and dispatches through ``COMMANDS``.
-"""
+"""``nanopet-tune retrain`` and ``compare-losses``: their arguments and handlers (the work: ``nanopet.retrain``,
+``nanopet.compare_losses``), with the hint that says how to resume after Ctrl-C."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
+from nanopet.cli.arguments import fraction, hidden_alias, positive_int
 from nanopet.errors import InputError
 
 
@@ -55,31 +53,6 @@ def add_parsers(commands) -> None:
                         "parameters of --template) with the other hypers fixed at the study's best; run it with nanopet-tune PATH")
     losses.add_argument("--template", default="search_spaces/losses.yaml", help="search space whose loss parameters "
                         "--write-space uses (default: search_spaces/losses.yaml)")
-
-
-def hidden_alias(parser, flag: str, dest: str) -> None:
-    """An older spelling of a flag: still accepted, not shown in --help."""
-    parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction like 0.1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
-    return value
 
 
 def _pairs(text: str, where: str) -> dict:

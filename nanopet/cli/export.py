@@ -1,14 +1,11 @@
-"""``nanopet-tune export`` and ``nanopet-tune eval``: their arguments and handlers.
-
-``nanopet.cli`` adds them with ``add_parsers(commands)`` and dispatches through ``COMMANDS``; the work
-is done by ``nanopet.export.export_checkpoint`` and ``nanopet.evaluate.evaluate_model``.
-"""
+"""``nanopet-tune export`` and ``eval``: their arguments and handlers; the work is done by
+``nanopet.export.export_checkpoint`` and ``nanopet.evaluate.evaluate_model``."""
 
 from __future__ import annotations
 
 import argparse
 
-from nanopet.commands_retrain import positive_int
+from nanopet.cli.arguments import positive_int
 
 
 def add_parsers(commands) -> None:

@@ -1,0 +1,47 @@
+"""``nanopet-tune make-data NAME OUTPUT``: a built-in dataset (EMT alloys, xtb molecules) as extended XYZ."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nanopet.errors import InputError
+
+
+def add_parsers(commands) -> None:
+    """Add the ``make-data`` subcommand to an argparse subparsers object."""
+    data = commands.add_parser("make-data", help="generate a built-in dataset (EMT alloys, xtb molecules) as extended XYZ")
+    data.add_argument("name", choices=["emt-alloy", "xtb-molecules"], help="dataset generator")
+    data.add_argument("output", help="output .xyz file")
+    data.add_argument("--n", type=int, default=1000, help="number of structures (default 1000)")
+    data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def run_make_data(args) -> int:
+    from nanopet.data.builtin import write_builtin_dataset
+
+    if args.n < 1:
+        raise InputError(f"--n: must be at least 1 structure, got {args.n}")
+    if args.seed < 0:
+        raise InputError(f"--seed: must be 0 or more, got {args.seed}")
+    path = Path(args.output)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the file to write, e.g. {path / (args.name + '.xyz')}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # before the generation: an unwritable place fails at once
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{path}: cannot create its folder: a file of that name is in the way") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot create its folder ({error.strerror or error})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"{path}: cannot write into {path.parent} (permission denied)")
+
+    try:
+        path = write_builtin_dataset(args.name, path, args.n, seed=args.seed)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
+    print(f"wrote {args.n} structures to {path}")
+    return 0
+
+
+COMMANDS = {"make-data": run_make_data}
