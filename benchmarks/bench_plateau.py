@@ -1,18 +1,25 @@
 """The force plateau: epochs and wall-clock to reach a validation force RMSE, per trainer lever.
 
 Trains a quick.yaml-sized NanoPET (cutoff 4.0, d_pet 16, 1 GNN + 1 attention layer, float32,
-batch 8) on the built-in xtb molecules and records the validation force RMSE after every epoch,
-once per lever variant (and seed), then prints the epochs and seconds to reach 1.0, 0.5 and
-0.3 eV/A. With ``--mtt``, metatrain's ``pet`` of matching size trains on the same extxyz.
+batch 8) on a built-in set (``--builtin``: the xtb molecules by default, or the EMT alloy) and records the
+validation force RMSE after every epoch, once per lever variant (and seed), then prints the epochs and
+seconds to reach 1.0, 0.5 and 0.3 eV/A. With ``--mtt``, metatrain's ``pet`` of matching size trains on the
+same extxyz.
 
     python benchmarks/bench_plateau.py --structures 250 --epochs 40 --seeds 0 1 --mtt /work/mtt/bin/mtt
+    python benchmarks/bench_plateau.py --structures 250 --epochs 20 --seeds 0 1 --variants "baseline (lr 1e-3)" balanced
 
 Levers are applied inside this process only, for the measurement (the trainer is not changed):
+``balanced`` is the trainer's ``initialisation: balanced`` (``balance_geometry``: the encoder's first layer
+scaled so the tokens' geometric part has the RMS of their species part; the readout's last layer at zero);
+``vector-x3/x10/x30`` scale the first layer of the edge-vector MLP from torch's default by a fixed factor
+instead, ``vector-out-x10`` its last layer;
 ``no-clip`` lifts the gradient clipping, ``clip-10`` clips at norm 10, ``energy-w0.1`` weights
 the energy loss by 0.1, ``scale-x0.1`` / ``scale-x10`` multiply the per-atom energy scale (the
 RMS training force), ``warmup-1ep`` ramps the learning rate linearly over the first epoch,
-``adam-b2-0.99`` uses Adam's beta2 0.99, ``last-layer-0`` / ``last-layer-x0.1`` initialise the
-readout's last layer at zero / a tenth of torch's default, ``energy-w0.01`` weights the energy by 0.01, ``lr-3e-3`` / ``lr-3e-4`` the learning rate. Two diagnostics that are not levers: ``no-rotations``
+``adam-b2-0.99`` uses Adam's beta2 0.99, ``last-layer-0`` / ``last-layer-x0.1`` initialise the readout's last
+layer at zero / a tenth of torch's default, ``energy-w0.01`` weights the energy by 0.01, ``batch-2`` the batch size,
+``lr-3e-3`` / ``lr-3e-4`` the learning rate. Two diagnostics that are not levers: ``no-rotations``
 (no random rotations: is the plateau the time to learn rotational symmetry?) and ``d_pet-64-2+2``
 (a larger model).
 First, the diagnosis: the gradient norm before clipping in the first epoch, the share of the
@@ -106,24 +113,11 @@ def last_layer_init(factor: float):
 
 
 @contextlib.contextmanager
-def geometry_balance(on: bool):
-    """The trainer's balance_geometry initialisation on or off (off: torch's default initialisation)."""
-    trainer = importlib.import_module("nanopet.train")
-    saved = trainer.GEOMETRY_BALANCE
-    trainer.GEOMETRY_BALANCE = on
-    try:
-        yield
-    finally:
-        trainer.GEOMETRY_BALANCE = saved
-
-
-@contextlib.contextmanager
 def vector_init(factor: float, layer: int = 0):
     """A linear layer of the encoder's edge-vector MLP (0: the first, on the raw vector in A; -1: the last)
-    initialised at ``factor`` times torch's default (the trainer's balance_geometry off)."""
+    initialised at ``factor`` times torch's default."""
     trainer = importlib.import_module("nanopet.train")
-    original, saved = trainer.NanoPET, trainer.GEOMETRY_BALANCE
-    trainer.GEOMETRY_BALANCE = False
+    original = trainer.NanoPET
 
     class NanoPET(original):
         def __init__(self, *args, **kwargs):
@@ -135,7 +129,7 @@ def vector_init(factor: float, layer: int = 0):
     try:
         yield
     finally:
-        trainer.NanoPET, trainer.GEOMETRY_BALANCE = original, saved
+        trainer.NanoPET = original
 
 
 @contextlib.contextmanager
@@ -189,13 +183,14 @@ def variants(n_train: int) -> dict:
     steps_per_epoch = max(1, n_train // BATCH_SIZE)
     return {
         "baseline (lr 1e-3)": ({}, contextlib.nullcontext),
-        "torch-default-init": ({}, lambda: geometry_balance(False)),
+        "balanced": ({"training": {"initialisation": "balanced"}}, contextlib.nullcontext),
+        "balanced-lr-3e-3": ({"training": {"initialisation": "balanced"}, "learning_rate": 3e-3}, contextlib.nullcontext),
+        "last-layer-0": ({}, lambda: last_layer_init(0.0)),
         "no-clip": ({}, lambda: clip_norm(math.inf)),
         "clip-10": ({}, lambda: clip_norm(10.0)),
         "energy-w0.1": ({"weights": {"energy": 0.1}}, contextlib.nullcontext),
         "scale-x0.1": ({}, lambda: scaled_energy(0.1)),
         "scale-x10": ({}, lambda: scaled_energy(10.0)),
-        "last-layer-0": ({}, lambda: last_layer_init(0.0)),
         "last-layer-x0.1": ({}, lambda: last_layer_init(0.1)),
         "energy-w0.01": ({"weights": {"energy": 0.01}}, contextlib.nullcontext),
         "warmup-1ep": ({}, lambda: adam(steps_of_warmup=steps_per_epoch)),

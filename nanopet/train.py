@@ -42,7 +42,6 @@ from nanopet.runtime import Distribution, keep_freed_memory, resolve_atoms_per_p
 
 MIN_LEARNING_RATE = 1e-7
 GRADIENT_CLIP_NORM = 1.0
-GEOMETRY_BALANCE = True  # balance_geometry at the start of training (bench_plateau.py switches it off to compare)
 BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
 EV_PER_A3_IN_GPA = 160.21766208
 # how metrics are printed (files keep eV/atom, eV/A, GPa): the unit and the factor from the file's value
@@ -71,7 +70,7 @@ def balance_geometry(model: NanoPET, dataset: GraphDataset, max_structures: int 
     molecules, 0.041 vs 0.38 on the EMT alloy), so the tokens carry almost no geometry, the first predicted forces
     are near zero and stay there for tens of epochs (the force plateau, benchmarks/README.md). Same architecture,
     same parameters; a resumed run loads its weights instead. Returns the factor applied."""
-    if not GEOMETRY_BALANCE or len(dataset) == 0:
+    if len(dataset) == 0:
         return 1.0
     batch = dataset.batch(list(range(min(len(dataset), max_structures))))
     if batch.centers.numel() == 0:
@@ -386,7 +385,10 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
     composition = composition_weights(training, data.train.structures, atomic_types)
     offsets = {name: composition_offsets(composition, atomic_types, getattr(data, name).structures) for name in ("train", "val", "test")}
     model.energy_scale.fill_(energy_scale(data.train.structures, offsets["train"]))
-    balance_geometry(model, data.train)
+    if training["initialisation"] == "balanced":
+        balance_geometry(model, data.train)
+        # the network's energy starts at exactly 0: no random per-atom offset for the first steps to remove
+        torch.nn.init.zeros_(model.last_layer.weight)
     model.to(device=device, dtype=dtype)
     model.composition_weights.copy_(torch.from_numpy(composition))  # after .to(): no float32 round trip in float64 runs
     network = model
