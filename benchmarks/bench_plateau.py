@@ -94,42 +94,33 @@ def scaled_energy(factor: float):
 
 
 @contextlib.contextmanager
+def scaled_init(weight_of, factor: float):
+    """The layer ``weight_of(model)`` returns initialised at ``factor`` times torch's default (0: zeros)."""
+    trainer = importlib.import_module("nanopet.train")
+    original = trainer.NanoPET
+
+    class NanoPET(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            with torch.no_grad():
+                weight_of(self).mul_(factor)
+
+    trainer.NanoPET = NanoPET
+    try:
+        yield
+    finally:
+        trainer.NanoPET = original
+
+
 def last_layer_init(factor: float):
-    """The readout's last linear layer initialised at ``factor`` times torch's default (0: zeros)."""
-    trainer = importlib.import_module("nanopet.train")
-    original = trainer.NanoPET
-
-    class NanoPET(original):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            with torch.no_grad():
-                self.last_layer.weight.mul_(factor)
-
-    trainer.NanoPET = NanoPET
-    try:
-        yield
-    finally:
-        trainer.NanoPET = original
+    """The readout's last linear layer at ``factor`` times torch's default."""
+    return scaled_init(lambda model: model.last_layer.weight, factor)
 
 
-@contextlib.contextmanager
 def vector_init(factor: float, layer: int = 0):
-    """A linear layer of the encoder's edge-vector MLP (0: the first, on the raw vector in A; -1: the last)
-    initialised at ``factor`` times torch's default."""
-    trainer = importlib.import_module("nanopet.train")
-    original = trainer.NanoPET
-
-    class NanoPET(original):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            with torch.no_grad():
-                self.encoder.vector_mlp[layer].weight.mul_(factor)
-
-    trainer.NanoPET = NanoPET
-    try:
-        yield
-    finally:
-        trainer.NanoPET = original
+    """A linear layer of the encoder's edge-vector MLP (0: the first, on the raw vector in A; -1: the last) at
+    ``factor`` times torch's default."""
+    return scaled_init(lambda model: model.encoder.vector_mlp[layer].weight, factor)
 
 
 @contextlib.contextmanager
