@@ -1,18 +1,25 @@
 """The force plateau: epochs and wall-clock to reach a validation force RMSE, per trainer lever.
 
 Trains a quick.yaml-sized NanoPET (cutoff 4.0, d_pet 16, 1 GNN + 1 attention layer, float32,
-batch 8) on the built-in xtb molecules and records the validation force RMSE after every epoch,
-once per lever variant (and seed), then prints the epochs and seconds to reach 1.0, 0.5 and
-0.3 eV/A. With ``--mtt``, metatrain's ``pet`` of matching size trains on the same extxyz.
+batch 8) on a built-in set (``--builtin``: the xtb molecules by default, or the EMT alloy) and records the
+validation force RMSE after every epoch, once per lever variant (and seed), then prints the epochs and
+seconds to reach 1.0, 0.5 and 0.3 eV/A. With ``--mtt``, metatrain's ``pet`` of matching size trains on the
+same extxyz.
 
     python benchmarks/bench_plateau.py --structures 250 --epochs 40 --seeds 0 1 --mtt /work/mtt/bin/mtt
+    python benchmarks/bench_plateau.py --structures 250 --epochs 20 --seeds 0 1 --variants "baseline (lr 1e-3)" balanced
 
 Levers are applied inside this process only, for the measurement (the trainer is not changed):
+``balanced`` is the trainer's ``initialisation: balanced`` (``balance_geometry``: the encoder's first layer
+scaled so the tokens' geometric part has the RMS of their species part; the readout's last layer at zero);
+``vector-x3/x10/x30`` scale the first layer of the edge-vector MLP from torch's default by a fixed factor
+instead, ``vector-out-x10`` its last layer;
 ``no-clip`` lifts the gradient clipping, ``clip-10`` clips at norm 10, ``energy-w0.1`` weights
 the energy loss by 0.1, ``scale-x0.1`` / ``scale-x10`` multiply the per-atom energy scale (the
 RMS training force), ``warmup-1ep`` ramps the learning rate linearly over the first epoch,
-``adam-b2-0.99`` uses Adam's beta2 0.99, ``last-layer-0`` / ``last-layer-x0.1`` initialise the
-readout's last layer at zero / a tenth of torch's default, ``energy-w0.01`` weights the energy by 0.01, ``lr-3e-3`` / ``lr-3e-4`` the learning rate. Two diagnostics that are not levers: ``no-rotations``
+``adam-b2-0.99`` uses Adam's beta2 0.99, ``last-layer-0`` / ``last-layer-x0.1`` initialise the readout's last
+layer at zero / a tenth of torch's default, ``energy-w0.01`` weights the energy by 0.01, ``batch-2`` the batch size,
+``lr-3e-3`` / ``lr-3e-4`` the learning rate. Two diagnostics that are not levers: ``no-rotations``
 (no random rotations: is the plateau the time to learn rotational symmetry?) and ``d_pet-64-2+2``
 (a larger model).
 First, the diagnosis: the gradient norm before clipping in the first epoch, the share of the
@@ -87,8 +94,8 @@ def scaled_energy(factor: float):
 
 
 @contextlib.contextmanager
-def last_layer_init(factor: float):
-    """The readout's last linear layer initialised at ``factor`` times torch's default (0: zeros)."""
+def scaled_init(weight_of, factor: float):
+    """The layer ``weight_of(model)`` returns initialised at ``factor`` times torch's default (0: zeros)."""
     trainer = importlib.import_module("nanopet.train")
     original = trainer.NanoPET
 
@@ -96,13 +103,24 @@ def last_layer_init(factor: float):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             with torch.no_grad():
-                self.last_layer.weight.mul_(factor)
+                weight_of(self).mul_(factor)
 
     trainer.NanoPET = NanoPET
     try:
         yield
     finally:
         trainer.NanoPET = original
+
+
+def last_layer_init(factor: float):
+    """The readout's last linear layer at ``factor`` times torch's default."""
+    return scaled_init(lambda model: model.last_layer.weight, factor)
+
+
+def vector_init(factor: float, layer: int = 0):
+    """A linear layer of the encoder's edge-vector MLP (0: the first, on the raw vector in A; -1: the last) at
+    ``factor`` times torch's default."""
+    return scaled_init(lambda model: model.encoder.vector_mlp[layer].weight, factor)
 
 
 @contextlib.contextmanager
@@ -156,12 +174,14 @@ def variants(n_train: int) -> dict:
     steps_per_epoch = max(1, n_train // BATCH_SIZE)
     return {
         "baseline (lr 1e-3)": ({}, contextlib.nullcontext),
+        "balanced": ({"training": {"initialisation": "balanced"}}, contextlib.nullcontext),
+        "balanced-lr-3e-3": ({"training": {"initialisation": "balanced"}, "learning_rate": 3e-3}, contextlib.nullcontext),
+        "last-layer-0": ({}, lambda: last_layer_init(0.0)),
         "no-clip": ({}, lambda: clip_norm(math.inf)),
         "clip-10": ({}, lambda: clip_norm(10.0)),
         "energy-w0.1": ({"weights": {"energy": 0.1}}, contextlib.nullcontext),
         "scale-x0.1": ({}, lambda: scaled_energy(0.1)),
         "scale-x10": ({}, lambda: scaled_energy(10.0)),
-        "last-layer-0": ({}, lambda: last_layer_init(0.0)),
         "last-layer-x0.1": ({}, lambda: last_layer_init(0.1)),
         "energy-w0.01": ({"weights": {"energy": 0.01}}, contextlib.nullcontext),
         "warmup-1ep": ({}, lambda: adam(steps_of_warmup=steps_per_epoch)),
@@ -169,6 +189,13 @@ def variants(n_train: int) -> dict:
         "no-rotations": ({"training": {"rotational_augmentation": False}}, contextlib.nullcontext),
         "d_pet-64-2+2": ({"model": {"d_pet": 64, "num_gnn_layers": 2, "num_attention_layers": 2, "num_heads": 4}},
                          contextlib.nullcontext),
+        "vector-x3": ({}, lambda: vector_init(3.0)),
+        "vector-x10": ({}, lambda: vector_init(10.0)),
+        "vector-x30": ({}, lambda: vector_init(30.0)),
+        "vector-out-x10": ({}, lambda: vector_init(10.0, -1)),
+        "vector-x10-batch-2": ({"training": {"batch_size": 2}}, lambda: vector_init(10.0)),
+        "batch-2": ({"training": {"batch_size": 2}}, contextlib.nullcontext),
+        "batch-2-lr-3e-3": ({"training": {"batch_size": 2}, "learning_rate": 3e-3}, contextlib.nullcontext),
         "lr-3e-3": ({"learning_rate": 3e-3}, contextlib.nullcontext),
         "lr-3e-4": ({"learning_rate": 3e-4}, contextlib.nullcontext),
     }
@@ -269,6 +296,7 @@ def reached(curve: list[float], stamps: list[float], threshold: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--builtin", default="xtb-molecules", choices=["xtb-molecules", "emt-alloy"])
     parser.add_argument("--structures", type=int, default=250)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -281,9 +309,9 @@ def main() -> None:
     from nanopet.data import write_builtin_dataset
 
     work = Path(tempfile.mkdtemp(prefix="nanopet-plateau-"))
-    data = write_builtin_dataset("xtb-molecules", work / "molecules.xyz", args.structures, seed=0, show_progress=False)
+    data = write_builtin_dataset(args.builtin, work / f"{args.builtin}.xyz", args.structures, seed=0, show_progress=False)
     n_train = args.structures - round(0.2 * args.structures)
-    print(f"{args.structures} xtb molecules ({n_train} train), cutoff {MODEL['cutoff']}, d_pet {MODEL['d_pet']}, "
+    print(f"{args.structures} {args.builtin} structures ({n_train} train), cutoff {MODEL['cutoff']}, d_pet {MODEL['d_pet']}, "
           f"1+1 layers, float32, batch {BATCH_SIZE}, {args.epochs} epochs, seeds {args.seeds}", flush=True)
     if not args.no_diagnosis:
         diagnose(data, args.seeds[0])

@@ -77,6 +77,15 @@ class Encoder(nn.Module):
         neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (E, d)
         return torch.addmm(center + neighbor, hidden, (w_vector @ self.vector_mlp[-1].weight).T)
 
+    @torch.jit.unused
+    def token_parts(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor):
+        """The two parts of the tokens ``forward`` sums: geometric mlp(r) W_r^T and species (E, d) each (the
+        trainer's initialisation balances them)."""
+        d = self.compress.weight.shape[0]
+        w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
+        species = (self.center_embedding.weight @ w_center.T)[center_species] + (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]
+        return self.vector_mlp(vectors) @ w_vector.T, species
+
 
 # ---------------------------------------------------------------------------------------------
 # 2.7 Transformer: pre-LayerNorm attention and feed-forward blocks with residuals scaled by 1/sqrt(2).

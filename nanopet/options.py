@@ -26,6 +26,7 @@ from nanopet.errors import InputError, did_you_mean
 
 DEFAULT_HYPERS_FILE = Path(__file__).with_name("default-hypers.yaml")  # beside model.py, whose hypers it documents
 RUN_DEFAULTS = {"seed": 0, "device": "auto", "base_precision": 32}
+INITIALISATIONS = ("torch", "balanced")  # architecture.training.initialisation (nanopet/train.py)
 TOP_LEVEL_KEYS = {"seed", "device", "base_precision", "architecture", "training_set", "validation_set", "test_set"}
 LOSS_TERMS = ("energy", "forces", "virial")
 # mappings whose keys are the user's own (targets, species), not hyperparameter names
@@ -121,6 +122,8 @@ def check_values(options: dict) -> None:
              f"architecture.training.scheduler_factor: must be in (0, 1), got {training['scheduler_factor']!r}")
     _require(training["atoms_per_pass"] == "auto" or (isinstance(training["atoms_per_pass"], int) and training["atoms_per_pass"] >= 1),
              f"architecture.training.atoms_per_pass: must be auto or a positive integer, got {training['atoms_per_pass']!r}")
+    _require(training["initialisation"] in INITIALISATIONS,
+             f"architecture.training.initialisation: must be {' or '.join(INITIALISATIONS)}, got {training['initialisation']!r}")
     _require(isinstance(training["per_structure_targets"], list),
              "architecture.training.per_structure_targets: expected a list of target names, e.g. [energy]")
     check_loss(training["loss"])

@@ -143,7 +143,7 @@ def test_kendall_tau_is_scipys_tau_b_and_counts_only_pairs_within_a_stage():
     import numpy as np
     from scipy.stats import kendalltau
 
-    from nanopet.report.importance import kendall_tau
+    from nanopet.tune.pruning import kendall_tau
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 4, 25).astype(float)  # with ties
@@ -183,7 +183,8 @@ def test_pruning_advice_names_the_epoch_from_which_the_ranking_stays_formed():
     late = ranked([-0.2, 0.1, 0.7, 0.5, 0.8, 0.9], typical=1)  # well at epoch 3, not at 4, well from 5 on
     assert late.well_from == 4
     assert late.advice() == ("the values ranked the final ones well (tau >= 0.6) from epoch 5 of 7 on, so make the first pruning "
-                             "decision no earlier: n_warmup_steps: 4 (median) or min_resource: 4 (successive_halving, hyperband)")
+                             "decision no earlier: n_warmup_steps: 4 (median) or min_resource: 4 (successive_halving, hyperband); "
+                             "or pruner: {type: ranking}, which waits for the ranking by itself")
     assert ranked([0.7, 0.8, 0.9], typical=0).advice() is None  # the pruner decided where the ranking had formed
     assert ranked([0.1, 0.7, None], typical=0).well_from is None  # tied at the last epoch: never stays formed
     assert ranked([0.1, 0.2, 0.3], typical=1).advice().startswith("no epoch before the last ranked them well")

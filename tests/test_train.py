@@ -704,3 +704,44 @@ def test_split_by_atoms_respects_the_limit(emt_data):
     assert [len(p) for p in parts] == [3, 3, 3, 1]  # 32-atom structures, at most 96 atoms per pass
     assert sum(parts, []) == list(range(10))
     assert split_by_atoms([4], emt_data.train, 1) == [[4]]  # a structure larger than the limit still runs
+
+
+def test_initialisation_balanced_scales_the_first_encoder_layer_and_zeroes_the_readout(emt_options, no_test_data):
+    still = dict(num_epochs=1, learning_rate=1e-12)  # the weights stay (to float32 precision) where they started
+    torch_init = quiet_train(emt_options(**still), no_test_data).model
+    balanced = quiet_train(emt_options(initialisation="balanced", **still), no_test_data).model
+    ratio = balanced.encoder.vector_mlp[0].weight / torch_init.encoder.vector_mlp[0].weight
+    assert float(ratio.min()) == pytest.approx(float(ratio.max()), rel=1e-4) and float(ratio.mean()) > 3
+    assert torch.count_nonzero(torch_init.last_layer.weight) > 0 and float(balanced.last_layer.weight.abs().max()) < 1e-9
+    for name, value in balanced.state_dict().items():  # nothing else changes
+        if name not in ("encoder.vector_mlp.0.weight", "last_layer.weight"):
+            assert torch.allclose(value, torch_init.state_dict()[name], atol=1e-9), name
+    with pytest.raises(InputError, match="architecture.training.initialisation: must be torch or balanced, got 'fitted'"):
+        quiet_train(emt_options(initialisation="fitted", **still), no_test_data)
+
+
+def test_initialisation_balances_the_geometric_and_species_parts_of_the_tokens(emt_data):
+    # torch's default initialisation leaves the edge-vector MLP's part of each token ~10x smaller than the species
+    # part (forces start near zero: the force plateau); balance_geometry scales the first layer until they match
+    from nanopet.train import balance_geometry
+
+    types = sorted({int(z) for s in emt_data.train.structures for z in s.numbers})
+    hypers = {"cutoff": 4.0, "cutoff_width": 0.5, "d_pet": 16, "num_heads": 2, "num_gnn_layers": 1, "num_attention_layers": 1}
+
+    def ratio(model):
+        batch = emt_data.train.batch(list(range(len(emt_data.train))))
+        vectors = (batch.positions[batch.neighbors] - batch.positions[batch.centers]
+                   + torch.einsum("ei,eij->ej", batch.shifts, batch.cells[batch.structure_index[batch.centers]]))
+        species = model.species(batch.numbers)
+        with torch.no_grad():
+            geometry, by_species = model.encoder.token_parts(vectors, species[batch.centers], species[batch.neighbors])
+        return float(geometry.square().mean().sqrt() / by_species.square().mean().sqrt())
+
+    torch.manual_seed(0)
+    model = NanoPET(hypers, types)
+    before = ratio(model)
+    first = model.encoder.vector_mlp[0].weight.detach().clone()
+    factor = balance_geometry(model, emt_data.train)
+    assert before < 0.2 and factor > 3
+    assert ratio(model) == pytest.approx(1.0, rel=0.03)
+    assert torch.allclose(model.encoder.vector_mlp[0].weight, first * factor, rtol=1e-5)  # only the first layer, scaled

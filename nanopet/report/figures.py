@@ -23,8 +23,8 @@ from nanopet.report.importance import (
     DOCUMENTED_ORDER,
     FEW_TRIALS,
     Importances,
-    kendall_tau,
 )
+from nanopet.tune.pruning import kendall_tau
 from nanopet.tune.study import decode
 
 STATE_COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728", "running": "#2ca02c", "waiting": "#7f7f7f"}
@@ -402,12 +402,13 @@ class Ranking:
         """Where to make the first pruning decision, when the pruner decided before the ranking formed."""
         if _verdict(self.taus[self.typical]) == "well":
             return None
+        waits = "; or pruner: {type: ranking}, which waits for the ranking by itself"
         if self.well_from is None:
             return (f"no epoch before the last ranked them well (tau >= {WELL_RANKED}): prune only late "
-                    "or not at all")
+                    "or not at all" + waits)
         return (f"the values ranked the final ones well (tau >= {WELL_RANKED}) from epoch {self.well_from + 1} of "
                 f"{self.epochs} on, so make the first pruning decision no earlier: n_warmup_steps: {self.well_from} "
-                f"(median) or min_resource: {self.well_from} (successive_halving, hyperband)")
+                f"(median) or min_resource: {self.well_from} (successive_halving, hyperband)" + waits)
 
     @property
     def short_horizon_bias(self) -> bool:

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nanopet.report.collect import StudyData
+from nanopet.tune.pruning import kendall_tau
 
 # metatrain docs, NanoPET: which hyperparameters to tune first
 DOCUMENTED_ORDER = ("cutoff", "learning_rate", "batch_size", "d_pet", "num_gnn_layers", "num_attention_layers")
@@ -108,19 +109,6 @@ def _ped_anova(trials, n_objectives: int) -> dict:
 
 def _key(value):
     return repr(value)
-
-
-def kendall_tau(a, b, groups=None) -> float | None:
-    """Kendall's tau-b of two samples over the pairs within each group (all pairs without groups: scipy's
-    ``kendalltau``); None where no pair differs in both. Groups are a staged search's stages: each stage
-    prunes against its own trials, and a parameter it does not tune is tied within it."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    same = np.ones((len(a), len(a)), dtype=bool) if groups is None else np.equal.outer(np.asarray(groups), np.asarray(groups))
-    pairs = np.triu(same, k=1)
-    x, y = np.sign(np.subtract.outer(a, a))[pairs], np.sign(np.subtract.outer(b, b))[pairs]
-    both = (x * y).sum()  # concordant - discordant
-    denominator = math.sqrt(float((x != 0).sum()) * float((y != 0).sum()))
-    return float(both / denominator) if denominator > 0 else None
 
 
 def agreement(values: dict) -> tuple[float | None, str, tuple]:

@@ -77,8 +77,9 @@ class OptunaEngine:
         if not (self.single and self.trial.should_prune()):
             return None
         kind, space = self.space.study.pruner["type"], self.space
+        why = getattr(self.trial.study.pruner, "reasons", {}).pop(self.trial.number, None)  # the ranking pruner says why
         return (f"pruned after epoch {epoch + 1}/{space.budget.epochs} by the {kind} pruner "
-                f"({space.objective.metric} {value:.4g}: {PRUNE_REASONS.get(kind, 'pruned')})")
+                f"({space.objective.metric} {value:.4g}: {why or PRUNE_REASONS.get(kind, 'pruned')})")
 
 
 class TrialRunner:

@@ -7,7 +7,8 @@ The same search-space file as the Optuna driver, run as a Ray Tune experiment:
   (``ray.tune.report``) and resuming from ``ray.tune.get_checkpoint()`` after a failure;
 - searcher: ``OptunaSearch`` over the space's Optuna distributions, the sampler of ``study.sampler``,
   the defaults as the first trial; scheduler: ASHA on the objective value (grace period from the
-  pruner's ``min_resource`` / ``n_warmup_steps``, else 1 epoch), none for ``pruner: {type: none}``;
+  pruner's ``min_resource`` / ``n_warmup_steps``, else 1 epoch), the ranking rule of nanopet/tune/pruning.py for
+  ``pruner: {type: ranking}``, none for ``pruner: {type: none}``;
 - results: every Ray trial is written into the study's Optuna storage (COMPLETE, PRUNED when ASHA
   stopped it before the last epoch, FAIL), so ``report``, ``retrain`` and ``dashboard`` work unchanged;
   a proposal repeating a finished trial's parameters is not trained again but recorded as its copy, one
@@ -45,6 +46,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from nanopet.errors import InputError
+from nanopet.tune.pruning import RankingRule, finished_curves
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.storage import masked, open_storage, record_storage, storage_url
 from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, open_stage, remaining, short,
@@ -171,7 +173,8 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
                                                      failure_config=tune.FailureConfig(max_failures=space.study.max_retries),
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers: tiny
                                                      callbacks=[ProgressLines(stage.label, space.budget.epochs,
-                                                                              space.objective.metric, out, pace)]))
+                                                                              space.objective.metric, out, pace,
+                                                                              pruned_by(space))]))
     try:
         with ctrl_c_raises():
             results = tuner.fit()
@@ -296,7 +299,9 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
     searcher = StudySearch(space=distributions, metric=metric, mode=mode, sampler=stage_sampler(space, stage, len(study.trials)),
                            points_to_evaluate=first or None, history=history(study, stage))
     scheduler = None  # `pruner: {type: none}` (and two-objective fronts): every trial runs all epochs
-    if space.study.pruner["type"] != "none":
+    if space.study.pruner["type"] == "ranking":
+        scheduler = ranking_scheduler(space, defaults, finished_curves(study, space.budget.epochs))
+    elif space.study.pruner["type"] != "none":
         grace, factor = asha_settings(space)
         scheduler = asha(defaults, time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=space.budget.epochs,
                          grace_period=grace, reduction_factor=factor)
@@ -323,8 +328,9 @@ class ProgressLines(Callback):
     """A line when a trial starts, every few epochs, and when it ends (as the Optuna driver prints)."""
 
     def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None],
-                 pace: Callable[[float], None] | None = None):
+                 pace: Callable[[float], None] | None = None, pruned_by: str = "ASHA"):
         self.label, self.epochs, self.metric, self.out, self.pace = label, epochs, metric, out, pace
+        self.pruned_by = pruned_by
         self.last: dict = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -351,7 +357,7 @@ class ProgressLines(Callback):
         elif result.get("finished"):
             self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g} (best epoch {result.get('best_epoch')})")
         else:
-            self.out(f"trial {trial.trial_id} PRUNED: stopped by ASHA after epoch {epoch}/{self.epochs}")
+            self.out(f"trial {trial.trial_id} PRUNED: stopped by {self.pruned_by} after epoch {epoch}/{self.epochs}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.out(f"trial {trial.trial_id} failed after epoch {int(self.last.get(trial.trial_id, {}).get(TIME_ATTR, 0))}; "
@@ -441,13 +447,58 @@ def asha(defaults: dict | None, **settings):
     class KeepDefaults(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             action = super().on_trial_result(tune_controller, trial, result)
-            role = DEFAULTS if defaults is not None and {k: (trial.config or {}).get(k) for k in defaults} == defaults else None
-            if action == TrialScheduler.STOP and protected(role) and result.get(TIME_ATTR, 0) < settings["max_t"]:
+            if action == TrialScheduler.STOP and protected(role_of(trial, defaults)) and result.get(TIME_ATTR, 0) < settings["max_t"]:
                 self._num_stopped -= 1
                 return TrialScheduler.CONTINUE
             return action
 
     return KeepDefaults(**settings)
+
+
+def pruned_by(space: SearchSpace) -> str:
+    """Who stops Ray trials early, for the progress lines."""
+    return "the ranking pruner" if space.study.pruner["type"] == "ranking" else "ASHA"
+
+
+def role_of(trial, defaults: dict | None) -> str | None:
+    """DEFAULTS for the Ray trial with the defaults' parameters (``defaults``: None when no trial has them)."""
+    return DEFAULTS if defaults is not None and {k: (trial.config or {}).get(k) for k in defaults} == defaults else None
+
+
+def ranking_scheduler(space: SearchSpace, defaults: dict | None, finished: list[list[float]]):
+    """``pruner: {type: ranking}`` as a Ray scheduler: ``RankingRule.decide`` (nanopet/tune/pruning.py) after every
+    epoch of every trial but the defaults, against the curves of the trials that ran all epochs (``finished``:
+    those recorded before, from earlier experiments of the stage). Why it stopped a trial goes into the
+    trial's ``stopped.txt``, which its record reads."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    rule, epochs = RankingRule.of(space.study.pruner, space.budget.epochs), space.budget.epochs
+
+    class Ranking(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.curves, self.finished = {}, [list(curve) for curve in finished]
+
+        def on_trial_result(self, tune_controller, trial, result):
+            if result.get(DUPLICATE) or not finite(result.get(OBJECTIVE)):
+                return TrialScheduler.CONTINUE
+            epoch = int(result.get(TIME_ATTR, 0)) - 1
+            curve = self.curves.setdefault(trial.trial_id, [])
+            del curve[epoch:]  # a trial restored from its checkpoint reports those epochs again
+            curve.append(float(result[OBJECTIVE]))
+            if len(curve) >= epochs:
+                self.finished.append(curve)
+                return TrialScheduler.CONTINUE
+            reason = None if protected(role_of(trial, defaults)) else rule.decide(epoch, curve[-1], self.finished)
+            if reason is None:
+                return TrialScheduler.CONTINUE
+            folder = trial_folder(space.study.path, RAY_PREFIX + trial.trial_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / STOPPED_FILE).write_text(f"pruned after epoch {epoch + 1}/{epochs} by the ranking pruner "
+                                               f"({space.objective.metric} {curve[-1]:.4g}: {reason})\n")
+            return TrialScheduler.STOP
+
+    return Ranking()
 
 
 def asha_settings(space: SearchSpace) -> tuple[int, int]:

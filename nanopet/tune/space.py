@@ -42,6 +42,7 @@ PRUNERS = {
     "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
     "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
     "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
+    "ranking": ("min_tau", "n_startup_trials", "percentile", "n_warmup_steps"),  # nanopet/tune/pruning.py
     "none": (),
 }
 METRICS = tuple(f"val_{term}_{kind}" for term in ("energy", "forces", "virial", "stress") for kind in ("rmse", "mae"))
@@ -454,6 +455,11 @@ def _settings(raw, kinds: dict, default: dict, where: str) -> dict:
             pass
         elif key == "sigma0":
             value = _number(value, f"{where}.{key}", positive=True)
+        elif key in ("min_tau", "percentile"):
+            value = float(_number(value, f"{where}.{key}"))
+            low, high = (-1.0, 1.0) if key == "min_tau" else (0.0, 100.0)
+            if not low <= value <= high:
+                raise InputError(f"{where}.{key}: must be between {low:g} and {high:g}, got {value:g}")
         elif key == "seed":
             value = _number(value, f"{where}.{key}", integer=True, allow_none=True)
         else:

@@ -23,6 +23,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from nanopet.errors import InputError
+from nanopet.tune.pruning import RankingPruner, RankingRule
 from nanopet.tune.space import Parameter, SearchSpace
 from nanopet.tune.storage import masked, open_storage, stage_study_name, storage_url
 from nanopet.tune.trial import CARRIED, DEFAULTS, result_attrs
@@ -86,6 +87,8 @@ def make_pruner(settings: dict, epochs: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(**kwargs)
     if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
+    if kind == "ranking":
+        return RankingPruner(RankingRule.of(settings, epochs))
     return optuna.pruners.NopPruner()
 
 

@@ -12,8 +12,9 @@ its scheduler ends the trainable).
   ``model.ckpt`` keeps): the value a trial would deliver if it stopped now.
 - ``TrialEpochs``: a trial's ``on_epoch``: checks the metric, tracks the best so far, reports the
   objective value and asks whether to stop (never for the protected defaults trial): first the engine's
-  pruner, then ``stop_rules(space)``, the driver-neutral rules. A new pruner both drivers use is one
-  function returned by ``stop_rules``; a new per-epoch value is written in ``TrialEpochs.value``.
+  pruner, then ``stop_rules(space)``, the driver-neutral rules that need no other trial. A pruner that compares
+  trials is a decision written once in ``pruning`` (e.g. ``RankingRule``), which each engine calls (an Optuna
+  pruner, a Ray scheduler); a new per-epoch value is written in ``TrialEpochs.value``.
 - ``TrialData``: a trial's data, from the data loaded once at the space's largest cutoff (a data-size
   fidelity is written here once).
 - ``trial_folder``, ``measure_cost``, ``repeat_of`` (a repeat takes its twin's result), the progress lines.
@@ -193,8 +194,8 @@ StopRule = Callable[[int, float, BestSoFar], "str | None"]  # (epoch, value so f
 
 def stop_rules(space: SearchSpace) -> list[StopRule]:
     """The stopping rules of ``space`` that the trial layer applies itself, under either driver (the pruner
-    of ``study.pruner`` is the engine's own: Optuna's pruner, Ray's ASHA). None yet: a new pruner written
-    once is a rule returned here, e.g. one that stops a trial whose cost-weighted value cannot catch up."""
+    of ``study.pruner`` is the engine's own: Optuna's pruner, Ray's scheduler, both fed by ``pruning``). None yet:
+    a rule that needs only the trial itself goes here, e.g. one that stops a trial whose value cannot catch up."""
     return []
 
 
