@@ -201,9 +201,10 @@ def variants(n_train: int) -> dict:
     }
 
 
-def train_curve(data: Path, epochs: int, seed: int, overrides: dict, context, model: list | None = None):
+def train_curve(data: Path, epochs: int, seed: int, overrides: dict, context, model: list | None = None,
+                budget: float | None = None):
     """Validation force RMSE and seconds since the start of train() after every epoch (and the
-    trained model appended to ``model``, if given)."""
+    trained model appended to ``model``, if given); ``budget``: stop after the epoch that passes these seconds."""
     from nanopet.train import train
 
     curve, stamps = [], []
@@ -212,6 +213,7 @@ def train_curve(data: Path, epochs: int, seed: int, overrides: dict, context, mo
     def on_epoch(epoch, metrics):
         curve.append(metrics["val_forces_rmse"])
         stamps.append(time.perf_counter() - start)
+        return budget is not None and stamps[-1] >= budget
 
     with context():
         result = train(options(data, epochs, seed, **overrides), on_epoch=on_epoch, log=lambda line: None)
@@ -263,8 +265,9 @@ def initial_outputs(model, frames) -> tuple[float, float]:
     return float(out["forces"].detach().pow(2).mean().sqrt()), float(np.mean(out["energy"].detach().numpy() / counts))
 
 
-def mtt_curve(mtt: str, data: Path, epochs: int, seed: int, work: Path) -> tuple[list[float], list[float]]:
-    """metatrain pet of matching size on the same file: per-epoch validation force RMSE and seconds."""
+def mtt_curve(mtt: str, data: Path, epochs: int, seed: int, work: Path, budget: float | None = None) -> tuple[list[float], list[float]]:
+    """metatrain pet of matching size on the same file: per-epoch validation force RMSE and seconds (``budget``:
+    stopped after these seconds, its log read as it stands)."""
     hypers = {"cutoff": MODEL["cutoff"], "d_pet": MODEL["d_pet"], "d_head": MODEL["d_pet"], "d_node": 2 * MODEL["d_pet"],
               "d_feedforward": 4 * MODEL["d_pet"], "num_heads": MODEL["num_heads"],
               "num_gnn_layers": MODEL["num_gnn_layers"], "num_attention_layers": MODEL["num_attention_layers"]}
@@ -274,11 +277,14 @@ def mtt_curve(mtt: str, data: Path, epochs: int, seed: int, work: Path) -> tuple
                                            "log_interval": 1, "checkpoint_interval": 100000}}
     del config["device"]
     (work / f"mtt-{seed}.yaml").write_text(yaml.safe_dump(config))
-    done = subprocess.run([mtt, "train", f"mtt-{seed}.yaml", "-o", f"mtt-{seed}.pt"], cwd=work, capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    log = done.stdout + done.stderr
-    if done.returncode:
-        sys.exit(f"mtt train failed:\n{log[-3000:]}")
+    try:
+        done = subprocess.run([mtt, "train", f"mtt-{seed}.yaml", "-o", f"mtt-{seed}.pt"], cwd=work, capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=budget)
+        log = done.stdout + done.stderr
+        if done.returncode:
+            sys.exit(f"mtt train failed:\n{log[-3000:]}")
+    except subprocess.TimeoutExpired as stopped:  # the budget is spent: what it logged so far
+        log = "".join(part.decode() if isinstance(part, bytes) else (part or "") for part in (stopped.stdout, stopped.stderr))
     stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
               for m in re.finditer(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]\[INFO\] - Epoch:", log)]
     curve = [float(v) / 1000 for v in re.findall(r"validation forces RMSE:\s+([\d.]+) meV/", log)]
@@ -300,7 +306,8 @@ def main() -> None:
     parser.add_argument("--structures", type=int, default=250)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", help="lever variants to run (default: all)")
+    parser.add_argument("--variants", nargs="*", help="lever variants to run (default: all; none: only --mtt)")
+    parser.add_argument("--budget-minutes", type=float, help="stop every run after this wall time (a compute budget)")
     parser.add_argument("--mtt", help="the mtt executable of a venv with metatrain[pet]")
     parser.add_argument("--no-diagnosis", action="store_true")
     args = parser.parse_args()
@@ -317,17 +324,18 @@ def main() -> None:
         diagnose(data, args.seeds[0])
 
     table = variants(n_train)
-    chosen = args.variants or list(table)
+    chosen = list(table) if args.variants is None else args.variants
+    budget = None if args.budget_minutes is None else 60 * args.budget_minutes
     rows = []
     for name in chosen:
         overrides, context = table[name]
         for seed in args.seeds:
-            curve, stamps = train_curve(data, args.epochs, seed, overrides, context)
+            curve, stamps = train_curve(data, args.epochs, seed, overrides, context, budget=budget)
             rows.append((name, seed, curve, stamps))
             print(f"  {name} seed {seed}: " + " ".join(f"{v:.3f}" for v in curve), flush=True)
     if args.mtt:
         for seed in args.seeds:
-            curve, stamps = mtt_curve(args.mtt, data, args.epochs, seed, work)
+            curve, stamps = mtt_curve(args.mtt, data, args.epochs, seed, work, budget=budget)
             rows.append(("metatrain pet", seed, curve, stamps))
             print(f"  metatrain pet seed {seed}: " + " ".join(f"{v:.3f}" for v in curve), flush=True)
 
