@@ -710,7 +710,7 @@ def test_initialisation_balanced_scales_the_first_encoder_layer_and_zeroes_the_r
     still = dict(num_epochs=1, learning_rate=1e-12)  # the weights stay (to float32 precision) where they started
     torch_init = quiet_train(emt_options(**still), no_test_data).model
     balanced = quiet_train(emt_options(initialisation="balanced", **still), no_test_data).model
-    ratio = balanced.encoder.vector_mlp[0].weight / torch_init.encoder.vector_mlp[0].weight
+    ratio = (balanced.encoder.vector_mlp[0].weight / torch_init.encoder.vector_mlp[0].weight).detach()
     assert float(ratio.min()) == pytest.approx(float(ratio.max()), rel=1e-4) and float(ratio.mean()) > 3
     assert torch.count_nonzero(torch_init.last_layer.weight) > 0 and float(balanced.last_layer.weight.abs().max()) < 1e-9
     for name, value in balanced.state_dict().items():  # nothing else changes
