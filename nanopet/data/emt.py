@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .md import hot_start_langevin
+from .md import langevin_snapshots
 
 SUPERCELL = (2, 2, 2)  # conventional fcc cells (4 atoms each): 32 atoms
 MAX_ISOTROPIC_STRAIN = 0.03
@@ -124,19 +124,17 @@ def _md_snapshots(rng, lattice_constants: dict, temperature: float, n_snapshots:
     """Snapshots of one Langevin run at ``temperature`` (K), after a short equilibration."""
     from ase.calculators.emt import EMT
 
-    atoms = _random_lattice(rng, lattice_constants)
-    atoms.calc = EMT()
-    dynamics = hot_start_langevin(atoms, rng, temperature, MD_TIMESTEP_FS, MD_FRICTION_PER_FS)
-    dynamics.run(MD_EQUILIBRATION_STEPS)
-    snapshots = []
-    for _ in range(n_snapshots):
-        dynamics.run(MD_STEPS_BETWEEN_SNAPSHOTS)
+    def labelled(atoms):
         snapshot = _labelled(atoms.copy(), atoms.calc)
         del snapshot.arrays["momenta"]  # labels only: keep the files small
         snapshot.info["sampling"] = "md"
         snapshot.info["temperature_K"] = float(temperature)
-        snapshots.append(snapshot)
-    return snapshots
+        return snapshot
+
+    atoms = _random_lattice(rng, lattice_constants)
+    atoms.calc = EMT()
+    return langevin_snapshots(atoms, rng, temperature, MD_TIMESTEP_FS, MD_FRICTION_PER_FS, MD_EQUILIBRATION_STEPS,
+                              MD_STEPS_BETWEEN_SNAPSHOTS, n_snapshots, labelled)
 
 
 def _labelled(atoms, calculator=None):

@@ -25,3 +25,17 @@ def hot_start_langevin(atoms, rng, temperature: float, timestep_fs: float, frict
         fixcm=False,
         rng=rng,
     )
+
+
+def langevin_snapshots(atoms, rng, temperature: float, timestep_fs: float, friction_per_fs: float,
+                       equilibration_steps: int, steps_between: int, n_snapshots: int, snapshot) -> list:
+    """``n_snapshots`` labelled snapshots of one Langevin run of ``atoms`` (calculator attached) at
+    ``temperature`` (K): ``equilibration_steps`` first, then ``steps_between`` steps before each
+    ``snapshot(atoms)`` (which returns the labelled copy to keep)."""
+    dynamics = hot_start_langevin(atoms, rng, temperature, timestep_fs, friction_per_fs)
+    dynamics.run(equilibration_steps)
+    snapshots = []
+    for _ in range(n_snapshots):
+        dynamics.run(steps_between)
+        snapshots.append(snapshot(atoms))
+    return snapshots

@@ -17,7 +17,7 @@ import ctypes.util
 import numpy as np
 
 from ..errors import InputError
-from .md import hot_start_langevin
+from .md import langevin_snapshots
 
 METHOD = "GFN2-xTB"
 MOLECULES = ("ethanol", "malonaldehyde", "aspirin")
@@ -96,19 +96,17 @@ def _md_snapshots(rng, name: str, temperature: float, n_snapshots: int) -> list:
     """Snapshots of one Langevin run of ``name`` at ``temperature`` (K), after an equilibration."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    atoms = molecule(name)
-    atoms.calc = xtb_calculator()
-    dynamics = hot_start_langevin(atoms, rng, temperature, MD_TIMESTEP_FS, MD_FRICTION_PER_FS)
-    dynamics.run(MD_EQUILIBRATION_STEPS)
-    snapshots = []
-    for _ in range(n_snapshots):
-        dynamics.run(MD_STEPS_BETWEEN_SNAPSHOTS)
+    def labelled(atoms):
         snapshot = _without_momenta(atoms)
         labels = {key: atoms.calc.get_property(key, atoms) for key in ("energy", "forces")}
         snapshot.calc = SinglePointCalculator(snapshot, **labels)
         snapshot.info.update(sampling="md", molecule=name, temperature_K=float(temperature))
-        snapshots.append(snapshot)
-    return snapshots
+        return snapshot
+
+    atoms = molecule(name)
+    atoms.calc = xtb_calculator()
+    return langevin_snapshots(atoms, rng, temperature, MD_TIMESTEP_FS, MD_FRICTION_PER_FS, MD_EQUILIBRATION_STEPS,
+                              MD_STEPS_BETWEEN_SNAPSHOTS, n_snapshots, labelled)
 
 
 def _without_momenta(atoms):
