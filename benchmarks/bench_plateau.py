@@ -11,7 +11,10 @@ same extxyz.
 
 Levers are applied inside this process only, for the measurement (the trainer is not changed):
 ``balanced`` is the trainer's ``initialisation: balanced`` (``balance_geometry``: the encoder's first layer
-scaled so the tokens' geometric part has the RMS of their species part; the readout's last layer at zero);
+scaled so the tokens' geometric part has the RMS of their species part; the readout's last layer at zero),
+``balanced-batch-4...`` / ``balanced-defaults`` the same with another batch size and learning rate (defaults: the
+documented 16 and 3e-4), ``-scale-over-factor`` also divides the energy scale by the balance's factor, ``-warmup-1ep``
+and ``-adam-eps-1e-5`` add a warm-up or a larger Adam epsilon;
 ``vector-x3/x10/x30`` scale the first layer of the edge-vector MLP from torch's default by a fixed factor
 instead, ``vector-out-x10`` its last layer;
 ``no-clip`` lifts the gradient clipping, ``clip-10`` clips at norm 10, ``energy-w0.1`` weights
@@ -153,6 +156,27 @@ def adam(steps_of_warmup: int = 0, **settings):
 
 
 @contextlib.contextmanager
+def scale_over_balance():
+    """``initialisation: balanced`` with the per-atom energy scale divided by the factor the balance applied to the
+    first layer (the network's sensitivity to positions grows by about that factor; this keeps its first forces'
+    scale)."""
+    trainer = importlib.import_module("nanopet.train")
+    original = trainer.balance_geometry
+
+    def balance_geometry(model, dataset, *args, **kwargs):
+        factor = original(model, dataset, *args, **kwargs)
+        with torch.no_grad():
+            model.energy_scale.div_(factor)
+        return factor
+
+    trainer.balance_geometry = balance_geometry
+    try:
+        yield
+    finally:
+        trainer.balance_geometry = original
+
+
+@contextlib.contextmanager
 def recorded_gradient_norms(norms: list):
     """Record the total gradient norm before clipping (what clip_grad_norm_ returns) at every step."""
     original = torch.nn.utils.clip_grad_norm_
@@ -176,6 +200,21 @@ def variants(n_train: int) -> dict:
         "baseline (lr 1e-3)": ({}, contextlib.nullcontext),
         "balanced": ({"training": {"initialisation": "balanced"}}, contextlib.nullcontext),
         "balanced-lr-3e-3": ({"training": {"initialisation": "balanced"}, "learning_rate": 3e-3}, contextlib.nullcontext),
+        "balanced-batch-4": ({"training": {"initialisation": "balanced", "batch_size": 4}}, contextlib.nullcontext),
+        "balanced-batch-4-lr-5e-4": ({"training": {"initialisation": "balanced", "batch_size": 4}, "learning_rate": 5e-4},
+                                     contextlib.nullcontext),
+        "balanced-batch-4-lr-3e-3": ({"training": {"initialisation": "balanced", "batch_size": 4}, "learning_rate": 3e-3},
+                                     contextlib.nullcontext),
+        "balanced-batch-2-lr-5e-4": ({"training": {"initialisation": "balanced", "batch_size": 2}, "learning_rate": 5e-4},
+                                     contextlib.nullcontext),
+        "balanced-defaults": ({"training": {"initialisation": "balanced", "batch_size": 16}, "learning_rate": 3e-4},
+                              contextlib.nullcontext),
+        "balanced-batch-4-scale-over-factor": ({"training": {"initialisation": "balanced", "batch_size": 4}},
+                                               scale_over_balance),
+        "balanced-batch-4-warmup-1ep": ({"training": {"initialisation": "balanced", "batch_size": 4}},
+                                        lambda: adam(steps_of_warmup=max(1, n_train // 4))),
+        "balanced-batch-4-adam-eps-1e-5": ({"training": {"initialisation": "balanced", "batch_size": 4}},
+                                           lambda: adam(eps=1e-5)),
         "last-layer-0": ({}, lambda: last_layer_init(0.0)),
         "no-clip": ({}, lambda: clip_norm(math.inf)),
         "clip-10": ({}, lambda: clip_norm(10.0)),
@@ -340,14 +379,14 @@ def main() -> None:
             print(f"  metatrain pet seed {seed}: " + " ".join(f"{v:.3f}" for v in curve), flush=True)
 
     header = " | ".join(f"{'to ' + format(t, 'g') + ' eV/A':>13}" for t in THRESHOLDS)
-    print(f"\n{'variant':>20} | {'seed':>4} | {header} | {'final':>6} | {'best':>6} | {'s/epoch':>7}")
+    print(f"\n{'variant':>34} | {'seed':>4} | {header} | {'final':>6} | {'best':>6} | {'s/epoch':>7}")
     for name, seed, curve, stamps in rows:
         if not curve:
-            print(f"{name:>20} | {seed:>4} | no epochs parsed from its log")
+            print(f"{name:>34} | {seed:>4} | no epochs parsed from its log")
             continue
         cells = " | ".join(f"{reached(curve, stamps, t):>13}" for t in THRESHOLDS)
         per_epoch = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-        print(f"{name:>20} | {seed:>4} | {cells} | {curve[-1]:>6.3f} | {min(curve):>6.3f} | {per_epoch:>7.2f}")
+        print(f"{name:>34} | {seed:>4} | {cells} | {curve[-1]:>6.3f} | {min(curve):>6.3f} | {per_epoch:>7.2f}")
     print("cells: epochs (seconds since the start of training) to the first validation force RMSE at or below the threshold")
 
 

@@ -46,7 +46,7 @@ def base_space(args, directory: Path, name: str) -> dict:
         "validation_set": 0.2, "test_set": 0.0,
         "architecture": {"model": {"cutoff": 4.0, "d_pet": args.d_pet, "num_heads": 2, "num_gnn_layers": 1,
                                    "num_attention_layers": 1},
-                         "training": {"batch_size": 4, "learning_rate": 3.0e-3,
+                         "training": {"batch_size": 4, "learning_rate": 3.0e-3, "initialisation": args.initialisation,
                                       "scheduler_patience": args.scheduler_patience}},
         "study": {"name": name, "directory": str(directory), "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 4},
                   "pruner": {"type": "none"}},
@@ -360,6 +360,8 @@ def main() -> None:
     parser.add_argument("--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median", "ranking", "none"],
                         help="the pruned study's pruner (none: the unpruned studies only, e.g. to keep for --replay)")
     parser.add_argument("--min-resource", type=int, help="first rung / warm-up epochs of the pruner (default epochs // 9)")
+    parser.add_argument("--initialisation", default="torch", choices=["torch", "balanced"],
+                        help="the trials' architecture.training.initialisation (default torch)")
     parser.add_argument("--scheduler-patience", type=int, default=1000,
                         help="trials' scheduler_patience in epochs (default 1000: the learning rate never drops)")
     parser.add_argument("--workers", type=int, default=2, help="N of the parallel comparison (default 2)")
