@@ -193,6 +193,11 @@ def recorded_gradient_norms(norms: list):
         torch.nn.utils.clip_grad_norm_ = original
 
 
+def balanced(batch_size: int, learning_rate: float = LEARNING_RATE, context=contextlib.nullcontext) -> tuple:
+    """A variant with ``initialisation: balanced`` at this batch size and learning rate."""
+    return {"training": {"initialisation": "balanced", "batch_size": batch_size}, "learning_rate": learning_rate}, context
+
+
 def variants(n_train: int) -> dict:
     """name -> (option overrides, context manager factory)."""
     steps_per_epoch = max(1, n_train // BATCH_SIZE)
@@ -200,21 +205,14 @@ def variants(n_train: int) -> dict:
         "baseline (lr 1e-3)": ({}, contextlib.nullcontext),
         "balanced": ({"training": {"initialisation": "balanced"}}, contextlib.nullcontext),
         "balanced-lr-3e-3": ({"training": {"initialisation": "balanced"}, "learning_rate": 3e-3}, contextlib.nullcontext),
-        "balanced-batch-4": ({"training": {"initialisation": "balanced", "batch_size": 4}}, contextlib.nullcontext),
-        "balanced-batch-4-lr-5e-4": ({"training": {"initialisation": "balanced", "batch_size": 4}, "learning_rate": 5e-4},
-                                     contextlib.nullcontext),
-        "balanced-batch-4-lr-3e-3": ({"training": {"initialisation": "balanced", "batch_size": 4}, "learning_rate": 3e-3},
-                                     contextlib.nullcontext),
-        "balanced-batch-2-lr-5e-4": ({"training": {"initialisation": "balanced", "batch_size": 2}, "learning_rate": 5e-4},
-                                     contextlib.nullcontext),
-        "balanced-defaults": ({"training": {"initialisation": "balanced", "batch_size": 16}, "learning_rate": 3e-4},
-                              contextlib.nullcontext),
-        "balanced-batch-4-scale-over-factor": ({"training": {"initialisation": "balanced", "batch_size": 4}},
-                                               scale_over_balance),
-        "balanced-batch-4-warmup-1ep": ({"training": {"initialisation": "balanced", "batch_size": 4}},
-                                        lambda: adam(steps_of_warmup=max(1, n_train // 4))),
-        "balanced-batch-4-adam-eps-1e-5": ({"training": {"initialisation": "balanced", "batch_size": 4}},
-                                           lambda: adam(eps=1e-5)),
+        "balanced-batch-4": balanced(4),
+        "balanced-batch-4-lr-5e-4": balanced(4, 5e-4),
+        "balanced-batch-4-lr-3e-3": balanced(4, 3e-3),
+        "balanced-batch-2-lr-5e-4": balanced(2, 5e-4),
+        "balanced-defaults": balanced(16, 3e-4),
+        "balanced-batch-4-scale-over-factor": balanced(4, context=scale_over_balance),
+        "balanced-batch-4-warmup-1ep": balanced(4, context=lambda: adam(steps_of_warmup=max(1, n_train // 4))),
+        "balanced-batch-4-adam-eps-1e-5": balanced(4, context=lambda: adam(eps=1e-5)),
         "last-layer-0": ({}, lambda: last_layer_init(0.0)),
         "no-clip": ({}, lambda: clip_norm(math.inf)),
         "clip-10": ({}, lambda: clip_norm(10.0)),
