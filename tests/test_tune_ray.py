@@ -141,6 +141,28 @@ def test_staged_search_fixes_each_stage_best_in_the_next(ray_runtime, tmp_path):
     assert all(t.user_attrs["driver"] == "ray" for t in first + second if t.user_attrs.get("role") != "carried")
 
 
+def test_batch_size_stage_moves_the_chosen_learning_rate_by_the_square_root_rule(ray_runtime, tmp_path):
+    space = ray_space(tmp_path, budget={"n_trials": 5, "epochs": 1}, pruner={"type": "none"},
+                      strategy={"type": "staged", "importance": ["learning_rate", "batch_size"], "learning_rate_scaling": "sqrt",
+                                "enumerate": True},
+                      parameters={"learning_rate": {"type": "categorical", "choices": [GOOD, GOOD2]},
+                                  "batch_size": {"type": "categorical", "choices": [2, 6, 24]}})
+    lines = []
+    result = ray_driver.run(space, workers=2, out=lines.append)
+    first, second = trials(tmp_path, "tiny.stage1-learning_rate"), trials(tmp_path, "tiny.stage2-batch_size")
+    chosen = min((t for t in first if t.state == TrialState.COMPLETE), key=lambda t: t.value).params["learning_rate"]
+    trained = [t for t in second if t.user_attrs.get("role") != "carried"]
+    assert {2, 24} <= {t.params["batch_size"] for t in trained}  # Ray's stage may also train the base size 6 again
+    for t in trained:
+        moved = chosen * (t.params["batch_size"] / 6) ** 0.5
+        assert t.user_attrs["options"]["architecture"]["training"]["learning_rate"] == pytest.approx(moved)
+        assert t.user_attrs["config"]["learning_rate"] == pytest.approx(moved)
+        log = (tmp_path / "tiny" / "trials" / f"ray-{t.user_attrs['ray_trial_id']}" / "train.log").read_text()
+        assert f"lr {moved:.2e}" in log  # what the trial trained with, not only what was recorded
+        assert any(line.endswith(f"batch_size={t.params['batch_size']}, learning_rate={moved:.4g}") for line in lines), lines
+    assert result.status == "completed"
+
+
 def test_a_repeated_configuration_is_copied_not_trained_again(ray_runtime, tmp_path):
     space = ray_space(tmp_path, budget={"n_trials": 4, "epochs": 2}, pruner={"type": "none"})
     lines = []

@@ -73,6 +73,28 @@ def test_staged_search_fixes_earlier_stages_best(tmp_path):
     assert result.best_config["cutoff"] == best_cutoff
 
 
+def test_batch_size_stage_trains_at_the_chosen_learning_rate_moved_by_the_square_root_rule(tmp_path):
+    raw = tiny_space(tmp_path, strategy={"type": "staged", "importance": ["learning_rate", "batch_size"], "learning_rate_scaling": "sqrt"},
+                     parameters={"learning_rate": {"type": "categorical", "choices": [2.0e-3, 3.0e-3]},
+                                 "batch_size": {"type": "categorical", "choices": [2, 6, 24]}},
+                     budget={"n_trials": 4, "epochs": 1})
+    result, lines = search(raw)
+    first, second = trials(tmp_path, "tiny.stage1-learning_rate"), trials(tmp_path, "tiny.stage2-batch_size")
+    chosen = min((t for t in first if t.state == TrialState.COMPLETE), key=lambda t: t.value).params["learning_rate"]
+    trained = [t for t in second if t.user_attrs.get("role") != "carried"]
+    assert sorted(t.params["batch_size"] for t in trained) == [2, 24]  # 6 (the base) is carried in
+    for t in trained:
+        moved = chosen * (t.params["batch_size"] / 6) ** 0.5
+        assert t.user_attrs["config"]["learning_rate"] == pytest.approx(moved)
+        assert t.user_attrs["options"]["architecture"]["training"]["learning_rate"] == pytest.approx(moved)
+        assert t.user_attrs["options"]["architecture"]["training"]["batch_size"] == t.params["batch_size"]
+        assert f"trial {t.number} [stage 2/2 (batch_size)] batch_size={t.params['batch_size']}, learning_rate={moved:.4g}" in lines, lines
+    best = min((t for t in first + second if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert result.best_config == pytest.approx(best.user_attrs["config"])
+    best_training = resolve_options(read_yaml(result.best_options))["architecture"]["training"]
+    assert best_training["learning_rate"] == pytest.approx(best.user_attrs["config"]["learning_rate"])
+
+
 def test_pruner_prunes_a_bad_trial(tmp_path):
     raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-6]}},
                      study={"sampler": {"type": "random", "seed": 3}, "pruner": {"type": "median", "n_startup_trials": 1}},

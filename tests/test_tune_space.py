@@ -74,6 +74,28 @@ def test_options_for_sets_values_including_mappings(tmp_path):
     assert space.max_cutoff == 3.5
 
 
+def test_learning_rate_scaling_moves_the_chosen_learning_rate_with_a_later_batch_size(tmp_path):
+    def space(scaling, importance):
+        return load_search_space(tiny_space(tmp_path, strategy={"type": "staged", "importance": importance, "learning_rate_scaling": scaling},
+                                            parameters={"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                                                        "batch_size": {"type": "categorical", "choices": [2, 6, 24]},
+                                                        "d_pet": {"type": "categorical", "choices": [8, 16]}}), check_data=False)
+
+    square_root = space("sqrt", ["learning_rate", "batch_size", "d_pet"])
+    assert square_root.trial_values({"learning_rate": 4.0e-3}, {"batch_size": 24}) == {"learning_rate": pytest.approx(8.0e-3), "batch_size": 24}
+    # the learning rate was chosen at the base batch size 6; a fixed batch size is the reference where there is one
+    assert square_root.trial_values({"learning_rate": 4.0e-3, "batch_size": 24}, {"d_pet": 16})["learning_rate"] == 4.0e-3
+    assert square_root.trial_values({}, {"learning_rate": 5.0e-3}) == {"learning_rate": 5.0e-3}  # the stage that tunes it
+    assert space("linear", ["learning_rate", "batch_size", "d_pet"]).trial_values(
+        {"learning_rate": 4.0e-3}, {"batch_size": 2})["learning_rate"] == pytest.approx(4.0e-3 / 3)
+    # batch sizes first: each moves the base learning rate (3e-3 at batch 6), which the next stage then tunes
+    first = space("sqrt", ["batch_size", "learning_rate", "d_pet"])
+    assert first.trial_values({}, {"batch_size": 24})["learning_rate"] == pytest.approx(6.0e-3)
+    assert space("none", ["learning_rate", "batch_size", "d_pet"]).trial_values({"learning_rate": 4.0e-3}, {"batch_size": 24}) == {
+        "learning_rate": 4.0e-3, "batch_size": 24}
+    assert square_root.fingerprint() != space("none", ["learning_rate", "batch_size", "d_pet"]).fingerprint()
+
+
 def test_defaults_are_moved_into_the_range(tmp_path):
     raw = tiny_space(tmp_path, parameters={"d_pet": {"type": "int", "low": 16, "high": 32, "step": 8},
                                            "cutoff": {"type": "float", "low": 3.0, "high": 4.5, "step": 0.5}})
@@ -107,6 +129,14 @@ INVALID = [
     ({"strategy": {"type": "staged"}, "budget": {"n_trials": 3}}, "budget.n_trials: 3 is too few for 2 stages"),
     ({"strategy": {"type": "staged", "importance": ["cutoff", "batch_size"]}}, "strategy.importance[1]: 'batch_size' is not under parameters"),
     ({"budget": {"epochs": 0}}, "budget.epochs: must be positive"),
+    ({"strategy": {"type": "staged", "learning_rate_scaling": "square"}},
+     "strategy.learning_rate_scaling: must be none, sqrt, linear, got 'square'"),
+    ({"strategy": {"type": "staged", "learning_rate_scaling": "sqrt"}},  # no batch_size under parameters
+     "strategy.learning_rate_scaling: sqrt moves the learning rate with a later stage's batch size; it needs type: staged"),
+    ({"strategy": {"type": "staged", "importance": [["learning_rate", "batch_size"], "cutoff"], "learning_rate_scaling": "sqrt"},
+      "parameters": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2},
+                     "batch_size": {"type": "categorical", "choices": [2, 6]}, "cutoff": {"type": "float", "low": 3.0, "high": 4.0}}},
+     "strategy.learning_rate_scaling: batch_size and learning_rate are in the same stage (importance[0])"),
     ({"architecture": {"model": {"d_pett": 8}}}, "architecture.model.d_pett: unknown option (did you mean 'd_pet'?)"),
     ({"driver": "rey"}, "driver.type: must be optuna or ray, got 'rey' (did you mean 'ray'?)"),
     ({"driver": {"type": "ray", "gpu_per_trial": 1}}, "driver.gpu_per_trial: unknown key (did you mean 'gpus_per_trial'?)"),

@@ -97,10 +97,9 @@ class TrialRunner:
         space, objective = self.space, self.space.objective
         started = time.perf_counter()
         claim(study, trial)
-        values = dict(fixed)
-        for name in stage.parameters:
-            values[name] = suggest(trial, space.parameters[name])
-        shown = ", ".join(f"{k}={short(v)}" for k, v in values.items() if k in stage.parameters)
+        values = space.trial_values(fixed, {name: suggest(trial, space.parameters[name]) for name in stage.parameters})
+        moved = {k: v for k, v in values.items() if k not in stage.parameters and v != fixed.get(k, v)}  # learning_rate_scaling
+        shown = ", ".join(f"{k}={short(v)}" for k, v in {**{k: values[k] for k in stage.parameters}, **moved}.items())
         role = trial.user_attrs.get("role")
         self.out(f"{self.prefix}trial {trial.number} [{stage.label}] {shown}" + (f" ({role})" if role else "")
                  + (f" (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""))

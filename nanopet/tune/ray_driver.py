@@ -174,7 +174,7 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers: tiny
                                                      callbacks=[ProgressLines(stage.label, space.budget.epochs,
                                                                               space.objective.metric, out, pace,
-                                                                              pruned_by(space))]))
+                                                                              pruned_by(space), derived(space, fixed))]))
     try:
         with ctrl_c_raises():
             results = tuner.fit()
@@ -328,13 +328,15 @@ class ProgressLines(Callback):
     """A line when a trial starts, every few epochs, and when it ends (as the Optuna driver prints)."""
 
     def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None],
-                 pace: Callable[[float], None] | None = None, pruned_by: str = "ASHA"):
+                 pace: Callable[[float], None] | None = None, pruned_by: str = "ASHA",
+                 derived: Callable[[dict], dict] | None = None):
         self.label, self.epochs, self.metric, self.out, self.pace = label, epochs, metric, out, pace
-        self.pruned_by = pruned_by
+        self.pruned_by, self.derived = pruned_by, derived or (lambda params: {})
         self.last: dict = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        shown = ", ".join(f"{k}={short(decode(v))}" for k, v in (trial.config or {}).items() if k != DUPLICATE)
+        params = {k: decode(v) for k, v in (trial.config or {}).items() if k != DUPLICATE}
+        shown = ", ".join(f"{k}={short(v)}" for k, v in {**params, **self.derived(params)}.items())
         self.out(f"trial {trial.trial_id} [{self.label}] {shown}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -513,6 +515,14 @@ def asha_settings(space: SearchSpace) -> tuple[int, int]:
 # The trainable (runs in Ray worker processes)
 
 
+def derived(space: SearchSpace, fixed: dict) -> Callable[[dict], dict]:
+    """A stage's values that its parameters move (the learning rate under strategy.learning_rate_scaling)."""
+    def moved(params: dict) -> dict:
+        values = space.trial_values(fixed, params)
+        return {k: v for k, v in values.items() if k not in params and v != fixed.get(k, v)}
+    return moved
+
+
 def payload(space: SearchSpace, fixed: dict) -> dict:
     """What a trial needs besides its config: the space (re-read once per worker process), the stage's fixed
     values (earlier stages' best)."""
@@ -586,7 +596,7 @@ def trainable_fn(config: dict, payload: dict) -> None:
             tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.epochs,
                          "finished": True, DUPLICATE: config[DUPLICATE], "clock": time.time()})
         return
-    values = {**payload["fixed"], **{name: decode(config[name]) for name in space.parameters if name in config}}
+    values = space.trial_values(payload["fixed"], {name: decode(config[name]) for name in space.parameters if name in config})
     trial_id = tune.get_context().get_trial_id()
     folder = trial_folder(payload["study_dir"], RAY_PREFIX + trial_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -682,7 +692,7 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     earlier = study.get_trials(deepcopy=False)
     folder = trial_folder(space.study.path, RAY_PREFIX + trial_id)
     params = {name: config[name] for name in stage.parameters}
-    values = {**fixed, **{name: decode(v) for name, v in params.items()}}
+    values = space.trial_values(fixed, {name: decode(v) for name, v in params.items()})
     wall = float(last.get("time_total_s", 0.0) or 0.0)
     record = TrialRecord(driver="ray", ray_trial_id=trial_id, trial=f"{study.study_name}#{len(earlier)}", config=values,
                          options=space.options_for(values), epochs=len(by_epoch),

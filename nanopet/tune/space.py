@@ -7,7 +7,8 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
     objective:  {metric: val_forces_rmse, cost: none | penalty | front, cost_measure, cost_weight}
     budget:     {n_trials, timeout, epochs}
-    strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true}
+    strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true,
+                 learning_rate_scaling: none | sqrt | linear}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
     driver:     optuna | ray | {type: ray, address: auto, cpus_per_trial: 1, gpus_per_trial: 0.5}
 
@@ -51,7 +52,10 @@ OBJECTIVE_KEYS = ("metric", "cost", "cost_measure", "cost_weight")
 COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
 BUDGET_KEYS = ("n_trials", "timeout", "epochs")
-STRATEGY_KEYS = ("type", "importance", "split", "enumerate")
+STRATEGY_KEYS = ("type", "importance", "split", "enumerate", "learning_rate_scaling")
+# strategy.learning_rate_scaling: a stage that tries batch sizes moves the learning rate chosen before it by
+# (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; README "Hyperparameter search")
+LEARNING_RATE_SCALINGS = {"none": None, "sqrt": 0.5, "linear": 1.0}
 STRATEGIES = ("joint", "staged")  # the first is the default
 DRIVERS = ("optuna", "ray")
 DRIVER_KEYS = ("type", "address", "cpus_per_trial", "gpus_per_trial")  # all but type: ray only
@@ -169,6 +173,7 @@ class Strategy:
     stages: tuple  # tuple of tuples of parameter names, most important first (joint: one stage)
     split: object = "importance"  # importance | equal | list of weights
     enumerate: bool = True  # a stage with no more (discrete) configurations than its budget tries each once
+    learning_rate_scaling: str = "none"  # none | sqrt | linear: LEARNING_RATE_SCALINGS
 
     def stage_trials(self, n_trials: int, grids: list | None = None) -> list[int]:
         """Trials per stage: ``n_trials`` split by weight (largest remainder), at least 2 per stage. A stage
@@ -253,6 +258,20 @@ class SearchSpace:
             _set(options, self.parameters[name].path, copy.deepcopy(value))
         return resolve_options(options)
 
+    def trial_values(self, fixed: dict, params: dict) -> dict:
+        """One trial's values: earlier stages' ``fixed`` values with this stage's ``params`` over them. With
+        ``strategy.learning_rate_scaling``, a stage that tries batch sizes (and not learning rates) trains each at
+        the learning rate chosen before it times (batch_size / the batch size it was chosen at) ** exponent."""
+        values = {**fixed, **params}
+        exponent = LEARNING_RATE_SCALINGS[self.strategy.learning_rate_scaling]
+        batch, rate = tuned_name(self.parameters, "batch_size"), tuned_name(self.parameters, "learning_rate")
+        if exponent is None or batch not in params or rate in params:
+            return values
+        reference = fixed.get(batch, self.base_value(batch))
+        learning_rate = fixed.get(rate, self.base_value(rate))
+        values[rate] = float(learning_rate) * (float(params[batch]) / float(reference)) ** exponent
+        return values
+
     @property
     def resolved(self) -> dict:
         return resolve_options(self.options)
@@ -283,6 +302,8 @@ class SearchSpace:
         options = {k: v for k, v in self.resolved.items() if k != "device"}  # a study may move between machines
         content = {"options": options, "parameters": [vars(p) for p in self.parameters.values()],
                    "objective": vars(self.objective), "stages": self.strategy.stages, "strategy": self.strategy.type}
+        if self.strategy.learning_rate_scaling != "none":  # absent otherwise: studies from before it still resume
+            content["learning_rate_scaling"] = self.strategy.learning_rate_scaling
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def replace(self, n_trials: int | None = None, timeout: float | None = None, storage: str | None = None,
@@ -532,6 +553,11 @@ def _driver(raw) -> Driver:
     return Driver(kind, address, cpus, gpus)
 
 
+def tuned_name(parameters: dict, key: str) -> str | None:
+    """The name under ``parameters`` of the training setting ``key`` (e.g. batch_size), or None if not tuned."""
+    return next((name for name, p in parameters.items() if p.path == ("architecture", "training", key)), None)
+
+
 def _strategy(raw, parameters: dict) -> Strategy:
     raw, kind = _typed({} if raw is None else raw, "strategy", STRATEGIES, STRATEGY_KEYS)
     importance = raw.get("importance")
@@ -567,9 +593,21 @@ def _strategy(raw, parameters: dict) -> Strategy:
     enumerate_ = raw.get("enumerate", True)
     if not isinstance(enumerate_, bool):
         raise InputError(f"strategy.enumerate: expected true or false, got {enumerate_!r}")
+    scaling = raw.get("learning_rate_scaling", "none")
+    if scaling not in LEARNING_RATE_SCALINGS:
+        raise InputError(f"strategy.learning_rate_scaling: must be {', '.join(LEARNING_RATE_SCALINGS)}, got {scaling!r}")
+    if scaling != "none":
+        where = {name: k for k, stage in enumerate(stages) for name in stage}
+        batch, rate = tuned_name(parameters, "batch_size"), tuned_name(parameters, "learning_rate")
+        if kind != "staged" or batch is None or rate is None:
+            raise InputError(f"strategy.learning_rate_scaling: {scaling} moves the learning rate with a later stage's batch size; "
+                             "it needs type: staged with batch_size and learning_rate both under parameters")
+        if where[batch] == where[rate]:
+            raise InputError(f"strategy.learning_rate_scaling: batch_size and learning_rate are in the same stage "
+                             f"(importance[{where[batch]}]), where they are searched together; put them in separate stages or drop it")
     if kind == "joint":
         stages = (tuple(parameters),)
-    return Strategy(kind, stages, split, enumerate_)
+    return Strategy(kind, stages, split, enumerate_, scaling)
 
 
 # ---------------------------------------------------------------------------------------------

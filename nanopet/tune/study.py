@@ -306,8 +306,8 @@ def chosen_values(space: SearchSpace, stage: Stage, fixed: dict, study: optuna.S
     best = best_trial(study)
     if best is None:
         defaults = space.defaults()
-        return {**fixed, **{k: defaults[k] for k in stage.parameters if k in defaults}}, None
-    return {**fixed, **{k: decode(best.params[k]) for k in stage.parameters if k in best.params}}, best
+        return space.trial_values(fixed, {k: defaults[k] for k in stage.parameters if k in defaults}), None
+    return space.trial_values(fixed, {k: decode(best.params[k]) for k in stage.parameters if k in best.params}), best
 
 
 # ---------------------------------------------------------------------------------------------
