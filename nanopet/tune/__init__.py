@@ -8,7 +8,7 @@ Public API (everything else is internal):
 - ``list_studies(directory)``: studies with trial counts by state and best value
 - ``serve_dashboard(study, host, port)``: optuna-dashboard on a study's storage
 
-Modules: ``space`` (the file), ``storage`` (storages, studies, a chosen trial), ``study`` (sampler, pruner, stages), ``trial`` (one trial, either
+Modules: ``space`` (the file), ``storage`` (storages, studies, a chosen trial), ``study`` (sampler, pruner, stages), ``sampling`` (TPE ranking trials at their common rung), ``trial`` (one trial, either
 driver: its record, epochs, repeats, cost), ``stages`` (the loop over stages, the closing lines), ``objective``
 (an Optuna trial), ``lease`` (stale trials), ``workers`` (the trial loop, processes), ``results``, ``dashboard``.
 """

@@ -33,7 +33,7 @@ STUDY_KEYS = ("name", "storage", "directory", "sampler", "pruner", "keep_checkpo
               "heartbeat_interval", "grace_period")
 # per type: the settings each accepts besides `type` (all driver-neutral names, mapped by each driver)
 SAMPLERS = {
-    "tpe": ("seed", "n_startup_trials", "multivariate", "constant_liar", "n_ei_candidates"),
+    "tpe": ("seed", "n_startup_trials", "multivariate", "constant_liar", "n_ei_candidates", "rank_at", "rung_trials"),
     "random": ("seed",),
     "gp": ("seed", "n_startup_trials", "deterministic_objective"),
     "cmaes": ("seed", "n_startup_trials", "sigma0", "popsize", "restart_strategy", "use_separable_cma", "with_margin",
@@ -469,6 +469,10 @@ def _settings(raw, kinds: dict, default: dict, where: str) -> dict:
                    "consider_pruned_trials"):
             if not isinstance(value, bool):
                 raise InputError(f"{where}.{key}: expected true or false, got {value!r}")
+        elif key == "rank_at":
+            if value not in ("final", "rung"):
+                raise InputError(f"{where}.{key}: must be final (Optuna's: completed trials ahead of pruned ones) or rung "
+                                 f"(every trial at the deepest epoch most reached), got {value!r}")
         elif key == "restart_strategy":
             if value not in (None, "ipop", "bipop"):
                 raise InputError(f"{where}.{key}: must be ipop or bipop, got {value!r}")
@@ -485,8 +489,9 @@ def _settings(raw, kinds: dict, default: dict, where: str) -> dict:
             value = _number(value, f"{where}.{key}", integer=True, allow_none=True)
         else:
             value = _number(value, f"{where}.{key}", integer=True)
-            if value < (0 if key in ("n_startup_trials", "n_warmup_steps", "bootstrap_count", "min_early_stopping_rate") else 1):
-                raise InputError(f"{where}.{key}: must be {'>= 0' if key != 'reduction_factor' else '>= 2'}, got {value}")
+            least = 0 if key in ("n_startup_trials", "n_warmup_steps", "bootstrap_count", "min_early_stopping_rate") else 1
+            if value < least:
+                raise InputError(f"{where}.{key}: must be >= {2 if key == 'reduction_factor' else least}, got {value}")
             if key == "reduction_factor" and value < 2:
                 raise InputError(f"{where}.{key}: must be >= 2, got {value}")
         settings[key] = value

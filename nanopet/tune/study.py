@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from nanopet.errors import InputError
 from nanopet.tune.pruning import RankingPruner, RankingRule
+from nanopet.tune.sampling import RUNG_TRIALS, RungTPESampler
 from nanopet.tune.space import Parameter, SearchSpace
 from nanopet.tune.storage import masked, open_storage, stage_study_name, storage_url
 from nanopet.tune.trial import CARRIED, DEFAULTS, result_attrs
@@ -37,12 +38,15 @@ SCALARS = (type(None), bool, int, float, str)
 
 def make_sampler(settings: dict, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler of ``study.sampler``; ``seed_offset`` keeps parallel workers and resumed runs distinct."""
-    kwargs = {k: v for k, v in settings.items() if k not in ("type", "seed")}
+    kwargs = {k: v for k, v in settings.items() if k not in ("type", "seed", "rank_at", "rung_trials")}
     seed = settings.get("seed")
     seed = None if seed is None else int(seed) + seed_offset
     kind = settings["type"]
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **kwargs)
+        tpe = optuna.samplers.TPESampler(seed=seed, **kwargs)
+        if settings.get("rank_at", "final") == "rung":
+            return RungTPESampler(tpe, settings.get("rung_trials", RUNG_TRIALS))
+        return tpe
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
