@@ -489,11 +489,10 @@ def _settings(raw, kinds: dict, default: dict, where: str) -> dict:
             value = _number(value, f"{where}.{key}", integer=True, allow_none=True)
         else:
             value = _number(value, f"{where}.{key}", integer=True)
-            least = 0 if key in ("n_startup_trials", "n_warmup_steps", "bootstrap_count", "min_early_stopping_rate") else 1
+            least = (0 if key in ("n_startup_trials", "n_warmup_steps", "bootstrap_count", "min_early_stopping_rate") else
+                     2 if key == "reduction_factor" else 1)
             if value < least:
-                raise InputError(f"{where}.{key}: must be >= {2 if key == 'reduction_factor' else least}, got {value}")
-            if key == "reduction_factor" and value < 2:
-                raise InputError(f"{where}.{key}: must be >= 2, got {value}")
+                raise InputError(f"{where}.{key}: must be >= {least}, got {value}")
         settings[key] = value
     return settings
 
