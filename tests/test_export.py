@@ -125,6 +125,30 @@ def test_scripted_kernels_equal_the_training_kernels():
         assert type(eager(inputs).grad_fn).__name__ != type(scripted(inputs).grad_fn).__name__
 
 
+def test_scripted_inplace_silu_keeps_atens_backward_and_leaves_eager_alone():
+    """SiLU(inplace=True) (the model's, after a linear layer): scripted, the same values and first derivatives as
+    eager, one aten SiLU backward rather than TorchScript's own sigmoid/multiply chain; eager leaves its input alone."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 16, bias=False).double()
+    eager = torch.nn.Sequential(linear, SiLU(inplace=True))
+    scripted = torch.jit.script(eager)
+    inputs = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(9, 16, dtype=torch.float64)
+    for _ in range(3):  # the profiling executor settles on its graph after a few runs
+        (scripted_grad,) = torch.autograd.grad((scripted(inputs) * weights).sum(), inputs)
+    (eager_grad,) = torch.autograd.grad((eager(inputs) * weights).sum(), inputs)
+    torch.testing.assert_close(scripted(inputs), eager(inputs), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scripted_grad, eager_grad, rtol=1e-12, atol=1e-12)
+    with torch.profiler.profile() as profile:
+        torch.autograd.grad((scripted(inputs) * weights).sum(), inputs)
+    ran = {event.key for event in profile.key_averages()}
+    assert "aten::silu_backward" in ran and "aten::sigmoid" not in ran
+    hidden = linear(inputs)
+    before = hidden.detach().clone()
+    eager[1](hidden)
+    assert torch.equal(hidden.detach(), before)
+
+
 # ----------------------------------------------------------------------------------------------
 # The exported model through metatomic's ASE calculator equals ours
 
