@@ -26,17 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_search import print_table, study_trials, trained  # noqa: E402
 
 
-def share_of(data, share: float, seed: int = 0):
-    """``data`` with its training set cut to the first ``share`` of a seeded permutation (validation unchanged)."""
-    from nanopet.data.batch import GraphDataset
-    from nanopet.data.splits import Data
-
-    train = data.train
-    keep = np.sort(np.random.default_rng(seed).permutation(len(train))[: max(1, round(share * len(train)))])
-    subset = GraphDataset([train.structures[k] for k in keep], train.cutoff, [train.half_lists[k] for k in keep])
-    return Data(subset, data.val, data.test)
-
-
 def final_value(options: dict, data, metric: str) -> float:
     """The objective metric at the best validation loss (what a trial reports at its end)."""
     from nanopet.train import train
@@ -71,7 +60,7 @@ def study_rows(directory: Path, name: str, shares: list[float], configs: int) ->
     for share in shares:
         values = []
         for o in options:
-            values.append(final_value(o, share_of(data.at_cutoff(cutoff_of(o)), share), metric))
+            values.append(final_value(o, data.at_cutoff(cutoff_of(o)).training_share(share, int(o["seed"])), metric))
         epoch = max(1, round(share * epochs))
         early = [t.intermediate_values[epoch - 1] for t in full]
         data_tau, epoch_tau = kendall_tau(values, finals), kendall_tau(early, finals)

@@ -9,7 +9,9 @@
    and until the pruned study first reaches the unpruned study's best validation loss: the pruned
    study runs more trials (never more epochs in total than the unpruned one) until it does, since
    the point of pruning is to try more configurations for the same compute (``--stop-share``: or until
-   it has spent that share of them). Goal: <= 1/3 of the epochs, read two ways: of the epochs the
+   it has spent that share of them). ``--data-shares 0.125 0.25 0.5 1``: the pruned study uses the data-size
+   fidelity instead (each trial trains on those shares in turn, the pruner deciding after each; its epochs
+   count x share, "epochs x structures"). Goal: <= 1/3 of the epochs, read two ways: of the epochs the
    unpruned study spent until its own first trial within 2% of its best (strict: where that trial came
    early nothing can win), and of all its epochs (the unpruned search's compute).
    ``--seeds 0 1 2`` repeats it per TPE seed (one seed is one draw of luck). Then a replay:
@@ -89,11 +91,16 @@ GOAL = 1 / 3  # ... with at most a third of the unpruned study's compute
 READINGS = ("unpruned epochs to its best", "all unpruned epochs")
 
 
+def spent(trial) -> float:
+    """A trial's training compute in epochs on all the training set (epochs x share under budget.data_shares)."""
+    return float(trial.user_attrs.get("compute", len(trial.intermediate_values)))
+
+
 def until(trials, target: float | None):
     """Epochs and trial wall time spent until a completed trial reaches ``target`` within ``REACH`` (None: never)."""
     epochs = wall = 0.0
     for t in trials:
-        epochs += len(t.intermediate_values)
+        epochs += spent(t)
         wall += t.user_attrs.get("timing", {}).get("wall", 0.0)
         if target is not None and t.value is not None and t.state.name == "COMPLETE" and t.value <= target * REACH:
             return epochs, wall
@@ -154,7 +161,7 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, tuple[fl
     wall_a = run_search(raw, args.threads)
     a = trained(study_trials(directory, f"unpruned-s{seed}"))
     best_a = min(t.value for t in a if t.state.name == "COMPLETE")
-    epochs_a = sum(len(t.intermediate_values) for t in a)
+    epochs_a = sum(spent(t) for t in a)
     reach_a, reach_wall_a = until(a, best_a)
     tag = f"seed {seed}: "
     if args.pruner == "none":  # the unpruned study alone, analysed (kept for --replay with --keep)
@@ -171,12 +178,15 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, tuple[fl
                                                        if args.pruner in ("successive_halving", "hyperband") else
                                                        {"n_startup_trials": 4, "n_warmup_steps": rung} if args.pruner == "median" else
                                                        {"n_startup_trials": 5})}  # ranking: its own min_tau decides when
+    if args.data_shares:  # the data-size fidelity: the pruner decides after each share (steps 1, 2, 4, ...)
+        pruned["budget"]["data_shares"] = args.data_shares
+        pruned["study"]["pruner"] = {"type": args.pruner, "min_resource": 1, "reduction_factor": args.reduction_factor}
     wall_b, n_trials, same = 0.0, args.trials, None
     while True:
         pruned["budget"]["n_trials"] = n_trials
         wall_b += run_search(pruned, args.threads)
         b = trained(study_trials(directory, name))
-        epochs_b = sum(len(t.intermediate_values) for t in b)
+        epochs_b = sum(spent(t) for t in b)
         if same is None:  # the same number of trials as the unpruned study
             same = (epochs_b, wall_b, min(t.value for t in b if t.state.name == "COMPLETE"))
         reach_b, reach_wall_b = until(b, best_a)
@@ -202,7 +212,8 @@ def pruning_seed(args, directory: Path, seed: int) -> tuple[list, list, tuple[fl
     pruned_count = sum(t.state.name == "PRUNED" for t in b)
     notes = [f"pruning, seed {seed}: {len(a)} vs {len(b)} trials trained ({len(b) - args.trials} more to reach the unpruned "
              f"best, at most {args.stop_share:g} of the unpruned study's epochs), {pruned_count} pruned by {args.pruner} ({pruned['study']['pruner']}); "
-             f"{args.trials} trials x {args.epochs} epochs, TPE seed {seed}, rank_at {args.rank_at}"]
+             f"{args.trials} trials x {args.epochs} epochs, TPE seed {seed}, rank_at {args.rank_at}"
+             + (f"; data shares {args.data_shares} (epochs count x share)" if args.data_shares else "")]
     return rows, notes, ratio
 
 
@@ -380,6 +391,10 @@ def main() -> None:
                         help="the pruned study's pruner (none: the unpruned studies only, e.g. to keep for --replay)")
     parser.add_argument("--min-resource", type=int, help="first rung / warm-up epochs of the pruner (default epochs // 9)")
     parser.add_argument("--reduction-factor", type=int, default=3, help="successive halving / hyperband reduction factor (default 3)")
+    parser.add_argument("--data-shares", type=float, nargs="+",
+                        help="the pruned study trains each trial on these shares of the training set in turn (budget.data_shares, "
+                             "e.g. 0.125 0.25 0.5 1), its pruner (successive_halving / hyperband, --reduction-factor) deciding "
+                             "after each; its epochs count x share")
     parser.add_argument("--rank-at", default="final", choices=["final", "rung"],
                         help="the pruned study's TPE: rank trials by final value (Optuna's) or at their common rung")
     parser.add_argument("--stop-share", type=float, default=1.0,

@@ -190,9 +190,9 @@ def test_interrupt_finishes_the_epoch_marks_the_trial_and_resume_completes(tmp_p
 
 
 def test_out_of_memory_and_other_errors_fail_only_their_trial(tmp_path, monkeypatch):
-    import nanopet.tune.objective as objective_module
+    import nanopet.tune.trial as trial_module
 
-    real_train = objective_module.train
+    real_train = trial_module.train
 
     def flaky_train(options, **kwargs):
         learning_rate = options["architecture"]["training"]["learning_rate"]
@@ -202,7 +202,7 @@ def test_out_of_memory_and_other_errors_fail_only_their_trial(tmp_path, monkeypa
             raise RuntimeError("boom")
         return real_train(options, **kwargs)
 
-    monkeypatch.setattr(objective_module, "train", flaky_train)
+    monkeypatch.setattr(trial_module, "train", flaky_train)
     raw = tiny_space(tmp_path, parameters={"learning_rate": {"type": "categorical", "choices": [3.0e-3, 1.0e-2, 2.0e-2]}},
                      study={"sampler": {"type": "random", "seed": 0}}, budget={"n_trials": 6, "epochs": 1})
     result, _ = search(raw)

@@ -120,6 +120,17 @@ class GraphDataset:
     def __len__(self) -> int:
         return len(self.structures)
 
+    def subset(self, indices) -> "GraphDataset":
+        """These structures at ``indices``, with their neighbour lists and graphs as computed (nothing recomputed)."""
+        subset = GraphDataset([], self.cutoff, [])
+        subset.structures = [self.structures[k] for k in indices]
+        subset.half_lists = [self.half_lists[k] for k in indices]
+        subset.graphs = [self.graphs[k] for k in indices]
+        subset.max_neighbors = self.max_neighbors[np.asarray(indices, dtype=np.int64)]
+        subset.has_forces = bool(subset.structures) and all(s.forces is not None for s in subset.structures)
+        subset.has_stress = any(s.stress is not None and s.pbc.all() for s in subset.structures)
+        return subset
+
     def restrict(self, cutoff: float) -> "GraphDataset":
         """The same structures at a smaller cutoff, filtering the stored lists by distance."""
         return GraphDataset(self.structures, cutoff, [h.restrict(cutoff) for h in self.half_lists])

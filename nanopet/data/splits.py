@@ -2,7 +2,8 @@
 
 - ``load_data``: the splits named in an options file, read and neighbour-listed once.
 - ``Data``: train/val/test ``GraphDataset``s; ``at_cutoff`` restricts them to a smaller cutoff by distance
-  filtering (no new neighbour lists), so a search builds them once at the largest cutoff any trial uses.
+  filtering (no new neighbour lists), so a search builds them once at the largest cutoff any trial uses;
+  ``training_share`` cuts the training set to a nested share (a search's data-size fidelity).
 - ``largest_cutoff``: that cutoff, from the base options' cutoff and the tuned parameters, keyed by the
   parameter's resolved path (``cutoff`` and ``architecture.model.cutoff`` are the same parameter).
 - ``absolute_datasets``: relative dataset file paths made absolute against the folder they were written in,
@@ -15,6 +16,8 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from nanopet.data.batch import GraphDataset
 from nanopet.options import resolve_options
@@ -38,6 +41,15 @@ class Data:
             return dataset if math.isclose(dataset.cutoff, cutoff) else dataset.restrict(cutoff)
 
         return Data(restricted(self.train), restricted(self.val), restricted(self.test))
+
+    def training_share(self, share: float, seed: int = 0) -> "Data":
+        """The training set cut to its first ``share`` in a permutation drawn from ``seed`` (so a smaller share's
+        structures are among a larger one's), at least one structure; validation and test sets unchanged."""
+        if share >= 1.0:
+            return self
+        count = max(1, round(share * len(self.train)))
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self.train))[:count])
+        return Data(self.train.subset(keep), self.val, self.test)
 
 
 def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None) -> Data:

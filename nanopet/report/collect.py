@@ -27,7 +27,7 @@ from nanopet.tune.trial import CARRIED, DEFAULTS, record_of
 
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 TRIAL_COLUMNS = ("study", "stage", "number", "trial", "state", "role", "value")  # then cost, parameters, ...
-TAIL_COLUMNS = ("epochs", "best_epoch", "wall_s", "setup_s", "epochs_s", "reason", "duplicate_of", "retry_of",
+TAIL_COLUMNS = ("epochs", "compute", "best_epoch", "wall_s", "setup_s", "epochs_s", "reason", "duplicate_of", "retry_of",
                 "started", "completed", "artifacts")
 
 
@@ -46,6 +46,8 @@ class StudyData:
     distributions: dict  # name -> optuna distribution (as the trials recorded it)
     trials: pd.DataFrame  # one row per trial (TRIAL_COLUMNS, cost, parameters, metrics, TAIL_COLUMNS)
     curves: pd.DataFrame  # one row per trial and epoch: study, stage, number, trial, state, role, epoch, value, source
+    # budget.data_shares of a data-size fidelity: then a curve's "epoch" is the step of a share (share / the first)
+    data_shares: tuple | None = None
     frozen: dict = field(default_factory=dict)  # Optuna study name -> its trials as stored (FrozenTrial)
     running: list = field(default_factory=list)  # "study#number" of trials whose worker is alive
     stale: list = field(default_factory=list)  # "study#number: why" of RUNNING trials whose worker is gone
@@ -180,8 +182,9 @@ def collect(study: str, directory: str | Path = "studies", storage: str | None =
     for s in stages:
         ordered += [p for p in s["parameters"] if p not in ordered]
     trials_frame = _trial_frame(rows, ordered)
+    shares = first_attrs.get("data_shares")
     return StudyData(search, masked(url), stages, planned, metric, objective, n_objectives, ordered, distributions,
-                     trials_frame, _curve_frame(curve_rows), frozen, running, stale)
+                     trials_frame, _curve_frame(curve_rows), tuple(shares) if shares else None, frozen, running, stale)
 
 
 def _names(trials) -> list[str]:
@@ -221,7 +224,8 @@ def _trial_row(study: str, stage: int, t: optuna.trial.FrozenTrial, n_objectives
         row["cost"] = values[1]
     row["_config"] = full
     row["_metrics"] = dict(record.metrics or {})
-    row.update({"epochs": epochs if trained else 0, "best_epoch": record.best_epoch,
+    compute = record.compute if record.compute is not None else float(epochs)  # epochs x share of the training set
+    row.update({"epochs": epochs if trained else 0, "compute": compute if trained else 0.0, "best_epoch": record.best_epoch,
                 "wall_s": timing.get("wall"), "setup_s": timing.get("setup"), "epochs_s": timing.get("epochs"),
                 "reason": record.reason or "", "duplicate_of": record.duplicate_of, "retry_of": record.retry_of,
                 "started": t.datetime_start, "completed": t.datetime_complete, "artifacts": record.artifacts or ""})

@@ -26,6 +26,7 @@ from nanopet.report.importance import (
 )
 from nanopet.tune.pruning import kendall_tau
 from nanopet.tune.study import decode
+from nanopet.tune.trial import share_text
 
 STATE_COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728", "running": "#2ca02c", "waiting": "#7f7f7f"}
 STATE_NAMES = {"complete": "complete", "pruned": "pruned", "fail": "failed", "running": "running", "waiting": "waiting"}
@@ -327,28 +328,48 @@ def _interpolate(x, y, z, n: int = 60):
     return gx, gy, gz
 
 
+def step_axis(data: StudyData, steps) -> tuple[list, str]:
+    """Where a curve's steps go on an x axis, and its title: epochs 1, 2, ...; under budget.data_shares each share's
+    step (share / the first share) at its share of the training set."""
+    if data.data_shares:
+        return [float(step) * data.data_shares[0] for step in steps], "share of the training set (each trained from scratch)"
+    return [int(step) + 1 for step in steps], "epoch"
+
+
+def step_name(data: StudyData, step) -> str:
+    """"epoch 3" (step 2), or under budget.data_shares "share 1/4" (step 2 of shares 1/8 .. 1)."""
+    if data.data_shares:
+        return f"share {share_text(float(step) * data.data_shares[0])}"
+    return f"epoch {int(step) + 1}"
+
+
 def learning_curves(data: StudyData):
     curves = data.curves[~data.curves["duplicate"] & (data.curves["role"] != "carried")]
     from_file = not curves.empty and (curves["source"] == "metrics.csv").all()
+    per = "per share of the training set (the value at the end of each)" if data.data_shares and not from_file else "per epoch"
     what = f"{data.metric} per epoch (from each trial's metrics.csv)" if from_file else \
-        f"{objective_label(data)} at the best validation loss so far, per epoch"
+        f"{objective_label(data)} at the best validation loss so far, {per}"
     caption = (f"Learning curves: The {what}, one line per trial coloured by outcome; pruned curves stop early, and "
                "good pruning stops curves that stay above the completed ones.")
     if curves.empty:
         return caption, note(f"Not drawn: no trial reported an epoch yet ({_nothing_completed(data)}).")
-    figure = _figure(xaxis={"title": "epoch", **_whole(int(curves["epoch"].max()) + 1)},
+    shares = bool(data.data_shares) and not from_file
+    _, title = step_axis(data, []) if shares else ([], "epoch")
+    figure = _figure(xaxis={"title": title, **({"type": "log"} if shares else _whole(int(curves["epoch"].max()) + 1))},
                      yaxis={"title": data.metric + " per epoch" if from_file else f"{objective_label(data)} (best so far)"})
     shown = set()
     groups = sorted(curves.groupby(["study", "number"], sort=False), key=lambda g: list(STATE_COLORS).index(g[1]["state"].iloc[0]))
     many = len(groups) > 30
     for _, curve in groups:  # completed first, so pruned and failed curves are drawn on top
         state = curve["state"].iloc[0]
-        figure.add_trace(go.Scatter(x=curve["epoch"] + 1, y=curve["value"], mode="lines+markers" if len(curve) < 3 else "lines",
+        xs = step_axis(data, curve["epoch"])[0] if shares else curve["epoch"] + 1
+        figure.add_trace(go.Scatter(x=xs, y=curve["value"], mode="lines+markers" if len(curve) < 3 or shares else "lines",
                                     name=STATE_NAMES[state], legendgroup=state, showlegend=state not in shown,
                                     line={"color": STATE_COLORS[state], "width": 1 if many else 1.5}, marker={"size": 5},
                                     opacity=0.6 if many else 0.85,
                                     text=[curve["trial"].iloc[0]] * len(curve),
-                                    hovertemplate="%{text} (" + STATE_NAMES[state] + ")<br>epoch %{x}: %{y:.4g}<extra></extra>"))
+                                    hovertemplate="%{text} (" + STATE_NAMES[state] + ")<br>" + ("share" if shares else "epoch")
+                                    + " %{x}: %{y:.4g}<extra></extra>"))
         shown.add(state)
     if _log_scale(curves["value"]):
         figure.update_yaxes(type="log")
@@ -381,15 +402,20 @@ def _reading(tau: float | None) -> str:
 
 @dataclass
 class Ranking:
-    """How the completed trials' per-epoch values rank their final values (``early_ranking``)."""
+    """How the completed trials' per-epoch values rank their final values (``early_ranking``). Under
+    budget.data_shares the points are the shares (``names``) instead of epochs."""
 
     trials: int  # completed trials with a value at every epoch
-    epochs: int
-    taus: list  # Kendall tau of the values at epoch k (0-based, k < epochs - 1) against the final values
-    stopped: pd.Series  # last epoch (0-based) of each pruned trial
-    typical: int  # the epoch to read: where half the pruned trials had stopped, else a third of the way in
+    epochs: int  # points (epochs, or shares) of a completed trial
+    taus: list  # Kendall tau of the values at point k (0-based, k < epochs - 1) against the final values
+    stopped: pd.Series  # last point (0-based) of each pruned trial
+    typical: int  # the point to read: where half the pruned trials had stopped, else a third of the way in
     rate_final: float | None = None  # Kendall tau of the learning rate against the final values
-    rate_taus: list | None = None  # ... against the values at each epoch
+    rate_taus: list | None = None  # ... against the values at each point
+    names: list | None = None  # each point's name ("share 1/8"); None: "epoch k"
+
+    def name(self, point: int) -> str:
+        return self.names[point] if self.names else f"epoch {point + 1}"
 
     @property
     def well_from(self) -> int | None:
@@ -402,6 +428,12 @@ class Ranking:
         """Where to make the first pruning decision, when the pruner decided before the ranking formed."""
         if _verdict(self.taus[self.typical]) == "well":
             return None
+        if self.names:  # data shares: where the shares should start
+            if self.well_from is None:
+                return (f"no share below all of the training set ranked them well (tau >= {WELL_RANKED}): a data-size "
+                        "fidelity saves nothing here; prune on epochs or not at all")
+            return (f"the values ranked the final ones well (tau >= {WELL_RANKED}) from {self.name(self.well_from)} on, so "
+                    f"start budget.data_shares there")
         waits = "; or pruner: {type: ranking}, which waits for the ranking by itself"
         if self.well_from is None:
             return (f"no epoch before the last ranked them well (tau >= {WELL_RANKED}): prune only late "
@@ -426,67 +458,75 @@ def ranking(data: StudyData) -> Ranking | str:
     first = curves.groupby("trial", sort=False)[["state", "stage"]].first()
     state = first["state"]
     complete = [t for t in values if state[t] == "complete"]
-    epochs = max((len(values[t]) for t in complete), default=0)
-    full = [t for t in complete if list(values[t].index) == list(range(epochs))]
+    steps = max((list(values[t].index) for t in complete), key=len, default=[])  # the steps a trial reports
+    if not data.data_shares and steps != list(range(len(steps))):
+        steps = []
+    epochs = len(steps)
+    full = [t for t in complete if list(values[t].index) == steps]
     if len(full) < 4 or epochs < 2:
-        return (f"needs at least 4 completed trials of {max(epochs, 2)} or more epochs with a value at every epoch "
-                f"(this study has {len(full)})")
-    final = [values[t][epochs - 1] for t in full]
+        return (f"needs at least 4 completed trials of {max(epochs, 2)} or more {'shares' if data.data_shares else 'epochs'} "
+                f"with a value at every one (this study has {len(full)})")
+    final = [values[t][steps[-1]] for t in full]
     stage = first["stage"][full].tolist()
-    taus = [kendall_tau([values[t][k] for t in full], final, stage) for k in range(epochs - 1)]
-    stopped = pd.Series([int(values[t].index.max()) for t in values if state[t] == "pruned"], dtype=int)
+    taus = [kendall_tau([values[t][k] for t in full], final, stage) for k in steps[:-1]]
+    point = {step: k for k, step in enumerate(steps)}
+    stopped = pd.Series([point.get(int(values[t].index.max()), 0) for t in values if state[t] == "pruned"], dtype=int)
     typical = min(int(stopped.median()) if not stopped.empty else max(0, epochs // 3 - 1), epochs - 2)
-    result = Ranking(len(full), epochs, taus, stopped, typical)
+    names = [step_name(data, step) for step in steps] if data.data_shares else None
+    result = Ranking(len(full), epochs, taus, stopped, typical, names=names)
     if "learning_rate" in data.parameters:
         rate = data.trials.set_index("trial").reindex(full)["learning_rate"]
         if rate.notna().all():
             rate = rate.astype(float).tolist()
             result.rate_final = kendall_tau(rate, final, stage)
-            result.rate_taus = [kendall_tau(rate, [values[t][k] for t in full], stage) for k in range(epochs - 1)]
+            result.rate_taus = [kendall_tau(rate, [values[t][k] for t in full], stage) for k in steps[:-1]]
     return result
 
 
 def early_ranking(data: StudyData):
     """Is pruning on early epochs trustworthy in this study? Kendall's tau between the value each completed trial
-    reported at epoch k and its final value, for every k, with how many trials the pruner stopped at each epoch."""
-    caption = ("How early the ranking forms: Kendall's tau between the value the completed trials reported at each epoch "
-               "and their final value (1: the ranking at that epoch is already the final one; 0: unrelated), against the "
-               "epochs at which the pruner stopped trials")
+    reported at epoch k and its final value, for every k, with how many trials the pruner stopped at each epoch.
+    Under budget.data_shares the same over the shares of the training set (the data-size fidelity)."""
+    point, points = ("share of the training set", "shares") if data.data_shares else ("epoch", "epochs")
+    caption = (f"How early the ranking forms: Kendall's tau between the value the completed trials reported at each {point} "
+               f"and their final value (1: the ranking at that {point} is already the final one; 0: unrelated), against the "
+               f"{points} at which the pruner stopped trials")
     measured = ranking(data)
     if isinstance(measured, str):
         return caption + ".", note(f"Not drawn: {measured}.")
     epochs, typical, stopped = measured.epochs, measured.typical, measured.stopped
-    xs = list(range(1, epochs))
+    xs = [measured.name(k) for k in range(epochs - 1)] if data.data_shares else list(range(1, epochs))
+    at = lambda k: measured.name(k) if data.data_shares else k + 1  # noqa: E731 - a bar's x
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     figure.update_layout(**LAYOUT)
-    figure.add_trace(go.Scatter(x=xs, y=measured.taus, mode="lines+markers", name="value at this epoch vs final value",
+    figure.add_trace(go.Scatter(x=xs, y=measured.taus, mode="lines+markers", name=f"value at this {point} vs final value",
                                 line={"color": "#1f77b4"}), secondary_y=False)
     tau = measured.taus[typical]
     if stopped.empty:
-        parts = [f"no trial was pruned; at epoch {typical + 1} tau is {_signed(tau)}: {_reading(tau)}"]
+        parts = [f"no trial was pruned; at {measured.name(typical)} tau is {_signed(tau)}: {_reading(tau)}"]
     else:
         counts = stopped.value_counts().sort_index()
-        figure.add_trace(go.Bar(x=counts.index + 1, y=counts.values, name="trials pruned after this epoch",
+        figure.add_trace(go.Bar(x=[at(k) for k in counts.index], y=counts.values, name=f"trials pruned after this {point}",
                                 width=0.6, marker={"color": STATE_COLORS["pruned"]}, opacity=0.35), secondary_y=True)
-        parts = [f"half the {len(stopped)} pruned trials stopped by epoch {typical + 1}, where tau is {_signed(tau)}: "
+        parts = [f"half the {len(stopped)} pruned trials stopped by {measured.name(typical)}, where tau is {_signed(tau)}: "
                  f"{_reading(tau)} (computed over the trials pruning let finish, so it flatters the pruner: "
                  "a run with pruner: {type: none} shows the whole ranking)"]
     if measured.rate_final is not None:  # short-horizon bias: does the learning rate's effect show only late?
-        figure.add_trace(go.Scatter(x=xs, y=measured.rate_taus, mode="lines+markers", name="learning rate vs value at this epoch",
+        figure.add_trace(go.Scatter(x=xs, y=measured.rate_taus, mode="lines+markers", name=f"learning rate vs value at this {point}",
                                     line={"color": "#9467bd", "dash": "dot"}), secondary_y=False)
         parts.append(f"the learning rate ranks the final values with tau {measured.rate_final:+.2f} (positive: lower rates "
-                     f"end better) and the values at epoch {typical + 1} with {_signed(measured.rate_taus[typical])}")
+                     f"end better) and the values at {measured.name(typical)} with {_signed(measured.rate_taus[typical])}")
         if measured.short_horizon_bias:
             parts.append("so pruning there favours high learning rates, which lead early and fall behind later "
                          "(short-horizon bias)")
     if advice := measured.advice():
         parts.append(advice)
-    figure.update_xaxes(title="epoch", **_whole(epochs))
+    figure.update_xaxes(title=point, **({"type": "category"} if data.data_shares else _whole(epochs)))
     figure.update_yaxes(title="Kendall tau", range=[-1.05, 1.05], secondary_y=False)
     figure.update_yaxes(title="trials pruned", showgrid=False, secondary_y=True, tickmode="auto", nticks=5,
                         range=[0, 1.1 * max(1, int(counts.max()) if not stopped.empty else 1)])
     within = " (pairs of trials compared within each stage, as each stage prunes against its own)" if data.staged else ""
-    return f"{caption}, over {measured.trials} completed trials of {epochs} epochs{within}; {'; '.join(parts)}.", figure
+    return f"{caption}, over {measured.trials} completed trials of {epochs} {points}{within}; {'; '.join(parts)}.", figure
 
 
 def pruning_check(data: StudyData) -> str | None:
@@ -495,7 +535,7 @@ def pruning_check(data: StudyData) -> str | None:
     if isinstance(measured, str) or measured.stopped.empty:
         return None
     tau = measured.taus[measured.typical]
-    line = (f"pruning check: half the {len(measured.stopped)} pruned trials stopped by epoch {measured.typical + 1}, where "
+    line = (f"pruning check: half the {len(measured.stopped)} pruned trials stopped by {measured.name(measured.typical)}, where "
             f"the completed trials' values ranked their final ones {_verdict(tau)} (Kendall tau {_signed(tau)})")
     if measured.short_horizon_bias:
         line += "; lower learning rates ended better but led only late, so pruning there favours high rates"
@@ -510,13 +550,17 @@ def compute(data: StudyData):
     trials = trials[trials["state"].isin(["complete", "pruned", "fail"])].sort_values("completed", kind="stable")
     if not (trials["state"] == "complete").any():
         return f"{heading}: The best value against epochs and hours trained.", note(f"Not drawn: {_nothing_completed(data)}.")
-    epochs = trials["epochs"].to_numpy(dtype=float)
+    epochs = trials["compute"].to_numpy(dtype=float)  # epochs on all the training set (x share under data_shares)
     seconds = trials["wall_s"].fillna(0).to_numpy(dtype=float)
     trained = (trials["state"] == "complete") & (trials["epochs"] > 0) & trials["duplicate_of"].isna()
-    full = float(trials.loc[trained, "epochs"].max()) if trained.any() else float(epochs.max())
+    full = float(trials.loc[trained, "epochs"].max()) if trained.any() else float(trials["epochs"].max())
     pruned = (trials["state"] == "pruned").to_numpy()
-    per_epoch = (trials["epochs_s"].fillna(0) / trials["epochs"].clip(lower=1)).to_numpy(dtype=float)
-    extra_epochs = np.where(pruned, np.maximum(full - epochs, 0), 0.0)
+    per_epoch = (trials["epochs_s"].fillna(0) / trials["compute"].clip(lower=1e-9)).to_numpy(dtype=float)
+    if data.data_shares:  # against a search that trains every trial all its epochs on all the data
+        stopped = (pruned | trained.to_numpy()) & (epochs > 0)
+        extra_epochs = np.where(stopped, full - epochs, 0.0)
+    else:
+        extra_epochs = np.where(pruned, np.maximum(full - epochs, 0), 0.0)
     extra_seconds = extra_epochs * per_epoch
     best = trials["value"].where(trials["state"] == "complete").cummin().ffill().to_numpy(dtype=float)
     total_s, saved_s = seconds.sum(), extra_seconds.sum()
@@ -524,11 +568,17 @@ def compute(data: StudyData):
                                                                                   else ("GPU/CPU seconds", 1.0))
     if pruned.any():
         share = extra_epochs.sum() / max(epochs.sum() + extra_epochs.sum(), 1)
-        saved = (f"pruning {int(pruned.sum())} trials saved about {extra_epochs.sum():.0f} of {epochs.sum() + extra_epochs.sum():.0f} "
-                 f"epochs ({100 * share:.0f}%) and {saved_s / scale:.3g} {unit.split()[1]} (dashed: had they all run {full:.0f} epochs)")
+        how = "the data shares and pruning" if data.data_shares else "pruning"
+        baseline = f"{full:.0f} epochs on all the training set" if data.data_shares else f"{full:.0f} epochs"
+        verb, amount = ("saved", extra_epochs.sum()) if extra_epochs.sum() >= 0 else ("cost", -extra_epochs.sum())
+        extra = "" if verb == "saved" else " more"
+        saved = (f"{how} of {int(pruned.sum())} trials {verb} about {amount:.0f}{extra} of {epochs.sum() + extra_epochs.sum():.0f} "
+                 f"epochs ({100 * abs(share):.0f}%) and {abs(saved_s) / scale:.3g} {unit.split()[1]}{extra} "
+                 f"(dashed: had they all run {baseline})")
     else:
         saved = "no trial was pruned, so nothing was saved by pruning"
-    caption = (f"{heading}: The best {objective_label(data)} so far against epochs trained and {unit} of trial wall time "
+    counted = "epochs trained (x the share of the training set)" if data.data_shares else "epochs trained"
+    caption = (f"{heading}: The best {objective_label(data)} so far against {counted} and {unit} of trial wall time "
                f"({epochs.sum():.0f} epochs, {total_s / scale:.3g} {unit.split()[1]} in all); {saved}.")
     figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06)
     figure.update_layout(**LAYOUT)

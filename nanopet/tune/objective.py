@@ -1,4 +1,5 @@
-"""One trial: parameters -> options -> ``nanopet.train.train`` with an ``on_epoch`` that reports and prunes.
+"""One trial: parameters -> options -> ``trial.train_trial`` (the trainer, on each data share with
+``budget.data_shares``) with an ``on_epoch`` that reports and prunes.
 
 The trial's value is the metric at the best-validation-loss epoch, whose weights ``model.ckpt``
 holds (times ``cost ** cost_weight`` for a cost-aware objective). Every epoch reports that value
@@ -33,13 +34,12 @@ from optuna.trial import TrialState
 
 from nanopet.data.splits import Data
 from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.train import train
 from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import Stage, short, suggest
 from nanopet.tune.trial import (PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
                                 describe_values, epoch_line, finished_twin, measure_cost, pace_line, progress_due, repeat_of,
-                                timing, trial_folder, user_attrs)
+                                timing, train_trial, trial_folder, user_attrs)
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",
@@ -73,12 +73,12 @@ class OptunaEngine:
         if self.single:
             self.trial.report(value, epoch)
 
-    def should_stop(self, epoch: int, value: float) -> str | None:
+    def should_stop(self, epoch: int, value: float, where: str | None = None) -> str | None:
         if not (self.single and self.trial.should_prune()):
             return None
         kind, space = self.space.study.pruner["type"], self.space
         why = getattr(self.trial.study.pruner, "reasons", {}).pop(self.trial.number, None)  # the ranking pruner says why
-        return (f"pruned after epoch {epoch + 1}/{space.budget.epochs} by the {kind} pruner "
+        return (f"pruned {where or f'after epoch {epoch + 1}/{space.budget.epochs}'} by the {kind} pruner "
                 f"({space.objective.metric} {value:.4g}: {why or PRUNE_REASONS.get(kind, 'pruned')})")
 
 
@@ -130,7 +130,7 @@ class TrialRunner:
                 def between(epoch: int, metric: float, value: float) -> None:
                     if progress_due(epoch + 1, space.budget.epochs):
                         self.out(self.prefix + epoch_line(trial.number, epoch + 1, space.budget.epochs, objective.metric,
-                                                          metric, epochs.best.value))
+                                                          metric, epochs.best.value, epochs.share))
                     if self.stop_requested():
                         raise TrialInterrupted(f"interrupted by the user after epoch {epoch + 1}")
 
@@ -140,7 +140,7 @@ class TrialRunner:
                     log_file.write(message + "\n")
                     log_file.flush()
 
-                result = train(options, on_epoch=epochs, output_dir=folder, data=data, log=log)
+                result = train_trial(space, options, data, epochs, folder, log)
                 best = next(row for row in result.history if row["epoch"] == result.best_epoch)
                 result_values = objective.values(best[objective.metric], record.cost)
                 record.best_epoch, record.epochs, record.metrics = result.best_epoch, len(result.history), best_metrics(best)
@@ -169,6 +169,7 @@ class TrialRunner:
 
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # model.ckpt holds what a trial keeps
         record.timing, record.reason = self._timing(started, epochs), reason
+        record.compute = epochs.compute if epochs is not None and epochs.compute else None
         self._set(trial, record)
         frozen = study.tell(trial, result_values, state=state)
         self._write(folder, written, frozen.state.name, frozen.values, reason)

@@ -6,7 +6,7 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
     objective:  {metric: val_forces_rmse, cost: none | penalty | front, cost_measure, cost_weight}
-    budget:     {n_trials, timeout, epochs}
+    budget:     {n_trials, timeout, epochs, data_shares: [0.125, 0.25, 0.5, 1]}
     strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true,
                  learning_rate_scaling: none | sqrt | linear}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
@@ -51,7 +51,9 @@ METRICS = ("val_loss",) + METRICS
 OBJECTIVE_KEYS = ("metric", "cost", "cost_measure", "cost_weight")
 COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
-BUDGET_KEYS = ("n_trials", "timeout", "epochs")
+BUDGET_KEYS = ("n_trials", "timeout", "epochs", "data_shares")
+# budget.data_shares (a data-size fidelity): the pruners that decide on the rungs' steps
+DATA_SHARE_PRUNERS = ("successive_halving", "hyperband", "median", "none")
 STRATEGY_KEYS = ("type", "importance", "split", "enumerate", "learning_rate_scaling")
 # strategy.learning_rate_scaling: a stage that tries batch sizes moves the learning rate chosen before it by
 # (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; README "Hyperparameter search")
@@ -75,6 +77,12 @@ DEFAULT_WARM_UP_SHARE = 0.2  # of budget.epochs, at least 2: README "Pruning" (t
 def default_pruner(epochs: int) -> dict:
     """The pruner of a study that names none: median, deciding first at a fifth of the epochs (epoch 3 at least)."""
     return {**DEFAULT_PRUNER, "n_warmup_steps": max(2, round(DEFAULT_WARM_UP_SHARE * epochs))}
+
+
+def data_share_pruner(steps: tuple) -> dict:
+    """The pruner of a study with budget.data_shares that names none: successive halving over the shares, keeping
+    the trials in the top share-ratio fraction (the top half for 1/8, 1/4, 1/2, 1) after each share."""
+    return {"type": "successive_halving", "min_resource": 1, "reduction_factor": max(2, steps[1] // steps[0])}
 MIN_TRIALS_PER_STAGE = 2
 GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale
 
@@ -164,7 +172,23 @@ class Objective:
 class Budget:
     n_trials: int | None
     timeout: float | None  # seconds, for one invocation
-    epochs: int  # epochs of every trial
+    epochs: int  # epochs of every trial (of every rung, with data_shares)
+    # a data-size fidelity: each trial trains all its epochs on these shares of the training set in turn (nested
+    # subsets, from scratch each time), and the pruner decides after each; None: every trial trains on all of it
+    data_shares: tuple | None = None
+
+    @property
+    def rung_steps(self) -> tuple:
+        """The steps a trial reports under ``data_shares``: each share over the smallest (1, 2, 4, 8 for 1/8 .. 1),
+        so that a pruner's min_resource 1 and reduction factor 2 decide after each share; () without data_shares."""
+        if not self.data_shares:
+            return ()
+        return tuple(round(share / self.data_shares[0]) for share in self.data_shares)
+
+    @property
+    def max_resource(self) -> int:
+        """The last step a trial reports: its epochs, or with data_shares its last rung's step."""
+        return self.rung_steps[-1] if self.data_shares else self.epochs
 
 
 @dataclass(frozen=True)
@@ -304,6 +328,8 @@ class SearchSpace:
                    "objective": vars(self.objective), "stages": self.strategy.stages, "strategy": self.strategy.type}
         if self.strategy.learning_rate_scaling != "none":  # absent otherwise: studies from before it still resume
             content["learning_rate_scaling"] = self.strategy.learning_rate_scaling
+        if self.budget.data_shares:  # likewise
+            content["data_shares"] = list(self.budget.data_shares)
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def replace(self, n_trials: int | None = None, timeout: float | None = None, storage: str | None = None,
@@ -384,6 +410,9 @@ def parse(raw: dict, base_dir: Path, source: Path | None = None, default_name: s
         if budget.n_trials < needed:
             raise InputError(f"budget.n_trials: {budget.n_trials} is too few for {len(strategy.stages)} stages; give at least {needed}")
     driver = _driver(raw.get("driver"))
+    if budget.data_shares and driver.type == "ray":
+        raise InputError("budget.data_shares: the ray driver does not train trials on shares of the data (not built); "
+                         "run this space with driver: optuna")
     return SearchSpace(options, parameters, strategy, budget, objective, study, driver, Path(base_dir), source, raw)
 
 
@@ -431,7 +460,25 @@ def _budget(raw: dict, options: dict) -> Budget:
     if epochs is None:
         raise InputError("budget.epochs: missing; give the epochs every trial trains (e.g. budget: {epochs: 100})")
     epochs = _number(epochs, "budget.epochs", integer=True, positive=True)
-    return Budget(n_trials, timeout, epochs)
+    return Budget(n_trials, timeout, epochs, _data_shares(raw.get("data_shares")))
+
+
+def _data_shares(raw) -> tuple | None:
+    """budget.data_shares: increasing shares of the training set in (0, 1], ending at 1."""
+    if raw is None:
+        return None
+    where = "budget.data_shares"
+    if not isinstance(raw, (list, tuple)) or len(raw) < 2:
+        raise InputError(f"{where}: expected a list of at least two increasing shares of the training set ending at 1, "
+                         f"e.g. [0.125, 0.25, 0.5, 1]; got {raw!r}")
+    shares = tuple(float(_number(value, f"{where}[{k}]", positive=True)) for k, value in enumerate(raw))
+    if any(b <= a for a, b in zip(shares, shares[1:])) or shares[-1] != 1.0:
+        raise InputError(f"{where}: the shares must increase and end at 1 (all the training set), got {list(raw)}")
+    steps = [round(share / shares[0]) for share in shares]
+    if len(set(steps)) < len(steps) or any(abs(step * shares[0] - share) > 0.05 * share for step, share in zip(steps, shares)):
+        raise InputError(f"{where}: each share must be a whole multiple of the first ({shares[0]:g}), as in "
+                         f"[0.125, 0.25, 0.5, 1]; got {list(raw)}")
+    return shares
 
 
 def _objective(raw: dict) -> Objective:
@@ -504,13 +551,21 @@ def _study(raw: dict, default_name: str, objective: Objective, budget: Budget) -
         raise InputError(f"study.name: {name!r} cannot name a folder; use letters, digits, - and _")
     sampler = _settings(raw.get("sampler"), SAMPLERS, DEFAULT_SAMPLER, "study.sampler")
     sampler.setdefault("seed", 0)
-    no_pruner = {"type": "none"} if objective.cost == "front" else default_pruner(budget.epochs)
+    no_pruner = ({"type": "none"} if objective.cost == "front" else data_share_pruner(budget.rung_steps) if budget.data_shares
+                 else default_pruner(budget.epochs))
     pruner = _settings(raw.get("pruner"), PRUNERS, no_pruner, "study.pruner")
     if objective.cost == "front" and pruner["type"] != "none":
         raise InputError("study.pruner: Optuna cannot prune a two-objective study (objective.cost: front); "
                          "use pruner: {type: none}, or objective.cost: penalty to keep pruning")
-    if pruner.get("max_resource", "auto") not in ("auto",) and pruner["max_resource"] > budget.epochs:
-        raise InputError(f"study.pruner.max_resource: {pruner['max_resource']} exceeds budget.epochs ({budget.epochs})")
+    if budget.data_shares:
+        if pruner["type"] not in DATA_SHARE_PRUNERS:
+            raise InputError(f"study.pruner.type: {pruner['type']} decides on epochs; with budget.data_shares use "
+                             f"{', '.join(DATA_SHARE_PRUNERS)} (they decide after each share)")
+        if pruner["type"] in ("successive_halving", "hyperband"):
+            pruner.setdefault("min_resource", 1)  # the first share's step: decide after it
+    if pruner.get("max_resource", "auto") not in ("auto",) and pruner["max_resource"] > budget.max_resource:
+        limit = "the last share's step" if budget.data_shares else "budget.epochs"
+        raise InputError(f"study.pruner.max_resource: {pruner['max_resource']} exceeds {limit} ({budget.max_resource})")
     keep = raw.get("keep_checkpoints", "all")
     keep = None if keep in ("all", None) else _number(keep, "study.keep_checkpoints", integer=True, positive=True)
     storage = raw.get("storage")

@@ -82,6 +82,8 @@ def stage_sampler(space: SearchSpace, stage: Stage, seed_offset: int = 0) -> opt
 
 
 def make_pruner(settings: dict, epochs: int) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of ``study.pruner``; ``epochs``: the last step a trial reports (``Budget.max_resource``:
+    its epochs, or its last data share's step), hyperband's default max_resource."""
     kwargs = {k: v for k, v in settings.items() if k != "type"}
     kind = settings["type"]
     if kind == "median":
@@ -246,14 +248,15 @@ def open_stage(storage, space: SearchSpace, stage: Stage, fixed: dict, previous:
     the defaults (enqueued, unless ``enqueue_defaults`` is False: the Ray driver's searcher proposes
     them itself), or ``previous`` (the earlier stage's best) carried in as a completed trial."""
     study = optuna.create_study(storage=storage, study_name=stage.study_name, directions=directions(space),
-                                load_if_exists=True, pruner=make_pruner(space.study.pruner, space.budget.epochs))
+                                load_if_exists=True, pruner=make_pruner(space.study.pruner, space.budget.max_resource))
     attrs = study.user_attrs
     fingerprint = space.fingerprint()
     if "fingerprint" not in attrs:
         for key, value in {"fingerprint": fingerprint, "search": space.study.name, "stage": stage.index,
                            "stages": stage.count, "parameters": list(stage.parameters), "fixed": fixed,
                            "metric": space.objective.metric, "objective": vars(space.objective),
-                           "source": str(space.source) if space.source else None}.items():
+                           "source": str(space.source) if space.source else None,
+                           **({"data_shares": list(space.budget.data_shares)} if space.budget.data_shares else {})}.items():
             study.set_user_attr(key, value)
     elif attrs["fingerprint"] != fingerprint:
         raise InputError(f"study {stage.study_name!r} in {masked(storage_url(space))} was created from a different search space "

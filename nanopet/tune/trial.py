@@ -15,14 +15,16 @@ its scheduler ends the trainable).
   pruner, then ``stop_rules(space)``, the driver-neutral rules that need no other trial. A pruner that compares
   trials is a decision written once in ``pruning`` (e.g. ``RankingRule``), which each engine calls (an Optuna
   pruner, a Ray scheduler); a new per-epoch value is written in ``TrialEpochs.value``.
-- ``TrialData``: a trial's data, from the data loaded once at the space's largest cutoff (a data-size
-  fidelity is written here once).
+- ``TrialData``: a trial's data, from the data loaded once at the space's largest cutoff.
+- ``train_trial``: one trial's training: all its epochs on all the training set, or with ``budget.data_shares`` (a
+  data-size fidelity) on each share in turn, from scratch, the engine's pruner deciding after each share.
 - ``trial_folder``, ``measure_cost``, ``repeat_of`` (a repeat takes its twin's result), the progress lines.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Callable, Protocol
 
 from nanopet.data.splits import cutoff_of
 from nanopet.errors import NonFiniteLossError
+from nanopet.train import train
 from nanopet.tune.space import SearchSpace
 
 STOPPED_FILE = "stopped.txt"  # in a trial's folder: why the trial layer stopped it (read when a Ray trial is recorded)
@@ -54,7 +57,8 @@ class TrialRecord:
     artifacts: str | None = None  # the trial's folder
     cost: float | None = None  # inference cost (parameters, or s per atom)
     best_epoch: int | None = None  # the epoch model.ckpt holds
-    epochs: int | None = None  # epochs trained
+    epochs: int | None = None  # epochs trained (on all the training set)
+    compute: float | None = None  # training compute in epochs on all the training set: sum of epochs x share trained
     metrics: dict | None = None  # validation metrics and train_loss at the best epoch
     timing: dict | None = None  # s: wall, setup, filter, epochs
     reason: str | None = None  # why it was pruned or failed
@@ -185,8 +189,9 @@ class Engine(Protocol):
         """Tell the engine the trial's objective value after ``epoch`` (0-based); ``metrics``: the epoch's,
         ``best``: where the value comes from."""
 
-    def should_stop(self, epoch: int, value: float) -> str | None:
-        """A reason to stop the trial now, or None."""
+    def should_stop(self, epoch: int, value: float, where: str | None = None) -> str | None:
+        """A reason to stop the trial now, or None. ``where``: the point reached, when it is not the end of epoch
+        ``epoch`` (e.g. "after the share 1/8 of the training set")."""
 
 
 StopRule = Callable[[int, float, BestSoFar], "str | None"]  # (epoch, value so far, best) -> a reason to stop, or None
@@ -207,7 +212,9 @@ class TrialEpochs:
     """A trial's ``on_epoch``: the best so far, the value reported, the question whether to stop.
 
     ``between(epoch, metric, value)`` runs after the report and before the question (progress lines, a
-    requested interrupt); ``pace(epoch_seconds)`` at every epoch."""
+    requested interrupt); ``pace(epoch_seconds)`` at every epoch. Under a data-size fidelity the trial trains in
+    rungs (``start_rung``): each epoch is only tracked, and ``end_rung`` reports the rung's value at its step and
+    asks the question. ``compute`` adds up epochs x share of the training set."""
 
     def __init__(self, space: SearchSpace, engine: Engine, cost: float | None = None, role: str | None = None,
                  between: Callable[[int, float, float], None] | None = None, pace: Callable[[float], None] | None = None,
@@ -216,6 +223,21 @@ class TrialEpochs:
         self.rules = stop_rules(space) if rules is None else rules
         self.best = BestSoFar(space.objective.metric)
         self.epochs_time, self.first_epoch_at = 0.0, None
+        self.share, self.step, self.compute = 1.0, None, 0.0  # the rung: share of the training set, step reported
+
+    def start_rung(self, share: float, step: int) -> None:
+        """The trial trains on ``share`` of the training set from now on, from scratch, reported at ``step``."""
+        self.share, self.step, self.best = share, step, BestSoFar(self.space.objective.metric)
+
+    def end_rung(self, metrics: dict) -> None:
+        """The rung's value reported at its step (``metrics``: of its last epoch); raises ``Stopped`` if the engine
+        stops the trial here."""
+        value = self.value
+        self.engine.report(self.step, value, metrics, self.best)
+        if not protected(self.role):
+            reason = self.engine.should_stop(self.step, value, f"after the share {share_text(self.share)} of the training set")
+            if reason:
+                raise Stopped(reason)
 
     @property
     def value(self) -> float:
@@ -226,14 +248,16 @@ class TrialEpochs:
         if self.first_epoch_at is None and "epoch_time" in metrics:
             self.first_epoch_at = time.perf_counter() - metrics["epoch_time"]
         self.epochs_time += metrics.get("epoch_time", 0.0)
+        self.compute += self.share
         if self.pace is not None and "epoch_time" in metrics:
             self.pace(metrics["epoch_time"])
         metric = self.best.update(epoch, metrics)
         value = self.value
-        self.engine.report(epoch, value, metrics, self.best)
+        if self.step is None:
+            self.engine.report(epoch, value, metrics, self.best)
         if self.between is not None:
             self.between(epoch, metric, value)
-        if not protected(self.role):
+        if self.step is None and not protected(self.role):
             reason = self.engine.should_stop(epoch, value)
             for rule in self.rules:
                 reason = reason or rule(epoch, value, self.best)
@@ -268,6 +292,37 @@ class TrialData:
             self._at_cutoff[key] = self.data.at_cutoff(cutoff)
             self.filter_seconds = time.perf_counter() - started
         return self._at_cutoff[key]
+
+
+def share_text(share: float) -> str:
+    """1/8, 1/4, 0.3, 1: a share of the training set for the progress lines."""
+    inverse = 1.0 / share
+    return "1" if share == 1.0 else f"1/{round(inverse)}" if math.isclose(inverse, round(inverse)) else f"{share:g}"
+
+
+def train_trial(space: SearchSpace, options: dict, data, epochs: TrialEpochs, folder: Path, log: Callable[[str], None]):
+    """Train one trial with ``epochs`` as its ``on_epoch``; returns the trainer's result on all the training set.
+
+    With ``budget.data_shares`` the trial trains all its epochs on each share in turn (the first share of a
+    permutation drawn from the options' seed, so the shares are nested; from scratch each time), and
+    ``epochs.end_rung`` lets the engine's pruner stop it after each; a share below 1 trains in
+    ``folder/share-<share>/`` (its metrics.csv is kept). The defaults trial trains on all the data only: it is
+    never stopped, and its value is the one the others are measured against. Raises ``Stopped``."""
+    budget = space.budget
+    rungs = list(zip(budget.data_shares, budget.rung_steps)) if budget.data_shares else [(1.0, None)]
+    if protected(epochs.role):
+        rungs = rungs[-1:]
+    for share, step in rungs:
+        if step is not None:
+            epochs.start_rung(share, step)
+        output = folder if share >= 1.0 else folder / f"share-{share:g}"
+        result = train(options, on_epoch=epochs, output_dir=output, data=data.training_share(share, int(options["seed"])), log=log)
+        if output != folder:  # only the curve of a smaller share is kept
+            shutil.rmtree(output / "checkpoints", ignore_errors=True)
+            (output / "model.ckpt").unlink(missing_ok=True)
+        if step is not None:
+            epochs.end_rung(result.history[-1])
+    return result
 
 
 def measure_cost(space: SearchSpace, options: dict, data, atomic_types: list[int]) -> float:
@@ -348,10 +403,11 @@ def progress_due(done: int, epochs: int) -> bool:
     return (done - 1) % max(1, epochs // 5) == 0 or done == epochs
 
 
-def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float) -> str:
+def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float, share: float = 1.0) -> str:
     """A trial's progress line: this epoch's metric, and the metric at its best validation loss so far (what the
-    trial would deliver if it stopped now)."""
-    return f"trial {trial} epoch {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
+    trial would deliver if it stopped now); ``share``: of the training set, named where below 1."""
+    where = f"share {share_text(share)} epoch" if share < 1.0 else "epoch"
+    return f"trial {trial} {where} {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
 
 
 def describe_values(space: SearchSpace, values) -> str:
