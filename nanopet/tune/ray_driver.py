@@ -574,7 +574,7 @@ class RayEngine:
             (Path(directory) / MARKER).write_text(json.dumps({"epoch": epoch, "checkpoint": str(last)}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    def should_stop(self, epoch: int, value: float) -> str | None:
+    def should_stop(self, epoch: int, value: float, where: str | None = None) -> str | None:
         return None
 
 

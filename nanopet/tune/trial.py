@@ -250,7 +250,7 @@ class TrialEpochs:
         self.epochs_time += metrics.get("epoch_time", 0.0)
         self.compute += self.share
         if self.pace is not None and "epoch_time" in metrics:
-            self.pace(metrics["epoch_time"])
+            self.pace(metrics["epoch_time"] / self.share)  # an epoch on all the training set
         metric = self.best.update(epoch, metrics)
         value = self.value
         if self.step is None:
