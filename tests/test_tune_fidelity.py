@@ -51,10 +51,6 @@ def test_data_shares_take_pruners_that_decide_on_shares(tmp_path):
     raw["study"]["pruner"] = {"type": "hyperband", "max_resource": 9}
     with pytest.raises(InputError, match="exceeds the last share's step \\(8\\)"):
         load_search_space(raw)
-    raw["study"]["pruner"] = {"type": "none"}
-    raw["driver"] = "ray"
-    with pytest.raises(InputError, match="budget.data_shares: the ray driver"):
-        load_search_space(raw)
     # a space without data_shares keeps its fingerprint (studies from before them still resume)
     plain = tiny_space(tmp_path)
     with_shares = tiny_space(tmp_path, budget={"data_shares": [0.5, 1]})

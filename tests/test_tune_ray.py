@@ -206,6 +206,38 @@ def test_a_repeat_of_a_stopped_trial_is_a_pruned_copy(ray_runtime, tmp_path):
     assert any("PRUNED: same parameters as trial" in line for line in lines), lines
 
 
+def test_data_shares_train_each_share_and_asha_decides_after_each(ray_runtime, tmp_path):
+    """budget.data_shares under Ray: one result per share at its step (ASHA's time axis), recorded as the Optuna
+    driver records them; the defaults trial trains on all the data only; a repeat of a stopped trial is copied."""
+    space = ray_space(tmp_path, budget={"n_trials": 5, "epochs": 2, "data_shares": [0.25, 0.5, 1]},
+                      training_set={"systems": {"builtin": "emt-alloy", "n": 40, "seed": 0}},
+                      pruner={"type": "successive_halving", "reduction_factor": 2},
+                      parameters={"learning_rate": {"type": "categorical", "choices": [GOOD, GOOD2, BAD, BAD2]}})
+    lines = []
+    ray_driver.run(space, workers=1, out=lines.append, points=[{"learning_rate": GOOD2}, {"learning_rate": BAD},
+                                                                {"learning_rate": BAD2}, {"learning_rate": BAD}])
+    done = trials(tmp_path, "tiny")  # one at a time: the defaults (good; all the data only), good2, bad, bad2, bad again
+    assert [t.params["learning_rate"] for t in done] == [GOOD, GOOD2, BAD, BAD2, BAD]
+    defaults, good2, bad, bad2, again = done
+    assert defaults.state == TrialState.COMPLETE and sorted(defaults.intermediate_values) == [4]
+    assert defaults.user_attrs["compute"] == 2.0 and defaults.user_attrs["epochs"] == 2
+    for t in (bad, bad2):  # worse than good2 after a share below all the data: stopped there
+        steps = sorted(t.intermediate_values)
+        assert t.state == TrialState.PRUNED and steps in ([1], [1, 2])
+        assert t.user_attrs["compute"] == pytest.approx(2 * [0.25, 0.75][len(steps) - 1])
+        share = {1: "1/4", 2: "1/2"}[steps[-1]]
+        assert t.user_attrs["reason"].startswith(f"stopped by ASHA after the share {share} of the training set")
+    assert good2.state == TrialState.COMPLETE and sorted(good2.intermediate_values) == [1, 2, 4]
+    assert good2.user_attrs["compute"] == pytest.approx(3.5) and good2.user_attrs["epochs"] == 2
+    assert good2.value == pytest.approx(good2.intermediate_values[4]) and "val_forces_rmse" in good2.user_attrs["metrics"]
+    folder = tmp_path / "tiny" / "trials" / f"ray-{good2.user_attrs['ray_trial_id']}"
+    assert (folder / "model.ckpt").is_file() and (folder / "share-0.25" / "metrics.csv").is_file()
+    assert again.state == TrialState.PRUNED and again.user_attrs["duplicate_of"] == bad.number
+    assert again.intermediate_values == bad.intermediate_values
+    assert any("share 1/2 of the training set: val_forces_rmse" in line for line in lines), lines
+    assert any("PRUNED: stopped by ASHA after the share 1/" in line for line in lines), lines
+
+
 def test_timeout_stops_proposing_and_a_second_run_continues_the_study(ray_runtime, tmp_path):
     space = ray_space(tmp_path, budget={"n_trials": None, "timeout": 4, "epochs": 2}, pruner={"type": "none"})
     result = ray_driver.run(space, workers=2, out=lambda m: None)

@@ -52,8 +52,8 @@ from nanopet.tune.storage import masked, open_storage, record_storage, storage_u
 from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, open_stage, remaining, short,
                                 stage_sampler)
 from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, STOPPED_FILE, PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
-                                epoch_line, finished_twin, finite, measure_cost, progress_due, protected, repeat_of, timing, trial_folder,
-                                user_attrs)
+                                epoch_line, finished_twin, finite, measure_cost, progress_due, protected, repeat_of, share_text, timing,
+                                train_trial, trial_folder, user_attrs)
 
 OBJECTIVE = "objective"  # the reported key ASHA and the searcher minimise
 COST = "cost"  # the second objective of a two-objective front
@@ -150,7 +150,8 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
     root = (space.study.path / "ray").resolve()
     runs = sorted((path for path in root.glob(f"{glob.escape(stage.study_name)}*/") if experiment_index(stage, path) > 0),
                   key=lambda path: experiment_index(stage, path))
-    trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space, fixed)), request)
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, payload=payload(space, fixed, defaults_point(space, stage))),
+                                    request)
     last = runs[-1] if runs else None
     if last is not None and not (last / RECORDED).exists() and tune.Tuner.can_restore(str(last)):
         out(f"{stage.label}: restoring the Ray experiment in {last}")
@@ -174,7 +175,8 @@ def run_stage(space: SearchSpace, stage, study: optuna.Study, fixed: dict, reque
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers: tiny
                                                      callbacks=[ProgressLines(stage.label, space.budget.epochs,
                                                                               space.objective.metric, out, pace,
-                                                                              pruned_by(space), derived(space, fixed))]))
+                                                                              pruned_by(space), derived(space, fixed),
+                                                                              bool(space.budget.data_shares))]))
     try:
         with ctrl_c_raises():
             results = tuner.fit()
@@ -303,7 +305,7 @@ def tune_config(space: SearchSpace, stage, study: optuna.Study, workers: int, n_
         scheduler = ranking_scheduler(space, defaults, finished_curves(study, space.budget.epochs))
     elif space.study.pruner["type"] != "none":
         grace, factor = asha_settings(space)
-        scheduler = asha(defaults, time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=space.budget.epochs,
+        scheduler = asha(defaults, time_attr=TIME_ATTR, metric=OBJECTIVE, mode="min", max_t=space.budget.max_resource,
                          grace_period=grace, reduction_factor=factor)
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1 if n_trials is None else n_trials,
                            max_concurrent_trials=workers, reuse_actors=True)
@@ -329,9 +331,9 @@ class ProgressLines(Callback):
 
     def __init__(self, label: str, epochs: int, metric: str, out: Callable[[str], None],
                  pace: Callable[[float], None] | None = None, pruned_by: str = "ASHA",
-                 derived: Callable[[dict], dict] | None = None):
+                 derived: Callable[[dict], dict] | None = None, shares: bool = False):
         self.label, self.epochs, self.metric, self.out, self.pace = label, epochs, metric, out, pace
-        self.pruned_by, self.derived = pruned_by, derived or (lambda params: {})
+        self.pruned_by, self.derived, self.shares = pruned_by, derived or (lambda params: {}), shares  # shares: one result each
         self.last: dict = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -342,9 +344,13 @@ class ProgressLines(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get(TIME_ATTR, 0))
         self.last[trial.trial_id] = result
+        share = float(result.get("share", 1.0)) if self.shares and finite(result.get("share")) else 1.0
         if self.pace is not None and finite(result.get("epoch_time")):
-            self.pace(float(result["epoch_time"]))
-        if progress_due(epoch, self.epochs):
+            self.pace(float(result["epoch_time"]) / share)  # an epoch on all the training set
+        if self.shares and finite(result.get(OBJECTIVE)):  # one result per share, at its best epoch
+            self.out(f"trial {trial.trial_id} share {share_text(share)} of the training set: {self.metric} "
+                     f"{float(result[OBJECTIVE]):.4g} at its best val_loss")
+        elif progress_due(epoch, self.epochs):
             metric = result.get(self.metric)
             if finite(metric):
                 self.out(epoch_line(trial.trial_id, epoch, self.epochs, self.metric, float(metric), float(result[OBJECTIVE])))
@@ -358,6 +364,9 @@ class ProgressLines(Callback):
             self.out(copied_line(trial.trial_id, which, None if twin["pruned"] else f"{float(result[OBJECTIVE]):.4g}"))
         elif result.get("finished"):
             self.out(f"trial {trial.trial_id} COMPLETE {float(result[OBJECTIVE]):.4g} (best epoch {result.get('best_epoch')})")
+        elif self.shares:
+            share = float(result.get("share", 1.0)) if finite(result.get("share")) else 1.0
+            self.out(f"trial {trial.trial_id} PRUNED: stopped by {self.pruned_by} after the share {share_text(share)} of the training set")
         else:
             self.out(f"trial {trial.trial_id} PRUNED: stopped by {self.pruned_by} after epoch {epoch}/{self.epochs}")
 
@@ -431,7 +440,8 @@ class StudySearch(OptunaSearch):
             return config
         curve = twin.intermediate_values
         return {**config, DUPLICATE: json.dumps({**self._ended[twin.number], "values": twin.values, "pruned": twin.state == TrialState.PRUNED,
-                                                 "last": curve[max(curve)] if curve else None, "epochs": len(curve)})}
+                                                 "last": curve[max(curve)] if curve else None, "epochs": len(curve),
+                                                 "step": max(curve) if curve else 0})}  # the last step: data shares
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         finished = bool(result and result.get("finished")) and not error
@@ -504,10 +514,11 @@ def ranking_scheduler(space: SearchSpace, defaults: dict | None, finished: list[
 
 
 def asha_settings(space: SearchSpace) -> tuple[int, int]:
-    """ASHA's grace period (epochs) and reduction factor, from the space's pruner settings."""
+    """ASHA's grace period (epochs, or under budget.data_shares a share's step) and reduction factor, from the space's
+    pruner settings."""
     pruner = space.study.pruner
     grace = pruner.get("min_resource", pruner.get("n_warmup_steps", 1))
-    grace = min(max(1, int(grace if isinstance(grace, (int, float)) else 1)), space.budget.epochs)
+    grace = min(max(1, int(grace if isinstance(grace, (int, float)) else 1)), space.budget.max_resource)
     return grace, max(2, int(pruner.get("reduction_factor", 2)))
 
 
@@ -523,16 +534,16 @@ def derived(space: SearchSpace, fixed: dict) -> Callable[[dict], dict]:
     return moved
 
 
-def payload(space: SearchSpace, fixed: dict) -> dict:
+def payload(space: SearchSpace, fixed: dict, defaults: dict | None = None) -> dict:
     """What a trial needs besides its config: the space (re-read once per worker process), the stage's fixed
-    values (earlier stages' best)."""
+    values (earlier stages' best), the defaults trial's parameters (as stored; None in a later stage)."""
     return {"raw": space.raw, "base_dir": str(Path(space.base_dir).resolve()), "name": space.study.name,
             "source": str(space.source) if space.source else None, "study_dir": str(space.study.path.resolve()),
-            "fixed": fixed}
+            "fixed": fixed, "defaults": defaults}
 
 
 def space_of(payload: dict) -> SearchSpace:
-    key = json.dumps({k: v for k, v in payload.items() if k != "fixed"}, sort_keys=True, default=str)
+    key = json.dumps({k: v for k, v in payload.items() if k not in ("fixed", "defaults")}, sort_keys=True, default=str)
     if key not in _SPACES:
         from nanopet.tune.space import parse
 
@@ -556,7 +567,8 @@ def data_of(space: SearchSpace) -> TrialData:
 
 class RayEngine:
     """The trial layer's ``Engine`` in a Ray trainable: ``tune.report`` of every epoch with a marker naming its
-    checkpoint. The scheduler (ASHA) stops a trial inside that report, so ``should_stop`` never does."""
+    checkpoint. The scheduler (ASHA) stops a trial inside that report, so ``should_stop`` never does. Under
+    budget.data_shares one report per share, at its step (ASHA's time axis), without a checkpoint."""
 
     def __init__(self, space: SearchSpace, folder: Path, cost: float | None, setup: float):
         self.space, self.folder, self.cost, self.setup = space, folder, cost, setup
@@ -564,9 +576,15 @@ class RayEngine:
     def report(self, epoch: int, value: float, metrics: dict, best) -> None:
         from ray import tune
 
-        report = {OBJECTIVE: value, TIME_ATTR: epoch + 1, "best_epoch": best.epoch,
-                  "finished": epoch + 1 >= self.space.budget.epochs, "cost": self.cost, "setup_time": self.setup, "clock": time.time(),
-                  **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_")) or k in ("epoch_time", "learning_rate")}}
+        shares = bool(self.space.budget.data_shares)
+        done = epoch if shares else epoch + 1  # a share's step, or epochs trained
+        report = {OBJECTIVE: value, TIME_ATTR: done, "best_epoch": best.epoch,
+                  "finished": done >= self.space.budget.max_resource, "cost": self.cost, "setup_time": self.setup, "clock": time.time(),
+                  **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_"))
+                     or k in ("epoch_time", "learning_rate", "share", "share_epochs", "compute")}}
+        if shares:  # the trainer wrote each share's model.ckpt already; a restarted trial trains from its first share
+            tune.report(report)
+            return
         last = self.folder / LAST_CHECKPOINT
         if report["finished"]:  # ASHA stops every trial at max_t inside this report: keep the trainer's model.ckpt now
             shutil.copy(last, self.folder / "model.ckpt")
@@ -589,11 +607,12 @@ def trainable_fn(config: dict, payload: dict) -> None:
     if DUPLICATE in config:  # a finished trial's parameters: its result, reported at once (copied when recorded)
         twin = json.loads(config[DUPLICATE])
         if twin["pruned"]:
-            tune.report({OBJECTIVE: twin["last"], TIME_ATTR: twin["epochs"], "finished": False, DUPLICATE: config[DUPLICATE],
+            reached = twin["step"] if space.budget.data_shares else twin["epochs"]
+            tune.report({OBJECTIVE: twin["last"], TIME_ATTR: reached, "finished": False, DUPLICATE: config[DUPLICATE],
                          "clock": time.time()})
         else:
             values = twin["values"]
-            tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.epochs,
+            tune.report({OBJECTIVE: values[0], COST: values[1] if len(values) > 1 else None, TIME_ATTR: space.budget.max_resource,
                          "finished": True, DUPLICATE: config[DUPLICATE], "clock": time.time()})
         return
     values = space.trial_values(payload["fixed"], {name: decode(config[name]) for name in space.parameters if name in config})
@@ -603,11 +622,16 @@ def trainable_fn(config: dict, payload: dict) -> None:
     options = space.options_for(values)
     training = options["architecture"]["training"]
     training["log_interval"] = 1
-    training["checkpoint_interval"] = 1
     trial_data = data_of(space)
     data = trial_data.for_options(options)
     setup = time.perf_counter() - started
     cost = measure_cost(space, options, data, trial_data.atomic_types) if space.objective.needs_cost else None
+    if space.budget.data_shares:
+        defaults = payload["defaults"]
+        role = DEFAULTS if defaults is not None and {k: config.get(k) for k in defaults} == defaults else None
+        train_shares(space, options, data, folder, TrialEpochs(space, RayEngine(space, folder, cost, setup), cost, role), trial_id)
+        return
+    training["checkpoint_interval"] = 1
 
     # The trial's newest epoch checkpoint is one file in its folder (replaced atomically every epoch); what
     # Ray keeps per report is a small marker naming it. Ray deletes old checkpoints of its own and may
@@ -653,6 +677,21 @@ def trainable_fn(config: dict, payload: dict) -> None:
                      "best_epoch": result.best_epoch, "cost": cost, "setup_time": setup})
 
 
+def train_shares(space: SearchSpace, options: dict, data, folder: Path, epochs: TrialEpochs, trial_id: str) -> None:
+    """A Ray trial under budget.data_shares: the trial layer's ``train_trial``, each share reported at its step (ASHA
+    stops a trial inside that report). No epoch checkpoints: a trial Ray restarts trains again from its first share."""
+    import ray
+
+    with open(folder / "train.log", "a") as log_file:
+        log_file.write(f"ray trial {trial_id}: host {socket.gethostname()} pid {os.getpid()} gpus "
+                       f"[{', '.join(map(str, ray.get_gpu_ids()))}], shares {list(space.budget.data_shares)}\n")
+        log_file.flush()
+        try:
+            train_trial(space, options, data, epochs, folder, lambda message: (log_file.write(message + "\n"), log_file.flush()))
+        except Stopped as stopped:  # a rule of the trial layer (ASHA's stops end the trainable inside tune.report)
+            (folder / STOPPED_FILE).write_text(f"{stopped}\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # Recording Ray trials in the Optuna storage
 
@@ -686,8 +725,9 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     frame = result.metrics_dataframe
     if frame is not None and OBJECTIVE in frame:
         rows = [row for row in frame.to_dict("records") if finite(row.get(OBJECTIVE))]
-    by_epoch = {int(row[TIME_ATTR]): row for row in rows if TIME_ATTR in row}
-    intermediate = {epoch - 1: float(row[OBJECTIVE]) for epoch, row in sorted(by_epoch.items())}
+    by_epoch = {int(row[TIME_ATTR]): row for row in rows if TIME_ATTR in row}  # epochs 1, 2, ..., or the shares' steps
+    shares = bool(space.budget.data_shares)
+    intermediate = {step if shares else step - 1: float(row[OBJECTIVE]) for step, row in sorted(by_epoch.items())}
     last = rows[-1] if rows else {}
     earlier = study.get_trials(deepcopy=False)
     folder = trial_folder(space.study.path, RAY_PREFIX + trial_id)
@@ -695,7 +735,7 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     values = space.trial_values(fixed, {name: decode(v) for name, v in params.items()})
     wall = float(last.get("time_total_s", 0.0) or 0.0)
     record = TrialRecord(driver="ray", ray_trial_id=trial_id, trial=f"{study.study_name}#{len(earlier)}", config=values,
-                         options=space.options_for(values), epochs=len(by_epoch),
+                         options=space.options_for(values), epochs=None if shares else len(by_epoch),
                          timing=timing(wall, float(last.get("setup_time", 0.0) or 0.0), 0.0,
                                        float(sum(float(r.get("epoch_time", 0.0) or 0.0) for r in by_epoch.values()))))
     if folder.is_dir():
@@ -703,7 +743,9 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     best_epoch = last.get("best_epoch")
     if best_epoch is not None and finite(best_epoch):
         record.best_epoch = int(best_epoch)
-        record.metrics = best_metrics(by_epoch.get(int(best_epoch) + 1, last))
+        record.metrics = best_metrics(last if shares else by_epoch.get(int(best_epoch) + 1, last))  # a share: its best epoch's
+    if shares and finite(last.get("compute")):
+        record.compute = float(last["compute"])
     if last.get("cost") is not None and finite(last.get("cost")):
         record.cost = float(last["cost"])
     if params == defaults_point(space, stage) and not any(protected(t.user_attrs.get("role")) for t in earlier):
@@ -721,13 +763,16 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
         record.reason = f"{type(result.error).__name__}: {message[-1] if message else ''}"
     elif last.get("finished"):
         state = TrialState.COMPLETE
+        if shares and finite(last.get("share_epochs")):
+            record.epochs = int(last["share_epochs"])  # on all the training set, the last share
         value = [float(last[OBJECTIVE]), float(last[COST])] if space.objective.n_values > 1 else [float(last[OBJECTIVE])]
     elif rows:
         state, value = TrialState.PRUNED, None
         stopped = folder / STOPPED_FILE
+        where = (f"the share {share_text(float(last.get('share', 0.0)) or 1.0)} of the training set" if shares
+                 else f"epoch {len(by_epoch)}/{space.budget.epochs}")
         record.reason = stopped.read_text().strip() if stopped.is_file() else \
-            f"stopped by ASHA after epoch {len(by_epoch)}/{space.budget.epochs} ({space.objective.metric} " \
-            f"{float(last[OBJECTIVE]):.4g}: not in the top fraction at this rung)"
+            f"stopped by ASHA after {where} ({space.objective.metric} {float(last[OBJECTIVE]):.4g}: not in the top fraction at this rung)"
     else:
         state, value = TrialState.FAIL, None
         record.reason = "no epoch reported (stopped or interrupted before the first epoch)"

@@ -410,9 +410,6 @@ def parse(raw: dict, base_dir: Path, source: Path | None = None, default_name: s
         if budget.n_trials < needed:
             raise InputError(f"budget.n_trials: {budget.n_trials} is too few for {len(strategy.stages)} stages; give at least {needed}")
     driver = _driver(raw.get("driver"))
-    if budget.data_shares and driver.type == "ray":
-        raise InputError("budget.data_shares: the ray driver does not train trials on shares of the data (not built); "
-                         "run this space with driver: optuna")
     return SearchSpace(options, parameters, strategy, budget, objective, study, driver, Path(base_dir), source, raw)
 
 

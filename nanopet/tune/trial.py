@@ -167,10 +167,11 @@ def copied_line(trial, twin: str, values_text: str | None) -> str:
 
 
 class BestSoFar:
-    """The objective metric at the best validation loss so far (the epoch ``model.ckpt`` keeps)."""
+    """The objective metric at the best validation loss so far (the epoch ``model.ckpt`` keeps), and that epoch's
+    metrics (``row``)."""
 
     def __init__(self, metric: str):
-        self.metric, self.val_loss, self.value, self.epoch = metric, math.inf, math.inf, None
+        self.metric, self.val_loss, self.value, self.epoch, self.row = metric, math.inf, math.inf, None, {}
 
     def update(self, epoch: int, metrics: dict) -> float:
         """Take one epoch's metrics; returns that epoch's metric (non-finite: ``NonFiniteLossError``)."""
@@ -178,7 +179,7 @@ class BestSoFar:
         if metric is None or not math.isfinite(metric):
             raise NonFiniteLossError(f"{self.metric} is {metric} at epoch {epoch}", epoch)
         if metrics["val_loss"] < self.val_loss:
-            self.val_loss, self.value, self.epoch = metrics["val_loss"], metric, epoch
+            self.val_loss, self.value, self.epoch, self.row = metrics["val_loss"], metric, epoch, metrics
         return metric
 
 
@@ -224,16 +225,18 @@ class TrialEpochs:
         self.best = BestSoFar(space.objective.metric)
         self.epochs_time, self.first_epoch_at = 0.0, None
         self.share, self.step, self.compute = 1.0, None, 0.0  # the rung: share of the training set, step reported
+        self.share_epochs = 0  # epochs trained on the share
 
     def start_rung(self, share: float, step: int) -> None:
         """The trial trains on ``share`` of the training set from now on, from scratch, reported at ``step``."""
-        self.share, self.step, self.best = share, step, BestSoFar(self.space.objective.metric)
+        self.share, self.step, self.best, self.share_epochs = share, step, BestSoFar(self.space.objective.metric), 0
 
-    def end_rung(self, metrics: dict) -> None:
-        """The rung's value reported at its step (``metrics``: of its last epoch); raises ``Stopped`` if the engine
-        stops the trial here."""
+    def end_rung(self) -> None:
+        """The rung's value reported at its step, with the metrics of its best epoch, its ``share`` and the trial's
+        ``compute`` so far; raises ``Stopped`` if the engine stops the trial here."""
         value = self.value
-        self.engine.report(self.step, value, metrics, self.best)
+        self.engine.report(self.step, value, {**self.best.row, "share": self.share, "share_epochs": self.share_epochs,
+                                              "compute": self.compute}, self.best)
         if not protected(self.role):
             reason = self.engine.should_stop(self.step, value, f"after the share {share_text(self.share)} of the training set")
             if reason:
@@ -249,6 +252,7 @@ class TrialEpochs:
             self.first_epoch_at = time.perf_counter() - metrics["epoch_time"]
         self.epochs_time += metrics.get("epoch_time", 0.0)
         self.compute += self.share
+        self.share_epochs += 1
         if self.pace is not None and "epoch_time" in metrics:
             self.pace(metrics["epoch_time"] / self.share)  # an epoch on all the training set
         metric = self.best.update(epoch, metrics)
@@ -321,7 +325,7 @@ def train_trial(space: SearchSpace, options: dict, data, epochs: TrialEpochs, fo
             shutil.rmtree(output / "checkpoints", ignore_errors=True)
             (output / "model.ckpt").unlink(missing_ok=True)
         if step is not None:
-            epochs.end_rung(result.history[-1])
+            epochs.end_rung()
     return result
 
 
