@@ -474,7 +474,12 @@ def pruned_by(space: SearchSpace) -> str:
 
 def role_of(trial, defaults: dict | None) -> str | None:
     """DEFAULTS for the Ray trial with the defaults' parameters (``defaults``: None when no trial has them)."""
-    return DEFAULTS if defaults is not None and {k: (trial.config or {}).get(k) for k in defaults} == defaults else None
+    return role_in(trial.config or {}, defaults)
+
+
+def role_in(config: dict, defaults: dict | None) -> str | None:
+    """DEFAULTS for a trial config with the defaults' parameters (as stored), else None."""
+    return DEFAULTS if defaults is not None and {k: config.get(k) for k in defaults} == defaults else None
 
 
 def ranking_scheduler(space: SearchSpace, defaults: dict | None, finished: list[list[float]]):
@@ -627,8 +632,7 @@ def trainable_fn(config: dict, payload: dict) -> None:
     setup = time.perf_counter() - started
     cost = measure_cost(space, options, data, trial_data.atomic_types) if space.objective.needs_cost else None
     if space.budget.data_shares:
-        defaults = payload["defaults"]
-        role = DEFAULTS if defaults is not None and {k: config.get(k) for k in defaults} == defaults else None
+        role = role_in(config, payload["defaults"])
         train_shares(space, options, data, folder, TrialEpochs(space, RayEngine(space, folder, cost, setup), cost, role), trial_id)
         return
     training["checkpoint_interval"] = 1
