@@ -328,18 +328,15 @@ def _interpolate(x, y, z, n: int = 60):
     return gx, gy, gz
 
 
-def step_axis(data: StudyData, steps) -> tuple[list, str]:
-    """Where a curve's steps go on an x axis, and its title: epochs 1, 2, ...; under budget.data_shares each share's
-    step (share / the first share) at its share of the training set."""
-    if data.data_shares:
-        return [float(step) * data.data_shares[0] for step in steps], "share of the training set (each trained from scratch)"
-    return [int(step) + 1 for step in steps], "epoch"
+def shares_of(data: StudyData, steps) -> list:
+    """Under budget.data_shares, each step (share / the first share) as its share of the training set."""
+    return [float(step) * data.data_shares[0] for step in steps]
 
 
 def step_name(data: StudyData, step) -> str:
     """"epoch 3" (step 2), or under budget.data_shares "share 1/4" (step 2 of shares 1/8 .. 1)."""
     if data.data_shares:
-        return f"share {share_text(float(step) * data.data_shares[0])}"
+        return f"share {share_text(shares_of(data, [step])[0])}"
     return f"epoch {int(step) + 1}"
 
 
@@ -354,7 +351,7 @@ def learning_curves(data: StudyData):
     if curves.empty:
         return caption, note(f"Not drawn: no trial reported an epoch yet ({_nothing_completed(data)}).")
     shares = bool(data.data_shares) and not from_file
-    _, title = step_axis(data, []) if shares else ([], "epoch")
+    title = "share of the training set (each trained from scratch)" if shares else "epoch"
     figure = _figure(xaxis={"title": title, **({"type": "log"} if shares else _whole(int(curves["epoch"].max()) + 1))},
                      yaxis={"title": data.metric + " per epoch" if from_file else f"{objective_label(data)} (best so far)"})
     shown = set()
@@ -362,7 +359,7 @@ def learning_curves(data: StudyData):
     many = len(groups) > 30
     for _, curve in groups:  # completed first, so pruned and failed curves are drawn on top
         state = curve["state"].iloc[0]
-        xs = step_axis(data, curve["epoch"])[0] if shares else curve["epoch"] + 1
+        xs = shares_of(data, curve["epoch"]) if shares else curve["epoch"] + 1
         figure.add_trace(go.Scatter(x=xs, y=curve["value"], mode="lines+markers" if len(curve) < 3 or shares else "lines",
                                     name=STATE_NAMES[state], legendgroup=state, showlegend=state not in shown,
                                     line={"color": STATE_COLORS[state], "width": 1 if many else 1.5}, marker={"size": 5},
