@@ -113,6 +113,10 @@ class GraphDataset:
             half_lists = [neighbor_list(s, cutoff) for s in self.structures]
         self.half_lists = half_lists
         self.graphs: list[EdgeGraph] = [edge_graph(h, len(s)) for h, s in zip(half_lists, self.structures)]
+        self._summarise()
+
+    def _summarise(self) -> None:
+        """What the trainer asks of the whole set: neighbour counts, whether forces and stress are labelled."""
         self.max_neighbors = np.array([g.max_neighbors for g in self.graphs], dtype=np.int64)
         self.has_forces = bool(self.structures) and all(s.forces is not None for s in self.structures)
         self.has_stress = any(s.stress is not None and s.pbc.all() for s in self.structures)
@@ -126,9 +130,7 @@ class GraphDataset:
         subset.structures = [self.structures[k] for k in indices]
         subset.half_lists = [self.half_lists[k] for k in indices]
         subset.graphs = [self.graphs[k] for k in indices]
-        subset.max_neighbors = self.max_neighbors[np.asarray(indices, dtype=np.int64)]
-        subset.has_forces = bool(subset.structures) and all(s.forces is not None for s in subset.structures)
-        subset.has_stress = any(s.stress is not None and s.pbc.all() for s in subset.structures)
+        subset._summarise()
         return subset
 
     def restrict(self, cutoff: float) -> "GraphDataset":

@@ -83,6 +83,13 @@ def data_share_pruner(steps: tuple) -> dict:
     """The pruner of a study with budget.data_shares that names none: successive halving over the shares, keeping
     the trials in the top share-ratio fraction (the top half for 1/8, 1/4, 1/2, 1) after each share."""
     return {"type": "successive_halving", "min_resource": 1, "reduction_factor": max(2, steps[1] // steps[0])}
+
+
+def share_steps(shares) -> list[int]:
+    """The step each data share reports at: the share over the first (1, 2, 4, 8 for 1/8, 1/4, 1/2, 1)."""
+    return [round(share / shares[0]) for share in shares]
+
+
 MIN_TRIALS_PER_STAGE = 2
 GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale
 
@@ -181,9 +188,7 @@ class Budget:
     def rung_steps(self) -> tuple:
         """The steps a trial reports under ``data_shares``: each share over the smallest (1, 2, 4, 8 for 1/8 .. 1),
         so that a pruner's min_resource 1 and reduction factor 2 decide after each share; () without data_shares."""
-        if not self.data_shares:
-            return ()
-        return tuple(round(share / self.data_shares[0]) for share in self.data_shares)
+        return tuple(share_steps(self.data_shares)) if self.data_shares else ()
 
     @property
     def max_resource(self) -> int:
@@ -471,7 +476,7 @@ def _data_shares(raw) -> tuple | None:
     shares = tuple(float(_number(value, f"{where}[{k}]", positive=True)) for k, value in enumerate(raw))
     if any(b <= a for a, b in zip(shares, shares[1:])) or shares[-1] != 1.0:
         raise InputError(f"{where}: the shares must increase and end at 1 (all the training set), got {list(raw)}")
-    steps = [round(share / shares[0]) for share in shares]
+    steps = share_steps(shares)
     if len(set(steps)) < len(steps) or any(abs(step * shares[0] - share) > 0.05 * share for step, share in zip(steps, shares)):
         raise InputError(f"{where}: each share must be a whole multiple of the first ({shares[0]:g}), as in "
                          f"[0.125, 0.25, 0.5, 1]; got {list(raw)}")
