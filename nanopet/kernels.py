@@ -254,8 +254,8 @@ def _pick(x: torch.Tensor, rows: torch.Tensor, padding: Optional[torch.Tensor]) 
 def place_rows(x: torch.Tensor, rows: torch.Tensor, size: int, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out = zeros(size, ...) with out[rows] = x; ``rows`` must be distinct. ``padding``, where known, is every
     other row of out: then only those are zeroed, and the layout is written once, not twice."""
-    if torch.jit.is_scripting():
-        return x.new_zeros([size] + x.shape[1:]).index_copy(0, rows, x)
+    if torch.jit.is_scripting():  # in place on a new tensor: out-of-place index_copy would copy it first
+        return x.new_zeros([size] + x.shape[1:]).index_copy_(0, rows, x)
     return _place(x, rows, size, padding)
 
 

@@ -62,20 +62,31 @@ class Encoder(nn.Module):
         self.neighbor_embedding = nn.Embedding(n_species, d)
         self.compress = nn.Linear(3 * d, d, bias=False)
 
-    def forward(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor) -> torch.Tensor:
+    def forward(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor,
+                paired: bool = False) -> torch.Tensor:
         # vectors (E, 3); species indices of each edge's centre and neighbour (E,) -> tokens (E, d)
         # compress(cat[mlp(r), center, neighbour]) = mlp(r) W_r^T + center W_c^T + neighbour W_n^T: the first
         # term folds into the MLP's last linear, the species terms into per-species tables. Same function
         # and gradients, no (E, 3d) tensor.
+        # paired: the second half of the edges is the first half reversed (vectors -r). SiLU(-a) = SiLU(a) - a, so
+        # the reversed edges' second pre-activation is W2 SiLU(-W1 r) = W2 SiLU(W1 r) - (W2 W1) r: the first
+        # linear, its SiLU and the (4d, 4d) linear run on the first half only. Same function.
         d = self.compress.weight.shape[0]
         w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
+        w_out = (w_vector @ self.vector_mlp[-1].weight).T  # (4d, d)
+        center = (self.center_embedding.weight @ w_center.T)[center_species]  # (E, d)
+        neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (E, d)
+        if paired:
+            first = vectors[: vectors.shape[0] // 2]  # (E/2, 3)
+            pre = self.vector_mlp[2](self.vector_mlp[1](self.vector_mlp[0](first)))  # (E/2, 4d)
+            pre_reverse = torch.addmm(pre, first, (self.vector_mlp[2].weight @ self.vector_mlp[0].weight).T, alpha=-1.0)
+            geometric = torch.cat([self.vector_mlp[3](pre) @ w_out, self.vector_mlp[3](pre_reverse) @ w_out])  # (E, d)
+            return geometric + (center + neighbor)
         hidden = vectors
         for k, layer in enumerate(self.vector_mlp):  # all but the last linear: (E, 4d)
             if k < len(self.vector_mlp) - 1:
                 hidden = layer(hidden)
-        center = (self.center_embedding.weight @ w_center.T)[center_species]  # (E, d)
-        neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (E, d)
-        return torch.addmm(center + neighbor, hidden, (w_vector @ self.vector_mlp[-1].weight).T)
+        return torch.addmm(center + neighbor, hidden, w_out)
 
     @torch.jit.unused
     def token_parts(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor):
@@ -324,7 +335,7 @@ class NanoPET(nn.Module):
     @torch.jit.export
     def edge_energies(self, vectors: torch.Tensor, species: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor,
                       edge_slot: torch.Tensor, edge_reverse: torch.Tensor, slot_groups: List[Tuple[int, int]],
-                      double_backward: bool = False) -> torch.Tensor:
+                      double_backward: bool = False, paired: bool = False) -> torch.Tensor:
         """Per-atom energies (N,) from the full directed edge list: ``vectors`` (E, 3), ``species`` (N,) indices
         0..S-1, edge ``centers``/``neighbors`` (E,), ``edge_slot``/``edge_reverse`` and ``slot_groups`` as in
         ``Batch``. The one path of both the trainer's batches and the exported model (nanopet/export.py)."""
@@ -346,7 +357,7 @@ class NanoPET(nn.Module):
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between:
         # F_0 = gnn[0](tokens), F_k = (F_{k-1} + gnn[k](message_k(F_{k-1}))) / sqrt(2)
-        features = self.encoder(vectors, center_species, neighbor_species)  # (E, d) tokens
+        features = self.encoder(vectors, center_species, neighbor_species, paired)  # (E, d) tokens
         d, no_padding = features.shape[-1], edge_reverse.new_empty(0)
         message_weights = [message.weight for message in self.messages]
         for k, transformer in enumerate(self.gnn):
