@@ -81,7 +81,7 @@ class Encoder(nn.Module):
             pre = self.vector_mlp[2](self.vector_mlp[1](self.vector_mlp[0](first)))  # (E/2, 4d)
             pre_reverse = torch.addmm(pre, first, (self.vector_mlp[2].weight @ self.vector_mlp[0].weight).T, alpha=-1.0)
             geometric = torch.cat([self.vector_mlp[3](pre) @ w_out, self.vector_mlp[3](pre_reverse) @ w_out])  # (E, d)
-            return geometric + (center + neighbor)
+            return geometric.add_(center + neighbor)
         hidden = vectors
         for k, layer in enumerate(self.vector_mlp):  # all but the last linear: (E, 4d)
             if k < len(self.vector_mlp) - 1:
@@ -138,6 +138,8 @@ class Slots:
     def blocks(self, padded: torch.Tensor, per_slot: int) -> List[torch.Tensor]:
         """Each group's part of a tensor with ``per_slot`` rows per slot, as views. (split, not slicing: the
         backward of a split concatenates the parts' gradients; that of each slice zero-fills the whole tensor.)"""
+        if len(self.groups) == 1:  # (a split into one part would still copy its gradient back)
+            return [padded]
         return list(padded.split([per_slot * (b - a) for a, b in zip(self.starts[:-1], self.starts[1:])]))
 
 
@@ -368,7 +370,7 @@ class NanoPET(nn.Module):
                 w_self, w_reverse = message_weights[k - 1].split(d, dim=1)
                 reverse = pick_rows(features @ w_reverse.T, edge_reverse, no_padding)  # every edge has a reverse
                 messages = torch.addmm(reverse, features, w_self.T)  # (E, d)
-                features = (features + transformer(messages, slots, log_cutoff, double_backward)) * 0.5**0.5
+                features = transformer(messages, slots, log_cutoff, double_backward).add_(features).mul_(0.5**0.5)
 
         # 2.9 per-atom features: cutoff-weighted sum over the centre's edges; 2.10 readout
         weighted = features * cutoff_weights[:, None]  # (E, d)
