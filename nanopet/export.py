@@ -40,19 +40,20 @@ REFERENCES = {
 
 def full_edges(first: torch.Tensor, second: torch.Tensor, vectors: torch.Tensor, n_atoms: int
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[Tuple[int, int]]]:
-    """The full directed edge list of a half list (pairs ``first -> second`` with ``vectors``): the pairs, then the
-    same pairs reversed (the order ``edge_energies(paired=True)`` reads), as (centers, neighbors, vectors, edge_slot,
-    edge_reverse, slot_groups) like ``Batch`` holds them, with a single attention layout of ``n_atoms`` rows."""
+    """The full directed edge list of a half list (pairs ``first -> second`` with ``vectors``), sorted by
+    centre: (centers, neighbors, vectors, edge_slot, edge_reverse, slot_groups) as ``Batch`` holds them,
+    with a single attention layout of ``n_atoms`` rows."""
     p = first.shape[0]
     centers, neighbors = torch.cat([first, second]), torch.cat([second, first])
     vectors = torch.cat([vectors, -vectors])
-    reverse = torch.cat([torch.arange(p, 2 * p, device=first.device), torch.arange(0, p, device=first.device)])
-    # each edge's slot: its rank among its centre's edges (the edges stay in this paired order, which the encoder uses)
     order = torch.argsort(centers, stable=True)
+    position_of = torch.empty_like(order)
+    position_of[order] = torch.arange(2 * p, device=order.device)
+    reverse = torch.cat([torch.arange(p, 2 * p, device=order.device), torch.arange(0, p, device=order.device)])
+    centers, neighbors, vectors, reverse = centers[order], neighbors[order], vectors[order], position_of[reverse[order]]
     counts = torch.bincount(centers, minlength=n_atoms)
     first_edge = torch.cumsum(counts, 0) - counts
-    slot = torch.empty_like(order)
-    slot[order] = torch.arange(2 * p, device=order.device) - first_edge[centers[order]]
+    slot = torch.arange(2 * p, device=order.device) - first_edge[centers]
     groups: List[Tuple[int, int]] = []
     most = int(counts.max()) if p > 0 else 0
     if p > 0:

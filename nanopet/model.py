@@ -63,30 +63,36 @@ class Encoder(nn.Module):
         self.compress = nn.Linear(3 * d, d, bias=False)
 
     def forward(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor,
-                paired: bool = False) -> torch.Tensor:
+                edge_reverse: Optional[torch.Tensor] = None) -> torch.Tensor:
         # vectors (E, 3); species indices of each edge's centre and neighbour (E,) -> tokens (E, d)
         # compress(cat[mlp(r), center, neighbour]) = mlp(r) W_r^T + center W_c^T + neighbour W_n^T: the first
         # term folds into the MLP's last linear, the species terms into per-species tables. Same function
         # and gradients, no (E, 3d) tensor.
-        # paired: the second half of the edges is the first half reversed (vectors -r). SiLU(-a) = SiLU(a) - a, so
-        # the reversed edges' second pre-activation is W2 SiLU(-W1 r) = W2 SiLU(W1 r) - (W2 W1) r: the first
-        # linear, its SiLU and the (4d, 4d) linear run on the first half only. Same function.
         d = self.compress.weight.shape[0]
         w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
         w_out = (w_vector @ self.vector_mlp[-1].weight).T  # (4d, d)
-        center = (self.center_embedding.weight @ w_center.T)[center_species]  # (E, d)
-        neighbor = (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species]  # (E, d)
-        if paired:
-            first = vectors[: vectors.shape[0] // 2]  # (E/2, 3)
-            pre = self.vector_mlp[2](self.vector_mlp[1](self.vector_mlp[0](first)))  # (E/2, 4d)
-            pre_reverse = torch.addmm(pre, first, (self.vector_mlp[2].weight @ self.vector_mlp[0].weight).T, alpha=-1.0)
-            geometric = torch.cat([self.vector_mlp[3](pre) @ w_out, self.vector_mlp[3](pre_reverse) @ w_out])  # (E, d)
-            return geometric.add_(center + neighbor)
-        hidden = vectors
-        for k, layer in enumerate(self.vector_mlp):  # all but the last linear: (E, 4d)
-            if k < len(self.vector_mlp) - 1:
-                hidden = layer(hidden)
-        return torch.addmm(center + neighbor, hidden, w_out)
+        species = ((self.center_embedding.weight @ w_center.T)[center_species]
+                   + (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species])  # (E, d)
+        if edge_reverse is None:
+            hidden = vectors
+            for k, layer in enumerate(self.vector_mlp):  # all but the last linear: (E, 4d)
+                if k < len(self.vector_mlp) - 1:
+                    hidden = layer(hidden)
+            return torch.addmm(species, hidden, w_out)
+        # With ``edge_reverse`` (E,), where the reverse edge's vector is exactly -r (the exported model's edges):
+        # SiLU(-a) = SiLU(a) - a, so the reverse edge's second pre-activation is W2 SiLU(-W1 r) = W2 SiLU(W1 r) - (W2 W1) r,
+        # and the first linear, its SiLU and the (4d, 4d) linear run on one edge of each pair only. Same function.
+        edges = torch.arange(edge_reverse.shape[0], device=edge_reverse.device)
+        one = (edges < edge_reverse).nonzero().squeeze(1)  # (E/2,) one edge of each pair
+        other = edge_reverse[one]
+        row = torch.empty_like(edge_reverse)  # each edge's row in [one; other]
+        row[one] = torch.arange(one.shape[0], device=row.device)
+        row[other] = torch.arange(one.shape[0], edge_reverse.shape[0], device=row.device)
+        first = pick_rows(vectors, one)  # (E/2, 3)
+        pre = self.vector_mlp[2](self.vector_mlp[1](self.vector_mlp[0](first)))  # (E/2, 4d)
+        pre_reverse = torch.addmm(pre, first, (self.vector_mlp[2].weight @ self.vector_mlp[0].weight).T, alpha=-1.0)
+        geometric = torch.cat([self.vector_mlp[3](pre) @ w_out, self.vector_mlp[3](pre_reverse) @ w_out])  # (E, d)
+        return pick_rows(geometric, row).add_(species)
 
     @torch.jit.unused
     def token_parts(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor):
@@ -359,7 +365,8 @@ class NanoPET(nn.Module):
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between:
         # F_0 = gnn[0](tokens), F_k = (F_{k-1} + gnn[k](message_k(F_{k-1}))) / sqrt(2)
-        features = self.encoder(vectors, center_species, neighbor_species, paired)  # (E, d) tokens
+        # paired: each edge's reverse has exactly the negated vector (the exported model's edges), which the encoder uses
+        features = self.encoder(vectors, center_species, neighbor_species, edge_reverse if paired else None)  # (E, d) tokens
         d, no_padding = features.shape[-1], edge_reverse.new_empty(0)
         message_weights = [message.weight for message in self.messages]
         for k, transformer in enumerate(self.gnn):

@@ -151,24 +151,30 @@ def test_scripted_inplace_silu_keeps_atens_backward_and_leaves_eager_alone():
 
 
 def test_paired_encoder_equals_the_encoder_on_both_directions():
-    """Encoder(paired=True) on [r; -r] (the exported model's edge order) runs its first two layers on r only, through
-    SiLU(-a) = SiLU(a) - a: the same tokens and vector gradients as the plain encoder, eager and scripted."""
+    """Encoder(edge_reverse=...) on edges whose reverses carry the negated vectors (the exported model's edges, in any
+    order) runs its first two layers on one edge of each pair, through SiLU(-a) = SiLU(a) - a: the same tokens and
+    vector gradients as the plain encoder, eager and scripted."""
     from nanopet.model import Encoder
 
     torch.manual_seed(0)
     encoder = Encoder(n_species=3, d=8).double()
     half = torch.randn(7, 3, dtype=torch.float64)
     center, neighbor = torch.randint(0, 3, (7,)), torch.randint(0, 3, (7,))
-    centers, neighbors = torch.cat([center, neighbor]), torch.cat([neighbor, center])
+    order = torch.randperm(14)  # edges in any order, each with its reverse
+    position = torch.empty_like(order)
+    position[order] = torch.arange(14)
+    centers, neighbors = torch.cat([center, neighbor])[order], torch.cat([neighbor, center])[order]
+    reverse = position[torch.cat([torch.arange(7, 14), torch.arange(7)])[order]]
     weights = torch.randn(14, 8, dtype=torch.float64)
     results = []
-    for module, paired in [(encoder, False), (encoder, True), (torch.jit.script(encoder), True)]:
+    for module, edge_reverse in [(encoder, None), (encoder, reverse), (torch.jit.script(encoder), reverse)]:
         first = half.clone().requires_grad_(True)
-        tokens = module(torch.cat([first, -first]), centers, neighbors, paired)
+        tokens = module(torch.cat([first, -first])[order], centers, neighbors, edge_reverse)
         results.append((tokens, torch.autograd.grad((tokens * weights).sum(), first)[0]))
     for tokens, gradient in results[1:]:
         torch.testing.assert_close(tokens, results[0][0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(gradient, results[0][1], rtol=1e-12, atol=1e-12)
+
 
 # ----------------------------------------------------------------------------------------------
 # The exported model through metatomic's ASE calculator equals ours
