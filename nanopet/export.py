@@ -10,7 +10,8 @@ it to the list's distance vectors. Composition baseline, energy scale and ZBL ar
 
 The half list is completed into the full directed list the model reads the same way the trainer's
 does (nanopet/data/neighbors.py, spec 2.2): pairs, then the same pairs reversed, so each edge's
-reverse is known by construction. All atoms of all systems form one attention layout, padded to the
+reverse is known by construction, and its vector is exactly -r, which lets the encoder run its first two layers
+on one edge of each pair (``edge_energies(paired=True)``). All atoms of all systems form one attention layout, padded to the
 most neighbours of any atom (the trainer's up to three groups by neighbour count are only faster).
 
 Nothing below this module imports it. (No ``from __future__ import annotations`` here: metatomic
