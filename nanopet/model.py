@@ -348,7 +348,9 @@ class NanoPET(nn.Module):
                       double_backward: bool = False, paired: bool = False) -> torch.Tensor:
         """Per-atom energies (N,) from the full directed edge list: ``vectors`` (E, 3), ``species`` (N,) indices
         0..S-1, edge ``centers``/``neighbors`` (E,), ``edge_slot``/``edge_reverse`` and ``slot_groups`` as in
-        ``Batch``. The one path of both the trainer's batches and the exported model (nanopet/export.py)."""
+        ``Batch``. The one path of both the trainer's batches and the exported model (nanopet/export.py).
+        ``paired``: each edge's reverse has exactly the negated vector (the exported model's edges), which lets the
+        encoder run its first two layers on one edge of each pair."""
         n_atoms = species.shape[0]
         distances = torch.linalg.vector_norm(vectors, dim=-1)  # (E,)
         center_species, neighbor_species = species[centers], species[neighbors]  # (E,)
@@ -367,7 +369,6 @@ class NanoPET(nn.Module):
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between:
         # F_0 = gnn[0](tokens), F_k = (F_{k-1} + gnn[k](message_k(F_{k-1}))) / sqrt(2)
-        # paired: each edge's reverse has exactly the negated vector (the exported model's edges), which the encoder uses
         features = self.encoder(vectors, center_species, neighbor_species, edge_reverse if paired else None)  # (E, d) tokens
         d, no_padding = features.shape[-1], edge_reverse.new_empty(0)
         message_weights = [message.weight for message in self.messages]
