@@ -11,7 +11,7 @@ it to the list's distance vectors. Composition baseline, energy scale and ZBL ar
 The half list is completed into the full directed list the model reads the same way the trainer's
 does (nanopet/data/neighbors.py, spec 2.2): pairs, then the same pairs reversed, so each edge's
 reverse is known by construction, and its vector is exactly -r, which lets the encoder run its first two layers
-on one edge of each pair (``edge_energies(paired=True)``). All atoms of all systems form one attention layout, padded to the
+on one edge of each pair (``Encoder``). All atoms of all systems form one attention layout, padded to the
 most neighbours of any atom (the trainer's up to three groups by neighbour count are only faster).
 
 Nothing below this module imports it. (No ``from __future__ import annotations`` here: metatomic
@@ -102,7 +102,7 @@ class MetatomicNanoPET(nn.Module):
         centers, neighbors, edge_vectors, edge_slot, edge_reverse, groups = full_edges(
             torch.cat(firsts), torch.cat(seconds), torch.cat(vectors), offset)
         per_atom = self.model.edge_energies(edge_vectors, species_all, centers, neighbors, edge_slot, edge_reverse,
-                                            groups, False, True)
+                                            groups, False)
         per_atom = per_atom + self.model.composition_weights.to(dtype)[species_all]
         system_index, atom_index = torch.cat(system_of), torch.cat(atom_of)
 

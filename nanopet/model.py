@@ -79,7 +79,7 @@ class Encoder(nn.Module):
                 if k < len(self.vector_mlp) - 1:
                     hidden = layer(hidden)
             return torch.addmm(species, hidden, w_out)
-        # With ``edge_reverse`` (E,), where the reverse edge's vector is exactly -r (the exported model's edges):
+        # With ``edge_reverse`` (E,), where the reverse edge's vector is -r (the full lists of the trainer and the export):
         # SiLU(-a) = SiLU(a) - a, so the reverse edge's second pre-activation is W2 SiLU(-W1 r) = W2 SiLU(W1 r) - (W2 W1) r,
         # and the first linear, its SiLU and the (4d, 4d) linear run on one edge of each pair only. Same function.
         edges = torch.arange(edge_reverse.shape[0], device=edge_reverse.device)
@@ -345,12 +345,12 @@ class NanoPET(nn.Module):
     @torch.jit.export
     def edge_energies(self, vectors: torch.Tensor, species: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor,
                       edge_slot: torch.Tensor, edge_reverse: torch.Tensor, slot_groups: List[Tuple[int, int]],
-                      double_backward: bool = False, paired: bool = False) -> torch.Tensor:
+                      double_backward: bool = False) -> torch.Tensor:
         """Per-atom energies (N,) from the full directed edge list: ``vectors`` (E, 3), ``species`` (N,) indices
         0..S-1, edge ``centers``/``neighbors`` (E,), ``edge_slot``/``edge_reverse`` and ``slot_groups`` as in
         ``Batch``. The one path of both the trainer's batches and the exported model (nanopet/export.py).
-        ``paired``: each edge's reverse has exactly the negated vector (the exported model's edges), which lets the
-        encoder run its first two layers on one edge of each pair."""
+        Each edge's reverse carries the negated vector (a full list is a half list and its reversal, in both),
+        which lets the encoder run its first two layers on one edge of each pair (``Encoder``)."""
         n_atoms = species.shape[0]
         distances = torch.linalg.vector_norm(vectors, dim=-1)  # (E,)
         center_species, neighbor_species = species[centers], species[neighbors]  # (E,)
@@ -369,7 +369,7 @@ class NanoPET(nn.Module):
 
         # 2.6 encoder; 2.7-2.8 transformer blocks with reverse-edge messages in between:
         # F_0 = gnn[0](tokens), F_k = (F_{k-1} + gnn[k](message_k(F_{k-1}))) / sqrt(2)
-        features = self.encoder(vectors, center_species, neighbor_species, edge_reverse if paired else None)  # (E, d) tokens
+        features = self.encoder(vectors, center_species, neighbor_species, edge_reverse)  # (E, d) tokens
         d, no_padding = features.shape[-1], edge_reverse.new_empty(0)
         message_weights = [message.weight for message in self.messages]
         for k, transformer in enumerate(self.gnn):

@@ -153,7 +153,7 @@ def test_scripted_inplace_silu_keeps_atens_backward_and_leaves_eager_alone():
 def test_paired_encoder_equals_the_encoder_on_both_directions():
     """Encoder(edge_reverse=...) on edges whose reverses carry the negated vectors (the exported model's edges, in any
     order) runs its first two layers on one edge of each pair, through SiLU(-a) = SiLU(a) - a: the same tokens and
-    vector gradients as the plain encoder, eager and scripted."""
+    vector gradients as the plain encoder, eager and scripted, and the same force-training parameter gradients."""
     from nanopet.model import Encoder
 
     torch.manual_seed(0)
@@ -174,6 +174,18 @@ def test_paired_encoder_equals_the_encoder_on_both_directions():
     for tokens, gradient in results[1:]:
         torch.testing.assert_close(tokens, results[0][0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(gradient, results[0][1], rtol=1e-12, atol=1e-12)
+    # force training (the trainer's batches take the paired path too): the parameters' gradients of a loss on the
+    # vector gradients, through the double backward
+    parameter_gradients = []
+    for edge_reverse in (None, reverse):
+        first = half.clone().requires_grad_(True)
+        tokens = encoder(torch.cat([first, -first])[order], centers, neighbors, edge_reverse)
+        (gradient,) = torch.autograd.grad((tokens * weights).sum(), first, create_graph=True)
+        mlp = [*encoder.vector_mlp.parameters(), encoder.compress.weight]  # (the species tables do not reach them)
+        parameter_gradients.append(torch.autograd.grad(gradient.pow(2).sum(), mlp))
+    for paired, plain in zip(*parameter_gradients):
+        assert plain.abs().max() > 0
+        torch.testing.assert_close(paired, plain, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
