@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -63,23 +63,17 @@ class Encoder(nn.Module):
         self.compress = nn.Linear(3 * d, d, bias=False)
 
     def forward(self, vectors: torch.Tensor, center_species: torch.Tensor, neighbor_species: torch.Tensor,
-                edge_reverse: Optional[torch.Tensor] = None) -> torch.Tensor:
-        # vectors (E, 3); species indices of each edge's centre and neighbour (E,) -> tokens (E, d)
+                edge_reverse: torch.Tensor) -> torch.Tensor:
+        # vectors (E, 3); species indices of each edge's centre and neighbour (E,); edge_reverse (E,) -> tokens (E, d)
         # compress(cat[mlp(r), center, neighbour]) = mlp(r) W_r^T + center W_c^T + neighbour W_n^T: the first
         # term folds into the MLP's last linear, the species terms into per-species tables. Same function
-        # and gradients, no (E, 3d) tensor.
+        # and gradients, no (E, 3d) tensor (``token_parts`` computes the two terms as written).
         d = self.compress.weight.shape[0]
         w_vector, w_center, w_neighbor = self.compress.weight.split(d, dim=1)
         w_out = (w_vector @ self.vector_mlp[-1].weight).T  # (4d, d)
         species = ((self.center_embedding.weight @ w_center.T)[center_species]
                    + (self.neighbor_embedding.weight @ w_neighbor.T)[neighbor_species])  # (E, d)
-        if edge_reverse is None:
-            hidden = vectors
-            for k, layer in enumerate(self.vector_mlp):  # all but the last linear: (E, 4d)
-                if k < len(self.vector_mlp) - 1:
-                    hidden = layer(hidden)
-            return torch.addmm(species, hidden, w_out)
-        # With ``edge_reverse`` (E,), where the reverse edge's vector is -r (the full lists of the trainer and the export):
+        # The reverse edge's vector is -r (full lists are a half list and its reversal, the trainer's and the export's):
         # SiLU(-a) = SiLU(a) - a, so the reverse edge's second pre-activation is W2 SiLU(-W1 r) = W2 SiLU(W1 r) - (W2 W1) r,
         # and the first linear, its SiLU and the (4d, 4d) linear run on one edge of each pair only. Same function.
         edges = torch.arange(edge_reverse.shape[0], device=edge_reverse.device)

@@ -151,9 +151,10 @@ def test_scripted_inplace_silu_keeps_atens_backward_and_leaves_eager_alone():
 
 
 def test_paired_encoder_equals_the_encoder_on_both_directions():
-    """Encoder(edge_reverse=...) on edges whose reverses carry the negated vectors (the exported model's edges, in any
+    """The encoder on edges whose reverses carry the negated vectors (the trainer's and the export's edges, in any
     order) runs its first two layers on one edge of each pair, through SiLU(-a) = SiLU(a) - a: the same tokens and
-    vector gradients as the plain encoder, eager and scripted, and the same force-training parameter gradients."""
+    vector gradients as the encoder's function written out (``token_parts``: the MLP on every edge), eager and
+    scripted, and the same force-training parameter gradients."""
     from nanopet.model import Encoder
 
     torch.manual_seed(0)
@@ -166,26 +167,25 @@ def test_paired_encoder_equals_the_encoder_on_both_directions():
     centers, neighbors = torch.cat([center, neighbor])[order], torch.cat([neighbor, center])[order]
     reverse = position[torch.cat([torch.arange(7, 14), torch.arange(7)])[order]]
     weights = torch.randn(14, 8, dtype=torch.float64)
+
+    def written_out(vectors, centers, neighbors, reverse):
+        return sum(encoder.token_parts(vectors, centers, neighbors))
+
+    mlp = [*encoder.vector_mlp.parameters(), encoder.compress.weight]  # (the species tables do not reach the forces)
     results = []
-    for module, edge_reverse in [(encoder, None), (encoder, reverse), (torch.jit.script(encoder), reverse)]:
+    for function in (written_out, encoder, torch.jit.script(encoder)):
         first = half.clone().requires_grad_(True)
-        tokens = module(torch.cat([first, -first])[order], centers, neighbors, edge_reverse)
-        results.append((tokens, torch.autograd.grad((tokens * weights).sum(), first)[0]))
-    for tokens, gradient in results[1:]:
+        tokens = function(torch.cat([first, -first])[order], centers, neighbors, reverse)
+        (gradient,) = torch.autograd.grad((tokens * weights).sum(), first, create_graph=True)
+        # force training: the parameters' gradients of a loss on the vector gradients, through the double backward
+        parameters = torch.autograd.grad(gradient.pow(2).sum(), mlp)
+        results.append((tokens, gradient, parameters))
+    for tokens, gradient, parameters in results[1:]:
         torch.testing.assert_close(tokens, results[0][0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(gradient, results[0][1], rtol=1e-12, atol=1e-12)
-    # force training (the trainer's batches take the paired path too): the parameters' gradients of a loss on the
-    # vector gradients, through the double backward
-    parameter_gradients = []
-    for edge_reverse in (None, reverse):
-        first = half.clone().requires_grad_(True)
-        tokens = encoder(torch.cat([first, -first])[order], centers, neighbors, edge_reverse)
-        (gradient,) = torch.autograd.grad((tokens * weights).sum(), first, create_graph=True)
-        mlp = [*encoder.vector_mlp.parameters(), encoder.compress.weight]  # (the species tables do not reach them)
-        parameter_gradients.append(torch.autograd.grad(gradient.pow(2).sum(), mlp))
-    for paired, plain in zip(*parameter_gradients):
-        assert plain.abs().max() > 0
-        torch.testing.assert_close(paired, plain, rtol=1e-10, atol=1e-12)
+        for paired, plain in zip(parameters, results[0][2]):
+            assert plain.abs().max() > 0
+            torch.testing.assert_close(paired, plain, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
