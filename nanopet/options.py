@@ -18,6 +18,7 @@ Unknown keys are errors (with a did-you-mean), so a typo never silently trains t
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,7 @@ from nanopet.errors import InputError, did_you_mean
 DEFAULT_HYPERS_FILE = Path(__file__).with_name("default-hypers.yaml")  # beside model.py, whose hypers it documents
 RUN_DEFAULTS = {"seed": 0, "device": "auto", "base_precision": 32}
 INITIALISATIONS = ("torch", "balanced")  # architecture.training.initialisation (nanopet/train.py)
+SCHEDULERS = ("cosine", "plateau")  # architecture.training.scheduler (nanopet/train.py)
 TOP_LEVEL_KEYS = {"seed", "device", "base_precision", "architecture", "training_set", "validation_set", "test_set"}
 LOSS_TERMS = ("energy", "forces", "virial")
 # mappings whose keys are the user's own (targets, species), not hyperparameter names
@@ -118,6 +120,10 @@ def check_values(options: dict) -> None:
                  f"architecture.training.{key}: must be a positive integer, got {training[key]!r}")
     _require(isinstance(training["learning_rate"], (int, float)) and training["learning_rate"] > 0,
              f"architecture.training.learning_rate: must be a positive number, got {training['learning_rate']!r}")
+    _require(training["scheduler"] in SCHEDULERS,
+             f"architecture.training.scheduler: must be {' or '.join(SCHEDULERS)}, got {training['scheduler']!r}")
+    _require(isinstance(training["warmup_fraction"], (int, float)) and 0 <= training["warmup_fraction"] < 1,
+             f"architecture.training.warmup_fraction: must be in [0, 1), got {training['warmup_fraction']!r}")
     _require(isinstance(training["scheduler_factor"], (int, float)) and 0 < training["scheduler_factor"] < 1,
              f"architecture.training.scheduler_factor: must be in (0, 1), got {training['scheduler_factor']!r}")
     _require(training["atoms_per_pass"] == "auto" or (isinstance(training["atoms_per_pass"], int) and training["atoms_per_pass"] >= 1),
@@ -149,3 +155,12 @@ def check_loss(loss: dict) -> None:
                      f"{did_you_mean(key, LOSS_TERMS)}; known: {', '.join(LOSS_TERMS)}")
             _require(isinstance(value, (int, float)) and value >= (0 if section == "weights" else 1e-300),
                      f"architecture.training.loss.{section}.{key}: must be a {'non-negative' if section == 'weights' else 'positive'} number, got {value!r}")
+
+
+def write_options(path: Path, options: dict, header: list[str]) -> Path:
+    """An options file at ``path`` (folders made): ``header`` as comment lines, then the options as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(json.loads(json.dumps(options)), sort_keys=False)
+    path.write_text(text)
+    return path

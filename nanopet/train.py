@@ -45,6 +45,7 @@ GRADIENT_CLIP_NORM = 1.0
 BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
 EV_PER_A3_IN_GPA = 160.21766208
 # how metrics are printed (files keep eV/atom, eV/A, GPa): the unit and the factor from the file's value
+GMEAN_TERMS = ("energy", "forces", "stress")  # the targets of <split>_rmse_gmean (virial repeats stress)
 SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
 
 
@@ -194,7 +195,9 @@ class Accumulator:
                 pairs["stress"] = terms.stress
             for term, (prediction, target) in pairs.items():
                 error = (prediction - target).double()
-                values = {"sse": (error**2).sum(), "sae": error.abs().sum(), "count": float(error.numel())}
+                reference = target.double()
+                values = {"sse": (error**2).sum(), "sae": error.abs().sum(), "count": float(error.numel()),
+                          "target_sum": reference.sum(), "target_sq": (reference**2).sum()}
                 if term in self.loss.weights:
                     values["loss"] = self.loss.elementwise(term, prediction, target).double().sum()
                 for name, value in values.items():
@@ -208,6 +211,10 @@ class Accumulator:
         values = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64)
         torch.distributed.all_reduce(values)
         self.sums = dict(zip(keys, values.tolist()))
+
+    def add_batch_loss(self, value: float) -> None:
+        self.sums["batch_loss.sum"] = self.sums.get("batch_loss.sum", 0.0) + value
+        self.sums["batch_loss.count"] = self.sums.get("batch_loss.count", 0.0) + 1
 
     def mean_batch_loss(self) -> float:
         count = self.sums.get("batch_loss.count", 0.0)
@@ -223,14 +230,32 @@ class Accumulator:
                 total += weight * (value / count if self.loss.reduction == "mean" else value)
         return total
 
+    def spread(self, term: str) -> float:
+        """The standard deviation of ``term``'s target values (as the loss sees them: energy per atom after the
+        composition baseline), over the elements accumulated."""
+        count = self.sums.get(f"{term}.count", 0.0)
+        if not count:
+            return math.nan
+        mean = self.sums[f"{term}.target_sum"] / count
+        return math.sqrt(max(0.0, self.sums[f"{term}.target_sq"] / count - mean * mean))
+
     def metrics(self, prefix: str) -> dict:
-        out = {}
+        """RMSE and MAE per target (stress in GPa), and ``<prefix>_rmse_gmean``: the geometric mean over the targets
+        (energy, forces, stress) of RMSE / the set's spread of that target (``spread``). It ranks like metatrain's
+        ``rmse_prod`` (the product of the RMSEs) and weighs every target alike whatever its unit."""
+        out, relative = {}, []
         for term in ("energy", "forces", "virial", "stress"):
             count = self.sums.get(f"{term}.count", 0.0)
             if count:
                 scale = EV_PER_A3_IN_GPA if term == "stress" else 1.0  # stress metrics in GPa
-                out[f"{prefix}_{term}_rmse"] = math.sqrt(self.sums[f"{term}.sse"] / count) * scale
+                rmse = math.sqrt(self.sums[f"{term}.sse"] / count)
+                out[f"{prefix}_{term}_rmse"] = rmse * scale
                 out[f"{prefix}_{term}_mae"] = self.sums[f"{term}.sae"] / count * scale
+                spread = self.spread(term)
+                if term in GMEAN_TERMS and spread > 0:
+                    relative.append(rmse / spread)
+        if relative:
+            out[f"{prefix}_rmse_gmean"] = math.exp(sum(math.log(max(r, 1e-300)) for r in relative) / len(relative))
         return out
 
 
@@ -357,7 +382,7 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
 
     ``output_dir`` receives checkpoints/, model.ckpt and metrics.csv (nothing is written without it); a new
     run (no ``resume``) starts metrics.csv afresh and overwrites model.ckpt and the checkpoints of its epochs.
-    ``resume`` continues from a checkpoint exactly (model, optimizer, scheduler, epoch, RNG).
+    ``resume`` continues from a checkpoint exactly (model, optimizer, schedule, epoch, RNG).
     ``data`` reuses already neighbour-listed splits (restricted to this run's cutoff).
     """
     options = resolve_options(options)
@@ -365,21 +390,139 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
     dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
     log = log or print_flush
     keep_freed_memory()
+    distribution, device = start_run(options)
+    if not distribution.is_main:
+        log = lambda message: None  # noqa: E731
 
+    # 3.1-3.4: data, composition baseline, model
+    data = (data or load_data(options, base_dir)).at_cutoff(hypers["cutoff"])
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise InputError("training_set/validation_set: both need at least one structure")
+    model, atomic_types, offsets = build_model(options, data, device, dtype)
+    network = model
+    if distribution.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # 3.5-3.6: loss, optimizer, learning-rate schedule
+    atoms_per_pass = resolve_atoms_per_pass(training["atoms_per_pass"], device)
+    terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
+    loss = Loss(training["loss"], terms)
+    per_structure = "energy" in training["per_structure_targets"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=training["learning_rate"])
+    schedule = Schedule(optimizer, training, batches_per_epoch(len(data.train), training["batch_size"], distribution.world_size))
+    generator = torch.Generator().manual_seed(options["seed"])
+    best = BestState(model, optimizer)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        schedule.load_state_dict(state["scheduler_state_dict"], resume)
+        generator.set_state(state["rng_state"])
+        best = BestState.from_checkpoint(state)
+        history = list(state["history"])
+        start_epoch = state["epoch"] + 1
+        log(f"resumed from {resume} at epoch {start_epoch}")
+    files = RunFiles(output_dir if distribution.is_main else None, resume is not None, start_epoch, training["log_mae"])
+
+    def checkpoint(epoch: int) -> dict:
+        return {"format": CHECKPOINT_FORMAT,
+                "model": {"hypers": hypers, "atomic_types": atomic_types, "dtype": str(dtype).removeprefix("torch.")},
+                "options": options, "epoch": epoch, "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": schedule.state_dict(),
+                "rng_state": generator.get_state(), **best.checkpoint(), "history": history}
+
+    def check_finite(value: float, where: str, epoch: int):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"non-finite {where} loss ({value}) at epoch {epoch} with learning_rate "
+                f"{optimizer.param_groups[0]['lr']:.3g}; lower learning_rate or check the data", epoch
+            )
+
+    log(f"training NanoPET: {sum(p.numel() for p in model.parameters()):,} parameters, {len(data.train)} train / "
+        f"{len(data.val)} val structures, cutoff {hypers['cutoff']} A, {str(dtype).removeprefix('torch.')} on {device}, "
+        f"{schedule.describe()}")
+    stopped, epoch = "completed", start_epoch - 1
+    try:
+        for epoch in range(start_epoch, training["num_epochs"]):
+            started = time.perf_counter()
+            # 3.2-3.5: one pass over the training set, rotated at random, an optimizer step per batch
+            model.train()
+            train_accumulator = Accumulator(loss)
+            batches = shard(epoch_batches(data.train, training["batch_size"], generator), distribution.rank, distribution.world_size)
+            for indices in batches:
+                rotations = random_rotations(len(indices), generator, dtype) if training["rotational_augmentation"] else None
+                batch_loss = training_step(network, model, data.train, indices, rotations, loss=loss, optimizer=optimizer,
+                                           offsets=offsets["train"], per_structure=per_structure, device=device, dtype=dtype,
+                                           atoms_per_pass=atoms_per_pass, world_size=distribution.world_size,
+                                           accumulator=train_accumulator)
+                check_finite(batch_loss, "training", epoch)
+                train_accumulator.add_batch_loss(batch_loss)
+                schedule.after_step()
+            train_accumulator.all_reduce()
+
+            # 3.6-3.7: validation, the best state so far, the schedule
+            validation = evaluate(model, data.val, training["batch_size"], loss, offsets["val"], per_structure, device, dtype, distribution)
+            val_loss = validation.whole_set_loss()
+            check_finite(val_loss, "validation", epoch)
+            learning_rate = schedule.last_rate
+            best.update(epoch, val_loss, model, optimizer)
+            if schedule.after_epoch(val_loss):  # plateau: a drop restarts from the best state at the lower rate
+                best.restore(model, optimizer, schedule.rate)
+
+            metrics = {"epoch": epoch, "learning_rate": learning_rate, "train_loss": train_accumulator.mean_batch_loss(),
+                       "val_loss": val_loss, **train_accumulator.metrics("train"), **validation.metrics("val"),
+                       "epoch_time": time.perf_counter() - started}
+            history.append(metrics)
+            if epoch % training["log_interval"] == 0 or epoch == training["num_epochs"] - 1:
+                log(progress_line(metrics, training["num_epochs"], training["log_mae"], per_structure))
+                files.log_metrics(metrics)
+            if epoch % training["checkpoint_interval"] == 0:
+                files.save_epoch(checkpoint(epoch), epoch)
+
+            if callback_stops(on_epoch, epoch, metrics, distribution):
+                stopped = "callback"
+                break
+            if schedule.exhausted:
+                stopped = "learning_rate"
+                log(f"learning rate fell below {MIN_LEARNING_RATE:g}: stopping at epoch {epoch}")
+                break
+    finally:
+        if training["distributed"] and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    files.save_final(checkpoint(epoch))
+    model.load_state_dict(best.model)
+    result = TrainResult(model, history, best.epoch, best.loss, stopped, files.folder)
+    if len(data.test):
+        result.test_metrics = evaluate(model, data.test, training["batch_size"], loss, offsets["test"], per_structure,
+                                       device, dtype).metrics("test")
+        log("test: " + ", ".join(metric_parts(result.test_metrics, "test", True, per_structure)))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop's bookkeeping
+
+
+def start_run(options: dict) -> tuple[Distribution, torch.device]:
+    """The process group (``distributed: true``) and this process's device."""
+    training = options["architecture"]["training"]
     distribution = Distribution()
     device = select_device(str(options["device"]))
     if training["distributed"]:
         distribution = start_distributed(training, device)
         device = select_device(str(options["device"]), distribution.local_rank)
-    if not distribution.is_main:
-        log = lambda message: None  # noqa: E731
+    return distribution, device
 
-    data = (data or load_data(options, base_dir)).at_cutoff(hypers["cutoff"])
-    if len(data.train) == 0 or len(data.val) == 0:
-        raise InputError("training_set/validation_set: both need at least one structure")
+
+def build_model(options: dict, data: Data, device, dtype) -> tuple[NanoPET, list[int], dict]:
+    """3.3-3.4: the model with its composition baseline (fitted on the training set), energy scale and
+    initialisation, on ``device``; its atomic types; each split's composition offsets."""
+    hypers, training = options["architecture"]["model"], options["architecture"]["training"]
     all_structures = data.train.structures + data.val.structures + data.test.structures
     atomic_types = sorted({int(z) for s in all_structures for z in s.numbers})
-
     torch.manual_seed(options["seed"])
     model = NanoPET(hypers, atomic_types)
     composition = composition_weights(training, data.train.structures, atomic_types)
@@ -391,155 +534,212 @@ def train(options: dict, on_epoch: Callable[[int, dict], bool | None] | None = N
         torch.nn.init.zeros_(model.last_layer.weight)
     model.to(device=device, dtype=dtype)
     model.composition_weights.copy_(torch.from_numpy(composition))  # after .to(): no float32 round trip in float64 runs
-    network = model
-    if distribution.world_size > 1:
-        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, atomic_types, offsets
 
-    atoms_per_pass = resolve_atoms_per_pass(training["atoms_per_pass"], device)
+
+def batches_per_epoch(structures: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps a rank takes in one epoch: ``epoch_batches``' count (buckets split into batches), over ranks."""
+    bucket = batch_size * BUCKET_BATCHES
+    full, rest = divmod(structures, bucket)
+    count = full * BUCKET_BATCHES + math.ceil(rest / batch_size)
+    return math.ceil(count / world_size) if count else 0
+
+
+def cosine_factor(step: int, warmup: int, total: int) -> float:
+    """The cosine schedule's multiplier of the peak rate at optimizer step ``step`` (0-based): a linear rise over
+    ``warmup`` steps, then half a cosine from 1 down to 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Schedule:
+    """The learning-rate schedule of ``training.scheduler``.
+
+    ``cosine`` (the default): a linear warm-up over ``warmup_fraction`` of the run's optimizer steps, then a cosine
+    decay to zero at ``num_epochs``, stepped after every optimizer step: the schedule ends where training ends, so
+    a run of any length finishes annealed. A resumed run with more ``num_epochs`` stretches it from where it is.
+    ``plateau`` (spec 3.6): ReduceLROnPlateau on the validation loss after every epoch; ``after_epoch`` says when the
+    rate dropped, and the trainer then restarts from the best state (the patience restarts too)."""
+
+    def __init__(self, optimizer, training: dict, steps_per_epoch: int):
+        self.optimizer, self.training, self.kind = optimizer, training, training["scheduler"]
+        total = max(1, training["num_epochs"] * steps_per_epoch)
+        self.warmup = math.ceil(training["warmup_fraction"] * total)
+        self.total = total
+        self.scheduler = self._new()
+        self.last_rate = self.rate
+
+    def _new(self):
+        if self.kind == "cosine":
+            warmup, total = self.warmup, self.total
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, warmup, total))
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=self.training["scheduler_factor"],
+                                                          patience=self.training["scheduler_patience"])
+
+    @property
+    def rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def describe(self) -> str:
+        if self.kind == "cosine":
+            return (f"learning rate {self.training['learning_rate']:.3g}: cosine over {self.total:,} steps "
+                    f"({self.warmup:,} of warm-up)")
+        return (f"learning rate {self.training['learning_rate']:.3g}: x{self.training['scheduler_factor']:g} after "
+                f"{self.training['scheduler_patience']} epochs without a better validation loss")
+
+    @property
+    def exhausted(self) -> bool:
+        """A plateau schedule whose rate fell below MIN_LEARNING_RATE has converged (spec 3.6: training stops)."""
+        return self.kind == "plateau" and self.rate < MIN_LEARNING_RATE
+
+    def after_step(self) -> None:
+        self.last_rate = self.rate  # the rate the step just taken used
+        if self.kind == "cosine":
+            self.scheduler.step()
+
+    def after_epoch(self, val_loss: float) -> bool:
+        """Step a plateau schedule; True when it lowered the rate (then the scheduler starts afresh)."""
+        if self.kind != "plateau":
+            return False
+        before = self.rate
+        self.scheduler.step(val_loss)
+        if self.rate < before:
+            self.scheduler = self._new()
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict, source) -> None:
+        plateau = "patience" in state
+        if plateau != (self.kind == "plateau"):
+            kind = "plateau" if plateau else "cosine"
+            raise InputError(f"{source}: trained with scheduler: {kind}; set architecture.training.scheduler: {kind} to resume it")
+        self.scheduler.load_state_dict(state)
+        self.last_rate = self.rate
+
+
+class BestState:
+    """The weights and optimizer state of the epoch with the lowest validation loss so far (``model.ckpt`` keeps
+    them; a plateau drop restarts from them)."""
+
+    def __init__(self, model, optimizer, loss: float = math.inf, epoch: int = -1):
+        self.loss, self.epoch = loss, epoch
+        self.model, self.optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "BestState":
+        best = cls.__new__(cls)
+        best.loss, best.epoch = state["best_val_loss"], state["best_epoch"]
+        best.model, best.optimizer = state["best_model_state_dict"], state["best_optimizer_state_dict"]
+        return best
+
+    def update(self, epoch: int, val_loss: float, model, optimizer) -> None:
+        if val_loss < self.loss:
+            self.__init__(model, optimizer, val_loss, epoch)
+
+    def restore(self, model, optimizer, rate: float) -> None:
+        model.load_state_dict(self.model)
+        # a copy: Optimizer.load_state_dict keeps the given tensors as its state, and Adam would then update the best
+        # state in place
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+
+    def checkpoint(self) -> dict:
+        return {"best_val_loss": self.loss, "best_epoch": self.epoch, "best_model_state_dict": self.model,
+                "best_optimizer_state_dict": self.optimizer}
+
+
+class RunFiles:
+    """What a run writes into ``folder`` (None: nothing, e.g. a rank other than the first): ``metrics.csv`` (a new
+    run starts it afresh; a resumed one drops the rows of epochs it trains again), ``checkpoints/model_<epoch>.ckpt``
+    and ``model.ckpt``."""
+
+    def __init__(self, folder, resumed: bool, start_epoch: int, log_mae: bool):
+        self.folder, self.log_mae = (Path(folder) if folder is not None else None), log_mae
+        if self.folder is None:
+            return
+        (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if resumed:  # epochs logged after the checkpoint was written (then lost, e.g. a kill) run again
+            forget_epochs(self.folder / "metrics.csv", start_epoch)
+        else:  # a new run never continues an earlier run's rows
+            (self.folder / "metrics.csv").unlink(missing_ok=True)
+
+    def log_metrics(self, metrics: dict) -> None:
+        if self.folder is not None:
+            append_csv(self.folder / "metrics.csv", metrics, self.log_mae)
+
+    def save_epoch(self, state: dict, epoch: int) -> None:
+        if self.folder is not None:
+            save_checkpoint(state, self.folder / "checkpoints" / f"model_{epoch}.ckpt")
+
+    def save_final(self, state: dict) -> None:
+        if self.folder is not None:
+            save_checkpoint(state, self.folder / "model.ckpt")
+
+
+def callback_stops(on_epoch, epoch: int, metrics: dict, distribution: Distribution) -> bool:
+    """Ask ``on_epoch`` (first rank) whether to stop; every rank learns the answer. An exception it raises is
+    re-raised on the first rank after the others are told to stop."""
+    stop, error = False, None
+    if on_epoch is not None and distribution.is_main:
+        try:
+            stop = bool(on_epoch(epoch, metrics))
+        except BaseException as raised:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            stop, error = True, raised
+    if distribution.world_size > 1:
+        flag = torch.tensor([float(stop)])
+        torch.distributed.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    if error is not None:
+        raise error
+    return stop
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost of an epoch
+
+
+def training_step_seconds(options: dict, data: Data, steps: int = 3) -> float:
+    """Median wall-clock seconds of one optimizer step of ``options`` on batches of ``data``'s training set, as the
+    training loop takes it (augmentation, forward and double backward, clipping, Adam), after one untimed step.
+    ``options`` resolved; ``data`` at the options' cutoff (or larger: restricted here)."""
+    training = options["architecture"]["training"]
+    dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
+    device = select_device(str(options["device"]))
+    data = data.at_cutoff(options["architecture"]["model"]["cutoff"])
+    model, _, offsets = build_model(options, data, device, dtype)
     terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
     loss = Loss(training["loss"], terms)
-    per_structure = "energy" in training["per_structure_targets"]
     optimizer = torch.optim.Adam(model.parameters(), lr=training["learning_rate"])
-
-    def new_scheduler():
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=training["scheduler_factor"], patience=training["scheduler_patience"]
-        )
-
-    scheduler = new_scheduler()
     generator = torch.Generator().manual_seed(options["seed"])
-    history: list[dict] = []
-    best = {"loss": math.inf, "epoch": -1, "model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
-    start_epoch = 0
-    if resume is not None:
-        state = load_checkpoint(resume)
-        model.load_state_dict(state["model_state_dict"])
-        optimizer.load_state_dict(state["optimizer_state_dict"])
-        scheduler.load_state_dict(state["scheduler_state_dict"])
-        generator.set_state(state["rng_state"])
-        best = {"loss": state["best_val_loss"], "epoch": state["best_epoch"],
-                "model": state["best_model_state_dict"], "optimizer": state["best_optimizer_state_dict"]}
-        history = list(state["history"])
-        start_epoch = state["epoch"] + 1
-        log(f"resumed from {resume} at epoch {start_epoch}")
+    batches = epoch_batches(data.train, training["batch_size"], generator)
+    atoms_per_pass = resolve_atoms_per_pass(training["atoms_per_pass"], device)
+    times = []
+    for number in range(steps + 1):
+        indices = batches[number % len(batches)]
+        rotations = random_rotations(len(indices), generator, dtype) if training["rotational_augmentation"] else None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        training_step(model, model, data.train, indices, rotations, loss=loss, optimizer=optimizer, offsets=offsets["train"],
+                      per_structure="energy" in training["per_structure_targets"], device=device, dtype=dtype,
+                      atoms_per_pass=atoms_per_pass)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if number:
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
-    output_dir = Path(output_dir) if output_dir is not None else None
-    if output_dir is not None and distribution.is_main:
-        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if resume is not None:  # epochs logged after the checkpoint was written (then lost, e.g. a kill) run again
-            forget_epochs(output_dir / "metrics.csv", start_epoch)
-        else:  # a new run never continues an earlier run's rows
-            (output_dir / "metrics.csv").unlink(missing_ok=True)
 
-    def checkpoint(epoch: int) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": {"hypers": hypers, "atomic_types": atomic_types, "dtype": str(dtype).removeprefix("torch.")},
-            "options": options,
-            "epoch": epoch,
-            "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict(),
-            "scheduler_state_dict": scheduler.state_dict(),
-            "rng_state": generator.get_state(),
-            "best_val_loss": best["loss"],
-            "best_epoch": best["epoch"],
-            "best_model_state_dict": best["model"],
-            "best_optimizer_state_dict": best["optimizer"],
-            "history": history,
-        }
-
-    def check_finite(value: float, where: str, epoch: int):
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"non-finite {where} loss ({value}) at epoch {epoch} with learning_rate "
-                f"{optimizer.param_groups[0]['lr']:.3g}; lower learning_rate or check the data", epoch
-            )
-
-    log(f"training NanoPET: {sum(p.numel() for p in model.parameters()):,} parameters, {len(data.train)} train / "
-        f"{len(data.val)} val structures, cutoff {hypers['cutoff']} A, {str(dtype).removeprefix('torch.')} on {device}")
-    stopped, epoch = "completed", start_epoch - 1
-    try:
-        for epoch in range(start_epoch, training["num_epochs"]):
-            started = time.perf_counter()
-            model.train()
-            train_accumulator = Accumulator(loss)
-            batches = shard(epoch_batches(data.train, training["batch_size"], generator), distribution.rank, distribution.world_size)
-            for indices in batches:
-                rotations = random_rotations(len(indices), generator, dtype) if training["rotational_augmentation"] else None
-                batch_loss = training_step(network, model, data.train, indices, rotations, loss=loss, optimizer=optimizer,
-                                           offsets=offsets["train"], per_structure=per_structure, device=device, dtype=dtype,
-                                           atoms_per_pass=atoms_per_pass, world_size=distribution.world_size,
-                                           accumulator=train_accumulator)
-                check_finite(batch_loss, "training", epoch)
-                train_accumulator.sums["batch_loss.sum"] = train_accumulator.sums.get("batch_loss.sum", 0.0) + batch_loss
-                train_accumulator.sums["batch_loss.count"] = train_accumulator.sums.get("batch_loss.count", 0.0) + 1
-            train_accumulator.all_reduce()
-
-            validation = evaluate(model, data.val, training["batch_size"], loss, offsets["val"], per_structure, device, dtype, distribution)
-            val_loss = validation.whole_set_loss()
-            check_finite(val_loss, "validation", epoch)
-
-            # 3.6: plateau schedule; on every LR drop reload the best state and restart the patience
-            lr_before = optimizer.param_groups[0]["lr"]
-            scheduler.step(val_loss)
-            lr_after = optimizer.param_groups[0]["lr"]
-            if val_loss < best["loss"]:
-                best = {"loss": val_loss, "epoch": epoch, "model": copy.deepcopy(model.state_dict()),
-                        "optimizer": copy.deepcopy(optimizer.state_dict())}
-            if lr_after < lr_before:
-                model.load_state_dict(best["model"])
-                # a copy: Optimizer.load_state_dict keeps the given tensors as its state, and Adam would then
-                # update the best state in place
-                optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_after
-                scheduler = new_scheduler()
-
-            metrics = {"epoch": epoch, "learning_rate": lr_before, "train_loss": train_accumulator.mean_batch_loss(),
-                       "val_loss": val_loss, **train_accumulator.metrics("train"), **validation.metrics("val"),
-                       "epoch_time": time.perf_counter() - started}
-            history.append(metrics)
-            last = epoch == training["num_epochs"] - 1
-            if epoch % training["log_interval"] == 0 or last:
-                log(progress_line(metrics, training["num_epochs"], training["log_mae"], per_structure))
-                if output_dir is not None and distribution.is_main:
-                    append_csv(output_dir / "metrics.csv", metrics, training["log_mae"])
-            if output_dir is not None and distribution.is_main and epoch % training["checkpoint_interval"] == 0:
-                save_checkpoint(checkpoint(epoch), output_dir / "checkpoints" / f"model_{epoch}.ckpt")
-
-            stop, callback_error = False, None
-            if on_epoch is not None and distribution.is_main:
-                try:
-                    stop = bool(on_epoch(epoch, metrics))
-                except BaseException as error:  # noqa: BLE001 - re-raised below, after the other ranks are told
-                    stop, callback_error = True, error
-            if distribution.world_size > 1:
-                flag = torch.tensor([float(stop)])
-                torch.distributed.broadcast(flag, src=0)
-                stop = bool(flag.item())
-            if callback_error is not None:
-                raise callback_error
-            if stop:
-                stopped = "callback"
-                break
-            if lr_after < MIN_LEARNING_RATE:
-                stopped = "learning_rate"
-                log(f"learning rate fell below {MIN_LEARNING_RATE:g}: stopping at epoch {epoch}")
-                break
-    finally:
-        if training["distributed"] and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-    final = checkpoint(epoch)
-    if output_dir is not None and distribution.is_main:
-        save_checkpoint(final, output_dir / "model.ckpt")
-    model.load_state_dict(best["model"])
-    result = TrainResult(model, history, best["epoch"], best["loss"], stopped, output_dir)
-    if len(data.test):
-        result.test_metrics = evaluate(model, data.test, training["batch_size"], loss, offsets["test"], per_structure,
-                                       device, dtype).metrics("test")
-        log("test: " + ", ".join(metric_parts(result.test_metrics, "test", True, per_structure)))
-    return result
+def epoch_seconds(options: dict, data: Data, steps: int = 3) -> float:
+    """The training time of one epoch of ``options``: ``training_step_seconds`` times the steps of an epoch."""
+    training = options["architecture"]["training"]
+    return training_step_seconds(options, data, steps) * batches_per_epoch(len(data.train), training["batch_size"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,6 +166,30 @@ def test_whole_set_loss_of_the_accumulator_is_the_loss_of_one_batch():
         assert accumulator.whole_set_loss() == pytest.approx(float(loss(terms)), rel=1e-12)
 
 
+def test_rmse_gmean_is_the_geometric_mean_of_each_targets_rmse_over_its_spread():
+    rng = np.random.default_rng(0)
+    energy_t, forces_t, stress_t = rng.normal(size=6), rng.normal(scale=3.0, size=(20, 3)), rng.normal(scale=0.01, size=(6, 3, 3))
+    errors = {"energy": 0.1, "forces": 0.5, "stress": 0.002}
+    pairs = {"energy": (torch.tensor(energy_t + errors["energy"] * rng.normal(size=6)), torch.tensor(energy_t)),
+             "forces": (torch.tensor(forces_t + errors["forces"] * rng.normal(size=(20, 3))), torch.tensor(forces_t))}
+    stress = (torch.tensor(stress_t + errors["stress"] * rng.normal(size=(6, 3, 3))), torch.tensor(stress_t))
+    accumulator = Accumulator(Loss(loss_config(), ("energy", "forces")))
+    accumulator.add(Terms(dict(pairs), stress))
+    metrics = accumulator.metrics("val")
+
+    def relative(prediction, target):
+        prediction, target = prediction.numpy(), target.numpy()
+        return np.sqrt(np.mean((prediction - target) ** 2)) / np.std(target)
+
+    expected = np.exp(np.mean(np.log([relative(*pairs["energy"]), relative(*pairs["forces"]), relative(*stress)])))
+    assert metrics["val_rmse_gmean"] == pytest.approx(expected, rel=1e-10)
+    # a unit change of one target (e.g. forces in meV/A) changes its RMSE, not the gmean
+    scaled = Accumulator(Loss(loss_config(), ("energy", "forces")))
+    scaled.add(Terms({"energy": pairs["energy"], "forces": tuple(1000 * x for x in pairs["forces"])}, stress))
+    assert scaled.metrics("val")["val_rmse_gmean"] == pytest.approx(expected, rel=1e-10)
+    assert scaled.metrics("val")["val_forces_rmse"] == pytest.approx(1000 * metrics["val_forces_rmse"], rel=1e-10)
+
+
 # ---------------------------------------------------------------------------------------------
 # loss.weights
 
@@ -281,15 +305,70 @@ def test_validation_loss_does_not_depend_on_batch_size(emt_data, mixed_sizes, re
 
 
 # ---------------------------------------------------------------------------------------------
-# learning_rate, scheduler_patience, scheduler_factor
+# learning_rate, scheduler, warmup_fraction, scheduler_patience, scheduler_factor
 
 
 def test_learning_rate_reaches_the_optimizer(emt_options, no_test_data, tmp_path):
-    result = quiet_train(emt_options(num_epochs=2, learning_rate=0.0123, checkpoint_interval=1), no_test_data,
-                         output_dir=tmp_path)
+    result = quiet_train(emt_options(num_epochs=2, learning_rate=0.0123, checkpoint_interval=1, scheduler="plateau"),
+                         no_test_data, output_dir=tmp_path)
     assert [row["learning_rate"] for row in result.history] == [0.0123, 0.0123]
     state = load_checkpoint(tmp_path / "checkpoints" / "model_0.ckpt")
     assert state["optimizer_state_dict"]["param_groups"][0]["lr"] == 0.0123
+
+
+def test_cosine_schedule_warms_up_then_ends_at_zero_where_training_ends(emt_options, no_test_data, monkeypatch):
+    # 20 training structures in batches of 5: 4 optimizer steps an epoch, 12 in 3 epochs; warm-up 0.25 -> 3 steps
+    rates = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    options = emt_options(num_epochs=3, learning_rate=1e-2, warmup_fraction=0.25)
+    result = quiet_train(options, no_test_data)
+    expected = [1e-2 * (k + 1) / 3 for k in range(3)] + [1e-2 * 0.5 * (1 + math.cos(math.pi * (k - 3) / 9)) for k in range(3, 12)]
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert result.stopped == "completed" and len(result.history) == 3
+    # each epoch's learning_rate is that of its last optimizer step
+    assert [row["learning_rate"] for row in result.history] == pytest.approx([rates[3], rates[7], rates[11]])
+
+
+def test_cosine_schedule_length_follows_num_epochs(emt_options, no_test_data, monkeypatch):
+    rates = {}
+    for epochs in (2, 4):
+        steps = []
+        real_step = torch.optim.Adam.step
+        monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, _s=steps, _r=real_step, **k: (_s.append(self.param_groups[0]["lr"]), _r(self, *a, **k))[1])
+        quiet_train(emt_options(num_epochs=epochs, warmup_fraction=0.0), no_test_data)
+        monkeypatch.undo()
+        rates[epochs] = steps
+    assert len(rates[2]) == 8 and len(rates[4]) == 16
+    # the same cosine drawn over twice the steps: step 2k of the long run has step k's rate of the short one
+    assert rates[4][::2] == pytest.approx(rates[2], rel=1e-12)
+    assert rates[2][0] == 1e-2 and rates[2][-1] < 0.04 * 1e-2
+
+
+def test_batches_per_epoch_counts_the_steps_of_an_epoch():
+    class Sized:
+        def __init__(self, n):
+            self.max_neighbors = np.zeros(n, dtype=np.int64)
+
+        def __len__(self):
+            return len(self.max_neighbors)
+
+    for n in (1, 5, 39, 40, 41, 200, 333):
+        for batch_size in (1, 3, 5, 16):
+            batches = epoch_batches(Sized(n), batch_size, torch.Generator().manual_seed(0))
+            assert train_module.batches_per_epoch(n, batch_size) == len(batches), (n, batch_size)
+            assert train_module.batches_per_epoch(n, batch_size, 2) == math.ceil(len(batches) / 2)
+
+
+def test_a_plateau_checkpoint_resumed_under_cosine_names_the_setting(emt_options, no_test_data, tmp_path):
+    quiet_train(emt_options(num_epochs=1, scheduler="plateau"), no_test_data, output_dir=tmp_path)
+    with pytest.raises(InputError, match="scheduler: plateau"):
+        quiet_train(emt_options(num_epochs=2), no_test_data, resume=tmp_path / "model.ckpt")
 
 
 def scripted_validation_loss(monkeypatch, losses):
@@ -308,7 +387,7 @@ def scripted_validation_loss(monkeypatch, losses):
 
 def test_plateau_halves_the_learning_rate_and_reloads_the_best_state(emt_options, no_test_data, monkeypatch, tmp_path):
     scripted_validation_loss(monkeypatch, [1.0, 2.0, 0.5, 0.6])
-    options = emt_options(num_epochs=4, learning_rate=1e-2, scheduler_patience=0, scheduler_factor=0.5, checkpoint_interval=1)
+    options = emt_options(num_epochs=4, learning_rate=1e-2, scheduler_patience=0, scheduler_factor=0.5, checkpoint_interval=1, scheduler="plateau")
     result = quiet_train(options, no_test_data, output_dir=tmp_path)
     assert [row["learning_rate"] for row in result.history] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])
     assert (result.best_epoch, result.best_val_loss) == (2, 0.5)
@@ -330,7 +409,7 @@ def test_a_second_plateau_reloads_the_best_adam_moments_unchanged(emt_options, n
     # after a drop, so epoch 2 only sets the new scheduler's reference). Adam must not have updated the stored
     # best moments in place while training epochs 2 and 3 (Optimizer.load_state_dict keeps the given tensors).
     scripted_validation_loss(monkeypatch, [1.0, 2.0, 3.0, 4.0])
-    options = emt_options(num_epochs=4, learning_rate=1e-2, scheduler_patience=0, scheduler_factor=0.5, checkpoint_interval=1)
+    options = emt_options(num_epochs=4, learning_rate=1e-2, scheduler_patience=0, scheduler_factor=0.5, checkpoint_interval=1, scheduler="plateau")
     result = quiet_train(options, no_test_data, output_dir=tmp_path)
     assert [row["learning_rate"] for row in result.history] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])
     states = [load_checkpoint(tmp_path / "checkpoints" / f"model_{k}.ckpt") for k in range(4)]
@@ -344,7 +423,7 @@ def test_a_second_plateau_reloads_the_best_adam_moments_unchanged(emt_options, n
 
 def test_without_a_plateau_the_learning_rate_stays(emt_options, no_test_data, monkeypatch, tmp_path):
     scripted_validation_loss(monkeypatch, [1.0, 2.0, 3.0])
-    options = emt_options(num_epochs=3, scheduler_patience=2, scheduler_factor=0.5, checkpoint_interval=1)
+    options = emt_options(num_epochs=3, scheduler_patience=2, scheduler_factor=0.5, checkpoint_interval=1, scheduler="plateau")
     result = quiet_train(options, no_test_data, output_dir=tmp_path)
     assert [row["learning_rate"] for row in result.history] == [1e-2] * 3
     states = [load_checkpoint(tmp_path / "checkpoints" / f"model_{k}.ckpt") for k in range(2)]
@@ -353,7 +432,7 @@ def test_without_a_plateau_the_learning_rate_stays(emt_options, no_test_data, mo
 
 def test_training_stops_when_the_learning_rate_falls_below_the_minimum(emt_options, no_test_data, monkeypatch):
     scripted_validation_loss(monkeypatch, [1.0, 2.0, 3.0, 4.0])
-    options = emt_options(num_epochs=4, learning_rate=1.5e-7, scheduler_patience=0, scheduler_factor=0.5)
+    options = emt_options(num_epochs=4, learning_rate=1.5e-7, scheduler_patience=0, scheduler_factor=0.5, scheduler="plateau")
     result = quiet_train(options, no_test_data)
     assert result.stopped == "learning_rate"
     assert len(result.history) == 2
@@ -522,14 +601,20 @@ def test_checkpoint_gives_the_same_predictions_as_the_result(emt_options, no_tes
     assert torch.equal(loaded.energy_scale, result.model.energy_scale)
 
 
-def test_resume_from_a_checkpoint_is_exact(emt_options, no_test_data, tmp_path):
-    # augmentation (RNG), Adam moments and plateau drops (patience 0) must all carry over
+@pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
+def test_resume_from_a_checkpoint_is_exact(emt_options, no_test_data, tmp_path, scheduler):
+    # augmentation (RNG), Adam moments and plateau drops (patience 0) or the cosine's step count must all carry
+    # over. A plateau run of 2 epochs continues to 4 as if it had been a run of 4; a cosine run's schedule is drawn
+    # over its num_epochs, so it resumes exactly from a checkpoint of a run of the same num_epochs (a kill).
     options = lambda n: emt_options(num_epochs=n, scheduler_patience=0, rotational_augmentation=True,  # noqa: E731
-                                    checkpoint_interval=1, learning_rate=2e-2)
+                                    checkpoint_interval=1, learning_rate=2e-2, scheduler=scheduler)
     straight = quiet_train(options(4), no_test_data, output_dir=tmp_path / "straight")
-    quiet_train(options(2), no_test_data, output_dir=tmp_path / "first")
-    resumed = quiet_train(options(4), no_test_data, output_dir=tmp_path / "second",
-                          resume=tmp_path / "first" / "checkpoints" / "model_1.ckpt")
+    if scheduler == "plateau":
+        quiet_train(options(2), no_test_data, output_dir=tmp_path / "first")
+        first = tmp_path / "first" / "checkpoints" / "model_1.ckpt"
+    else:
+        first = tmp_path / "straight" / "checkpoints" / "model_1.ckpt"
+    resumed = quiet_train(options(4), no_test_data, output_dir=tmp_path / "second", resume=first)
 
     assert len(resumed.history) == 4
     for a, b in zip(straight.history, resumed.history):
