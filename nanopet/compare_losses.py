@@ -45,8 +45,8 @@ import numpy as np
 from nanopet.errors import InputError, did_you_mean
 from nanopet.options import LOSS_TERMS, loss_type, read_yaml, resolve_options
 from nanopet.data.splits import DATASET_KEYS, absolute_datasets
-from nanopet.retrain import (describe_metric, metric_names, read_history, shared_data, spread, target_of, train_run, unit_of, with_seed,
-                             write_rows)
+from nanopet.runs import (RunSet, describe_metric, metric_names, read_history, shared_data, summarize, target_of, train_sets, unit_of,
+                          write_rows)
 from nanopet.tune.storage import choose_trial, open_study
 
 HUBER_FRACTION = 0.1  # delta = HUBER_FRACTION x RMS of the term's target on the training set
@@ -198,6 +198,14 @@ def build_variants(base_loss: dict, types=None, reductions=None, weights=None, d
     return variants
 
 
+def variant_columns(variant: Variant, deltas: bool = True) -> dict:
+    """A variant's columns in ``losses.csv`` (and, without the deltas, in ``losses_summary.csv``)."""
+    columns = {"type": variant.type, "reduction": variant.reduction, "weights": json.dumps(variant.weights)}
+    if deltas:
+        columns["deltas"] = json.dumps(variant.deltas) if variant.deltas else ""
+    return columns
+
+
 def variant_options(options: dict, variant: Variant) -> dict:
     options = copy.deepcopy(options)
     loss = options["architecture"]["training"]["loss"]
@@ -280,25 +288,21 @@ def compare_losses(source: str, types=None, reductions=None, weights=None, delta
     out(f"compare-losses {name}: {len(variants)} variant(s) x {seeds} seed(s), {epochs} epochs; hypers from {described}")
     if chosen_deltas:
         out("huber deltas: " + ", ".join(f"{t} {d:.4g} ({how})" for t, (d, how) in chosen_deltas.items()))
-    rows = []
-    for variant in variants:
-        for seed in seed_values:
-            run_options = with_seed(variant_options(options, variant), seed)
-            row = train_run(run_options, runs_dir / variant.slug / f"seed{seed}", data, out, f"{variant.label} seed {seed}")
-            rows.append({"variant": variant.label, "type": variant.type, "reduction": variant.reduction,
-                         "weights": json.dumps(variant.weights), "deltas": json.dumps(variant.deltas) if variant.deltas else "",
-                         **row})
+    sets = [RunSet(variant.label, variant_options(options, variant), runs_dir / variant.slug) for variant in variants]
+    by_label = {variant.label: variant for variant in variants}
+    rows = [{"variant": row["variant"], **variant_columns(by_label[row["variant"]]), **row}
+            for row in train_sets(sets, seed_values, data, out, key="variant")]
 
     per_structure = "energy" in options["architecture"]["training"]["per_structure_targets"]
     metrics = metric_names(rows)
     summary = []
-    for variant in variants:
-        own = [r for r in rows if r["variant"] == variant.label]
+    for label, stats in summarize(rows, key="variant").items():
+        variant = by_label[label]
         for metric in metrics:
-            mean, std = spread(r.get(metric) for r in own)
-            summary.append({"variant": variant.label, "type": variant.type, "reduction": variant.reduction,
-                            "weights": json.dumps(variant.weights), "metric": metric, "unit": unit_of(metric, per_structure),
-                            "mean": mean, "std": std, "n": len(own)})
+            mean, std = stats[metric]
+            summary.append({"variant": label, **variant_columns(variant, deltas=False), "metric": metric,
+                            "unit": unit_of(metric, per_structure), "mean": mean, "std": std,
+                            "n": sum(r["variant"] == label for r in rows)})
     winners = pick_winners(summary, metrics)
     for row in summary:
         row["wins"] = any(w["metric"] == row["metric"] and w["winner"] == row["variant"] for w in winners)

@@ -204,7 +204,7 @@ def error_metrics(structures: list[Structure], predictions: list[Prediction], cu
 
 
 def metric_table(name: str, structures: list[Structure], metrics: dict) -> list[str]:
-    from nanopet.retrain import describe_metric, shown, unit_of
+    from nanopet.runs import describe_metric, shown, unit_of
 
     n_labelled = sum(s.energy is not None for s in structures)
     head = f"{name}: {len(structures)} structures, {sum(len(s) for s in structures)} atoms, {n_labelled} labelled"

@@ -2,8 +2,17 @@
 
 The point of a search is a model people use. A search trains every trial on a short budget;
 ``retrain`` takes the best trial's full options (or trial N's) back out of the study's storage,
-trains them with the full epoch budget once per seed, trains the search's starting hypers (its
-defaults trial) the same way, and compares both on the held-out test set.
+trains them with a longer epoch budget once per seed, trains the search's starting hypers (its
+defaults trial) the same way, and compares both on the held-out test set, every target:
+
+- at equal epochs (both for ``--epochs``);
+- at equal time: the hypers that train an epoch faster also train for the other's time (its epochs times the ratio
+  of their seconds per epoch, measured in the equal-epoch runs), unless the two are within 10% of each other; so a
+  tuned model that is better only because it took more optimizer steps is seen as such;
+- with each one's seconds per epoch and whether its runs converged (the validation loss no longer fell over the last
+  quarter of the epochs: ``nanopet.runs.convergence``).
+
+Both use the same learning-rate schedule (the options' ``scheduler``; the default cosine ends where the epochs end).
 
 A trial's full options come from the first of these that exists (``nanopet.tune.storage.trial_options``):
 
@@ -12,232 +21,49 @@ A trial's full options come from the first of these that exists (``nanopet.tune.
    study's: the base options with the trial's ``config`` set, the rule ``best.yaml`` follows;
 3. ``trial.json``, then ``model.ckpt``, in the trial's artifact folder.
 
-The best trial is the completed trial with the lowest first objective value over every stage of the
-study (a staged study's last stage carries the previous best in, so this is also the final stage's
-best). ``--trial`` takes a trial number (``3``), a staged study's ``stage2-3``, or ``<study>#3``.
+The best trial is the search's choice (``nanopet.tune.storage.choose_trial``). ``--trial`` takes a trial number
+(``3``), a staged study's ``stage2-3``, or ``<study>#3``.
 
 Output, ``studies/<study>/best/``::
 
-    hypers.yaml         the options (``nanopet-tune train hypers.yaml`` trains them again), full epochs
+    hypers.yaml         the options (``nanopet-tune train hypers.yaml`` trains them again), the retrain's epochs
     seed<s>/            model.ckpt, checkpoints/, metrics.csv (every epoch), train.log, result.json
     defaults/           the same for the defaults: hypers.yaml, seed<s>/
+    equal-time/         the faster hypers' runs for the slower one's time: seed<s>/
     model.ckpt          the seed with the lowest validation loss: NanoPETCalculator.from_checkpoint(...)
     model.pt            the same model exported for metatomic engines (nanopet-tune export; see README)
-    metrics.csv         one row per run (hypers, seed): test metrics, best epoch, epochs, stop reason
-    summary.csv, .yaml  test metrics over seeds (mean, sample std) of both hypers, and the gain
+    metrics.csv         one row per run (hypers, seed): test metrics, best epoch, epochs, stop reason, seconds
+    summary.csv, .yaml  test metrics over seeds (mean, sample std) of both hypers, the gains at equal epochs and
+                        at equal time, seconds per epoch, convergence, and the verdict line
     retrain.json        which trial the folder holds (a retrain of other hypers into it is refused)
 
 Seeds: run ``s`` of ``--seeds n`` trains with ``seed: <the study's seed> + s`` (initialisation, batch
 order, rotations); the data split is the study's in every run, so all runs share one test set.
-Epochs: ``--epochs``, else default-hypers.yaml's ``num_epochs``; a run also ends when the learning
-rate falls below 1e-7 (converged). Resume: a run continues from its latest checkpoint (every
+Epochs: ``--epochs``, else ``RETRAIN_EPOCH_FACTOR`` times the search's; the expected time is said before training,
+from the seconds per epoch the search's trials took. Resume: a run continues from its latest checkpoint (every
 ``checkpoint_interval`` epochs, and ``model.ckpt`` at the end), exactly; finished runs are reused.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
 import json
 import math
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import yaml
 
-from nanopet.data.splits import DATASET_KEYS, cutoff_of
 from nanopet.errors import InputError
-from nanopet.options import resolve_options
-from nanopet.train import SHOWN_UNITS  # how metrics are printed, as in the epoch lines
+from nanopet.options import resolve_options, write_options
+from nanopet.runs import (RunSet, describe_metric, mean_of, metric_names, run_key, shared_data, shown, spread, train_sets, unit_of,
+                          with_epochs, write_rows)
 from nanopet.tune.storage import choose_trial, defaults_options, open_study, trial_labels
 
-RUN_SETTINGS = ("log_interval", "checkpoint_interval", "log_mae", "atoms_per_pass", "distributed", "distributed_port")
-TARGETS = ("energy", "forces", "stress", "virial")  # order of tables
-# units in files (the trainer's: eV, eV/A, GPa); printed tables use SHOWN_UNITS (meV, like the epoch lines)
-FILE_UNITS = {"energy": "eV/atom", "forces": "eV/A", "stress": "GPa", "virial": "eV/atom"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Runs: one options set, one seed, resumable
-
-
-def run_key(options: dict) -> str:
-    """What makes two runs the same run: everything but the device, epochs and run settings."""
-    options = resolve_options(options)
-    content = {k: v for k, v in options.items() if k != "device"}
-    training = dict(content["architecture"]["training"])
-    for key in RUN_SETTINGS + ("num_epochs",):
-        training.pop(key, None)
-    content["architecture"] = {**content["architecture"], "training": training}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def with_seed(options: dict, seed: int) -> dict:
-    options = copy.deepcopy(options)
-    options["seed"] = int(seed)
-    return options
-
-
-def latest_checkpoint(folder: Path, key: str) -> Path | None:
-    """The checkpoint of ``folder`` with the highest epoch (``model.ckpt`` or ``checkpoints/model_<e>.ckpt``)."""
-    from nanopet.checkpoints import load_checkpoint
-
-    candidates = []
-    for path in (folder / "checkpoints").glob("model_*.ckpt"):
-        match = re.fullmatch(r"model_(\d+)\.ckpt", path.name)
-        if match:
-            candidates.append((int(match.group(1)), 0, path))
-    if (folder / "model.ckpt").is_file():
-        candidates.append((load_checkpoint(folder / "model.ckpt")["epoch"], 1, folder / "model.ckpt"))
-    if not candidates:
-        return None
-    path = max(candidates)[2]
-    if run_key(load_checkpoint(path)["options"]) != key:
-        raise InputError(f"{folder}: holds a run of other hypers ({path.name}); remove the folder to train these")
-    return path
-
-
-def train_run(options: dict, folder: str | Path, data, out: Callable[[str], None] = print, label: str = "",
-              on_epoch: Callable | None = None) -> dict:
-    """Train ``options`` into ``folder`` (resuming from its latest checkpoint), or reuse a finished run.
-
-    Returns the run's row: seed, epochs, best epoch, stop reason, validation metrics at the best
-    epoch and test metrics of the best-validation weights. ``metrics.csv`` holds every epoch.
-    """
-    from nanopet.train import train
-
-    folder = Path(folder)
-    options = resolve_options(options)
-    key, epochs = run_key(options), options["architecture"]["training"]["num_epochs"]
-    done_path = folder / "result.json"
-    if done_path.is_file():
-        done = json.loads(done_path.read_text())
-        if done.get("key") != key:
-            raise InputError(f"{folder}: holds a run of other hypers; remove the folder to train these")
-        if done["row"]["num_epochs"] == epochs or done["row"]["stopped"] == "learning_rate":
-            out(f"{label}: finished earlier (best epoch {done['row']['best_epoch']}), reused")
-            return done["row"]
-    resume = latest_checkpoint(folder, key) if folder.is_dir() else None
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train.log", "a") as log_file:
-        def log(message: str) -> None:
-            log_file.write(message + "\n")
-            log_file.flush()
-            if message.startswith(("epoch", "resumed", "learning rate fell", "test:")):
-                out(f"{label}: {message}")
-
-        result = train(options, on_epoch=on_epoch, output_dir=folder, resume=resume, data=data, log=log)
-    write_history(folder / "metrics.csv", result.history)
-    best = next((row for row in result.history if row["epoch"] == result.best_epoch), {})
-    row = {"seed": options["seed"], "num_epochs": epochs, "epochs": len(result.history), "best_epoch": result.best_epoch,
-           "stopped": result.stopped, "best_val_loss": result.best_val_loss,
-           **{k: v for k, v in best.items() if k.startswith("val_") and k != "val_loss"},
-           **result.test_metrics, "train_seconds": sum(r["epoch_time"] for r in result.history),
-           "resumed_from": str(resume) if resume else None, "folder": str(folder)}
-    done_path.write_text(json.dumps({"key": key, "row": row}, indent=2) + "\n")
-    return row
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    """metrics.csv with every epoch and every metric (the trainer appends; a resume would duplicate rows)."""
-    write_rows(path, history)
-
-
-def read_history(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str = "cpu") -> dict:
-    """Metrics of a saved model's best-validation weights on ``split``, recomputed as the trainer does."""
-    from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
-    from nanopet.composition import composition_offsets, composition_weights
-    from nanopet.runtime import select_device
-    from nanopet.train import Loss, evaluate
-
-    options = resolve_options(load_checkpoint(path)["options"])
-    training = options["architecture"]["training"]
-    model = model_from_checkpoint(path)
-    device = select_device(device)
-    model.to(device)
-    data = data.at_cutoff(model.cutoff)
-    types = list(model.atomic_types)
-    composition = composition_weights(training, data.train.structures, types)  # the trainer's: the same offsets
-    dataset = getattr(data, split)
-    offsets = composition_offsets(composition, types, dataset.structures)
-    terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
-    dtype = next(model.parameters()).dtype
-    per_structure = "energy" in training["per_structure_targets"]
-    return evaluate(model, dataset, training["batch_size"], Loss(training["loss"], terms), offsets, per_structure,
-                    device, dtype).metrics(split)
-
-
-def shared_data(options_list: list[dict], cutoff: float = 0.0):
-    """``load_data`` once for runs that share a dataset and split (neighbour lists at the largest cutoff)."""
-    from nanopet.data.splits import load_data
-
-    first = options_list[0]
-    for options in options_list[1:]:
-        if any(options.get(k) != first.get(k) for k in DATASET_KEYS + ("seed",)):
-            raise InputError("the runs to compare use different datasets or splits; they must share one test set")
-    cutoff = max([cutoff] + [cutoff_of(o) for o in options_list])
-    data = load_data(first, ".", cutoff=cutoff)
-    if len(data.test) == 0:
-        raise InputError(f"test_set: {first.get('test_set')!r} leaves no test structures; the comparison needs held-out "
-                         "data: pass --test-set 0.1 (the data are split anew)")
-    return data
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics over seeds
-
-
-def metric_names(rows: list[dict]) -> list[str]:
-    present = {k for row in rows for k in row if k.startswith("test_")}
-    return [f"test_{t}_{kind}" for t in TARGETS for kind in ("rmse", "mae") if f"test_{t}_{kind}" in present]
-
-
-def spread(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if not len(values):
-        return math.nan, math.nan
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def target_of(metric: str) -> str:
-    return metric.split("_")[1]
-
-
-def unit_of(metric: str, per_structure: bool = False, display: bool = False) -> str:
-    """The unit of a metric in files (eV, eV/A, GPa) or, ``display``, as printed (meV...)."""
-    target = target_of(metric)
-    unit = SHOWN_UNITS[target][0] if display else FILE_UNITS[target]
-    if per_structure and target in ("energy", "virial"):
-        unit = unit.replace("/atom", "/structure")
-    return unit
-
-
-def describe_metric(metric: str, per_structure: bool = False) -> str:
-    target, kind = metric.split("_")[1:3]
-    name = {"energy": "energy per structure" if per_structure else "energy per atom"}.get(target, target)
-    return f"{name} {kind.upper()}"
-
-
-def shown(value: float, metric: str) -> str:
-    unit, factor = SHOWN_UNITS[target_of(metric)]
-    return f"{value * factor:.4g}" if math.isfinite(value) else "n/a"
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
+RETRAIN_EPOCH_FACTOR = 10  # default --epochs: this many times the search's epochs
+EQUAL_TIME_TOLERANCE = 0.1  # seconds per epoch within this share of each other: equal epochs are equal time
 
 
 @dataclass
@@ -247,17 +73,15 @@ class RetrainResult:
     folder: Path  # studies/<study>/best
     hypers: Path  # hypers.yaml
     model: Path  # model.ckpt of the seed with the lowest validation loss
-    runs: list = field(default_factory=list)  # one row per (hypers, seed)
-    summary: list = field(default_factory=list)  # one row per test metric: means, stds, gain
+    runs: list = field(default_factory=list)  # one row per (hypers, seed); hypers: best | defaults | <name> at equal time
+    summary: list = field(default_factory=list)  # one row per test metric: means, stds, gains
     lines: list = field(default_factory=list)  # what was printed at the end
+    equal_time: dict | None = None  # which hypers trained longer for equal time, and for how many epochs
+    verdict: str = ""  # the first line of the comparison
 
 
-def finalize(options: dict, epochs: int | None, device: str | None, test_set: float | None) -> dict:
-    from nanopet.options import default_hypers
-
-    options = copy.deepcopy(options)
-    training = options["architecture"]["training"]
-    training["num_epochs"] = int(epochs or default_hypers()["training"]["num_epochs"])
+def finalize(options: dict, epochs: int, device: str | None, test_set: float | None) -> dict:
+    options = with_epochs(options, epochs)
     if device:
         options["device"] = device
     if test_set is not None:
@@ -265,19 +89,34 @@ def finalize(options: dict, epochs: int | None, device: str | None, test_set: fl
     return resolve_options(options)
 
 
-def write_options(path: Path, options: dict, header: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(json.loads(json.dumps(options)), sort_keys=False)
-    path.write_text(text)
-    return path
+def search_epoch_seconds(trial) -> float | None:
+    """A trial's training seconds per epoch in the search (its ``timing`` over its epochs), or None."""
+    timing, epochs = trial.user_attrs.get("timing") or {}, trial.user_attrs.get("epochs")
+    return timing["epochs"] / epochs if epochs and timing.get("epochs") else None
+
+
+def expected_time_line(epochs: int, seeds: int, seconds: dict) -> str:
+    """What the retrain will cost, from the seconds per epoch of the search's trials (``seconds``: name -> s or None)."""
+    from nanopet.tune.trial import span
+
+    known = {name: s for name, s in seconds.items() if s}
+    if not known:
+        return f"expected time: unknown (the search recorded no epoch times); {seeds} seed(s) x {epochs} epochs per hypers"
+    total = sum(known.values()) * epochs * seeds
+    if len(known) == 2:  # the faster one also trains for the slower one's time
+        total += max(known.values()) * epochs * seeds
+    parts = ", ".join(f"{name} {s:.3g} s an epoch" for name, s in known.items())
+    return (f"expected time: about {span(total)} on this machine ({parts} in the search; {seeds} seed(s) x {epochs} epochs"
+            + (", and the faster hypers again for the slower one's time" if len(known) == 2 else "") + ")")
 
 
 def retrain(study: str, trial: str | int | None = None, epochs: int | None = None, seeds: int = 3, device: str | None = None,
             directory: str | Path = "studies", storage: str | None = None, output_dir: str | Path | None = None,
             test_set: float | None = None, out: Callable[[str], None] = print,
-            on_epoch: Callable[[int, dict], bool | None] | None = None) -> RetrainResult:
+            on_epoch: Callable[[int, dict], bool | None] | None = None, equal_time: bool = True) -> RetrainResult:
     """Retrain the best trial (or ``trial``) of ``study`` for ``epochs`` with ``seeds`` seeds, and the
-    defaults the same way; write ``studies/<study>/best/`` (see the module docstring)."""
+    defaults the same way (and at equal time unless ``equal_time`` is False); write ``studies/<study>/best/``
+    (see the module docstring)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds: must be at least 1, got {seeds!r}")
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
@@ -286,6 +125,8 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
         raise InputError(f"--test-set: must be a fraction in (0, 1), got {test_set!r}")
     found = open_study(study, directory, storage)
     chosen = choose_trial(found, trial)
+    search_epochs = chosen.options["architecture"]["training"]["num_epochs"]
+    epochs = epochs or RETRAIN_EPOCH_FACTOR * search_epochs
     options = finalize(chosen.options, epochs, device, test_set)
     start = defaults_options(found)
     defaults = finalize(start[0], epochs, device, test_set) if start else None
@@ -305,35 +146,45 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
     marker.write_text(json.dumps({"trial": chosen.label, "label": label, "key": key, "options_from": chosen.how}, indent=2) + "\n")
 
     metric = chosen.study.user_attrs.get("metric", "value")
-    search_epochs = chosen.options["architecture"]["training"]["num_epochs"]
-    base_seed = options["seed"]
-    seed_values = [base_seed + k for k in range(seeds)]
+    seed_values = [options["seed"] + k for k in range(seeds)]
     value = chosen.trial.values[0]
-    out(f"retraining trial {chosen.label} ({metric} {value:.4g} after {search_epochs} epochs in the search; options from "
-        f"{chosen.how}) for up to {options['architecture']['training']['num_epochs']} epochs, seeds {', '.join(map(str, seed_values))}")
+    out(f"retraining trial {chosen.label} ({metric} {value:.4g} after {search_epochs} epochs in the search, chosen by "
+        f"objective.metric {metric}; options from {chosen.how}) for {epochs} epochs, seeds {', '.join(map(str, seed_values))}")
     hypers = write_options(folder / "hypers.yaml", options, [
         f"retrain of trial {chosen.label} of study {found.name}: {metric} {value:.6g} in the search ({search_epochs} epochs)",
-        f"train it again with: nanopet-tune train {folder / 'hypers.yaml'}  (seed {base_seed}: the run in seed{base_seed}/; "
+        f"train it again with: nanopet-tune train {folder / 'hypers.yaml'}  (seed {seed_values[0]}: the run in seed{seed_values[0]}/; "
         f"the retrain trained seeds {seed_values[0]}..{seed_values[-1]})"])
-    sets = [("best", options, folder)]
+    sets = [RunSet("best", options, folder)]
+    same = defaults is not None and run_key(defaults) == key
     if defaults is not None:
         out(f"defaults: {start[1]}")
         write_options(folder / "defaults" / "hypers.yaml", defaults, [f"the search's defaults, study {found.name}: {start[1]}"])
-        sets.append(("defaults", defaults, folder / "defaults"))
+        if same:
+            out(f"trial {chosen.label} has the defaults' hypers: the defaults' runs are its runs (gain 0)")
+        else:
+            sets.append(RunSet("defaults", defaults, folder / "defaults"))
     else:
         out("defaults: not recorded in the study and its search-space file is gone; no comparison")
+    defaults_trial = next((t for t in found.studies[0].get_trials(deepcopy=False) if t.user_attrs.get("role") == "defaults"), None)
+    out(expected_time_line(epochs, seeds, {"best": search_epoch_seconds(chosen.trial),
+                                           **({"defaults": search_epoch_seconds(defaults_trial)} if len(sets) > 1 and defaults_trial else {})}))
 
-    runs = []
-    same = defaults is not None and run_key(defaults) == key
+    runs = [{"hypers": r.pop("set"), **r} for r in train_sets(sets, seed_values, data, out, on_epoch)]
     if same:
-        out(f"trial {chosen.label} has the defaults' hypers: the defaults' runs are its runs (gain 0)")
-    for name, run_options, run_folder in sets:
-        for seed in seed_values:
-            if name == "defaults" and same:
-                runs.append({**next(r for r in runs if r["hypers"] == "best" and r["seed"] == seed), "hypers": name})
-                continue
-            row = train_run(with_seed(run_options, seed), run_folder / f"seed{seed}", data, out, f"{name} seed {seed}", on_epoch)
-            runs.append({"hypers": name, **row})
+        runs += [{**r, "hypers": "defaults"} for r in runs if r["hypers"] == "best"]
+    matched = None
+    if equal_time and len(sets) > 1:
+        matched = equal_time_set(runs, epochs, folder)
+        if matched is None:
+            out(f"equal time: the two train an epoch within {100 * EQUAL_TIME_TOLERANCE:g}% of each other's time; "
+                "equal epochs are equal time")
+        else:
+            out(f"equal time: {matched['faster']} trains an epoch in {matched['seconds'][matched['faster']]:.3g} s, "
+                f"{matched['slower']} in {matched['seconds'][matched['slower']]:.3g} s: {matched['faster']} again for "
+                f"{matched['epochs']} epochs")
+            run_set = RunSet(f"{matched['faster']} at equal time", with_epochs(dict(sets[0 if matched["faster"] == "best" else 1].options),
+                                                                               matched["epochs"]), folder / "equal-time")
+            runs += [{"hypers": r.pop("set"), **r} for r in train_sets([run_set], seed_values, data, out, on_epoch)]
 
     best_runs = [r for r in runs if r["hypers"] == "best"]
     chosen_run = min(best_runs, key=lambda r: r["best_val_loss"])
@@ -344,38 +195,115 @@ def retrain(study: str, trial: str | int | None = None, epochs: int | None = Non
     exported = export_checkpoint(model, folder / "model.pt")
 
     per_structure = "energy" in options["architecture"]["training"]["per_structure_targets"]
-    summary = []
-    for name in metric_names(runs):
-        mean, std = spread(r.get(name) for r in best_runs)
-        row = {"metric": name, "unit": unit_of(name, per_structure), "best_mean": mean, "best_std": std}
-        if defaults is not None:
-            d_mean, d_std = spread(r.get(name) for r in runs if r["hypers"] == "defaults")
-            row.update(defaults_mean=d_mean, defaults_std=d_std,
-                       gain=(1.0 - mean / d_mean) if d_mean and math.isfinite(d_mean) else math.nan)
-        summary.append(row)
-
+    summary = summary_rows(runs, defaults is not None, matched, per_structure)
+    verdict = verdict_line(summary, epochs, matched, per_structure)
+    costs = {name: mean_of([r for r in runs if r["hypers"] == name], "epoch_seconds") for name in ("best", "defaults")}
+    converged = {name: convergence_text([r for r in runs if r["hypers"] == name]) for name in dict.fromkeys(r["hypers"] for r in runs)}
     write_rows(folder / "metrics.csv", runs)
     write_rows(folder / "summary.csv", summary)
     (folder / "summary.yaml").write_text(yaml.safe_dump(json.loads(json.dumps({
-        "study": found.name, "trial": chosen.label, "search_value": {metric: value}, "search_epochs": search_epochs,
-        "epochs": options["architecture"]["training"]["num_epochs"], "seeds": seed_values, "options_from": chosen.how,
-        "defaults_from": start[1] if start else None, "model": str(model), "model_seed": chosen_run["seed"],
-        "hypers": str(hypers), "test_metrics": {r["metric"]: {k: v for k, v in r.items() if k != "metric"} for r in summary},
+        "verdict": verdict, "study": found.name, "trial": chosen.label, "chosen_by": metric, "search_value": {metric: value},
+        "search_epochs": search_epochs, "epochs": epochs, "seeds": seed_values, "options_from": chosen.how,
+        "defaults_from": start[1] if start else None, "seconds_per_epoch": costs, "equal_time": matched,
+        "convergence": converged, "model": str(model), "model_seed": chosen_run["seed"], "hypers": str(hypers),
+        "test_metrics": {r["metric"]: {k: v for k, v in r.items() if k != "metric"} for r in summary},
     }, default=str)), sort_keys=False))
 
-    lines = summary_lines(summary, len(seed_values), defaults is not None, per_structure)
+    lines = [verdict] + summary_lines(summary, len(seed_values), defaults is not None, matched, per_structure)
+    lines.append("seconds per epoch: " + ", ".join(f"{name} {s:.3g}" for name, s in costs.items() if math.isfinite(s)))
+    lines.append("convergence (validation loss over the last quarter of the epochs): "
+                 + "; ".join(f"{name}: {text}" for name, text in converged.items()))
     lines.append(f"model: {model} (seed {chosen_run['seed']}, lowest validation loss); "
                  f"ASE: NanoPETCalculator.from_checkpoint('{model}')")
     lines.append(f"exported for metatomic engines (ASE, LAMMPS, i-PI): {exported}")
-    lines.append(f"hypers: {hypers}; per-run metrics: {folder / 'metrics.csv'}; summary: {folder / 'summary.csv'}")
+    lines.append(f"hypers: {hypers}; per-run metrics: {folder / 'metrics.csv'}; summary: {folder / 'summary.yaml'}")
     for line in lines:
         out(line)
-    return RetrainResult(found.name, chosen.label, folder, hypers, model, runs, summary, lines)
+    return RetrainResult(found.name, chosen.label, folder, hypers, model, runs, summary, lines, matched, verdict)
 
 
-def summary_lines(summary: list[dict], n_seeds: int, with_defaults: bool, per_structure: bool = False) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# Equal time
+
+
+def equal_time_set(runs: list[dict], epochs: int, folder: Path) -> dict | None:
+    """Which hypers train an epoch faster and for how many epochs they match the slower one's time (the ratio of
+    their median seconds per epoch in the equal-epoch runs, averaged over seeds), or None within the tolerance."""
+    seconds = {name: mean_of([r for r in runs if r["hypers"] == name], "epoch_seconds") for name in ("best", "defaults")}
+    if not all(math.isfinite(s) and s > 0 for s in seconds.values()):
+        return None
+    faster, slower = sorted(seconds, key=seconds.get)
+    ratio = seconds[slower] / seconds[faster]
+    if ratio < 1.0 + EQUAL_TIME_TOLERANCE:
+        return None
+    return {"faster": faster, "slower": slower, "seconds": seconds, "epochs": int(round(epochs * ratio)),
+            "folder": str(folder / "equal-time")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def summary_rows(runs: list[dict], with_defaults: bool, matched: dict | None, per_structure: bool) -> list[dict]:
+    """One row per test metric: each hypers' mean and std over seeds, the gain at equal epochs and at equal time
+    (``1 - best/defaults``: positive when the tuned hypers are better)."""
+    def stats(name):
+        return {metric: spread(r.get(metric) for r in runs if r["hypers"] == name) for metric in metric_names(runs)}
+
+    best, defaults = stats("best"), stats("defaults")
+    longer = stats(f"{matched['faster']} at equal time") if matched else {}
+    rows = []
+    for metric in metric_names(runs):
+        row = {"metric": metric, "unit": unit_of(metric, per_structure), "best_mean": best[metric][0], "best_std": best[metric][1]}
+        if with_defaults:
+            d_mean, d_std = defaults[metric]
+            row.update(defaults_mean=d_mean, defaults_std=d_std, gain=gain(best[metric][0], d_mean))
+            if matched:
+                mean, std = longer.get(metric, (math.nan, math.nan))
+                row.update(equal_time_mean=mean, equal_time_std=std,
+                           equal_time_gain=gain(mean, d_mean) if matched["faster"] == "best" else gain(best[metric][0], mean))
+            else:
+                row["equal_time_gain"] = row["gain"]
+        rows.append(row)
+    return rows
+
+
+def gain(tuned: float, defaults: float) -> float:
+    return 1.0 - tuned / defaults if defaults and math.isfinite(defaults) and math.isfinite(tuned) else math.nan
+
+
+def verdict_line(summary: list[dict], epochs: int, matched: dict | None, per_structure: bool) -> str:
+    """The comparison in one line: the RMSE gain on every target at equal epochs and at equal time, and, plainly,
+    the targets on which the tuned model is worse."""
+    rmse = [r for r in summary if r["metric"].endswith("_rmse") and "gain" in r]
+    if not rmse:
+        return "no comparison with the defaults"
+
+    def gains(key):
+        return ", ".join(f"{describe_metric(r['metric'], per_structure).rsplit(' ', 1)[0]} {100 * r[key]:+.1f}%" for r in rmse)
+
+    worse = sorted({describe_metric(r["metric"], per_structure).rsplit(" ", 1)[0] for r in rmse
+                    for key in ("gain", "equal_time_gain") if math.isfinite(r.get(key, math.nan)) and r[key] < 0})
+    where = (f"at equal time ({matched['faster']} trained {matched['epochs']} epochs)" if matched else "at equal time (equal epochs)")
+    text = f"tuned vs defaults, test RMSE: at {epochs} epochs {gains('gain')}; {where} {gains('equal_time_gain')}"
+    return text + (f"; the tuned model is WORSE on {', '.join(worse)}" if worse else "; better on every target")
+
+
+def convergence_text(rows: list[dict]) -> str:
+    drops = [r["last_quarter_drop"] for r in rows if r.get("last_quarter_drop") is not None and math.isfinite(r["last_quarter_drop"])]
+    if not drops:
+        return "too few epochs to tell"
+    converged = sum(bool(r.get("converged")) for r in rows)
+    mean = sum(drops) / len(drops)
+    state = "converged" if converged == len(rows) else f"{len(rows) - converged} of {len(rows)} runs still improving (more epochs would help)"
+    return f"fell {100 * mean:.1f}% ({state})"
+
+
+def summary_lines(summary: list[dict], n_seeds: int, with_defaults: bool, matched: dict | None, per_structure: bool = False) -> list[str]:
     head = f"test set, {n_seeds} seed{'s' if n_seeds > 1 else ''} (mean ± std)"
-    lines = [f"{head:<34} {'best':>22}" + (f" {'defaults':>22} {'gain':>8}" if with_defaults else "")]
+    longer = f"{matched['faster']} x{matched['epochs']}ep" if matched else None
+    lines = [f"{head:<34} {'best':>22}" + (f" {'defaults':>22} {'gain':>8}" if with_defaults else "")
+             + (f" {longer:>22} {'equal-time gain':>15}" if longer else "")]
     for row in summary:
         metric = row["metric"]
         unit = unit_of(metric, per_structure, display=True)
@@ -384,6 +312,9 @@ def summary_lines(summary: list[dict], n_seeds: int, with_defaults: bool, per_st
         if with_defaults:
             text += f" {shown(row['defaults_mean'], metric) + ' ± ' + shown(row['defaults_std'], metric):>22}"
             text += f" {100 * row['gain']:>7.1f}%" if math.isfinite(row["gain"]) else f" {'n/a':>8}"
+        if longer:
+            text += f" {shown(row['equal_time_mean'], metric) + ' ± ' + shown(row['equal_time_std'], metric):>22}"
+            text += f" {100 * row['equal_time_gain']:>14.1f}%" if math.isfinite(row["equal_time_gain"]) else f" {'n/a':>15}"
         lines.append(text)
     if with_defaults:
         gains = [f"{describe_metric(r['metric'], per_structure)} {100 * r['gain']:+.1f}%" for r in summary
@@ -391,12 +322,3 @@ def summary_lines(summary: list[dict], n_seeds: int, with_defaults: bool, per_st
         if gains:
             lines.append("gain over the defaults (1 - best/defaults; positive: the tuned hypers are better): " + ", ".join(gains))
     return lines
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -277,7 +277,7 @@ def test_eval_of_checkpoint_and_export_report_retrains_numbers(trained, tmp_path
     """eval of the .ckpt and of its exported .pt (through metatomic) give the errors retrain computes for the
     same test set, and write the predictions our calculator makes."""
     from nanopet.evaluate import evaluate_model
-    from nanopet.retrain import evaluate_checkpoint
+    from nanopet.runs import evaluate_checkpoint
 
     checkpoint, _ = trained
     exported = tmp_path / "exported.pt"

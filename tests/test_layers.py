@@ -16,7 +16,7 @@ LAYERS = [
     {"kernels", "model", "composition"},
     {"checkpoints", "runtime"},
     {"train"},
-    {"calculator", "export"},
+    {"calculator", "export", "runs"},  # runs: options trained over seeds, summarised on the test set
     {"tune"},
     {"report"},
     {"retrain", "compare_losses", "evaluate"},  # commands' work: a study's best trial, its metrics

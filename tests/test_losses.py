@@ -17,7 +17,7 @@ from nanopet.checkpoints import load_checkpoint
 from nanopet.compare_losses import HUBER_FRACTION, compare_losses, losses_space, parse_weights
 from nanopet.errors import InputError
 from nanopet.options import resolve_options
-from nanopet.retrain import evaluate_checkpoint, shared_data
+from nanopet.runs import evaluate_checkpoint, shared_data
 from nanopet.tune import load_search_space, run
 from nanopet.tune.storage import open_storage
 

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import yaml
 from retrain_support import tiny_study
 
 from nanopet.calculator import NanoPETCalculator
@@ -19,7 +20,8 @@ from nanopet.cli.retrain import COMMANDS, add_parsers
 from nanopet.data import generate_emt_alloy
 from nanopet.errors import InputError
 from nanopet.options import read_yaml, resolve_options
-from nanopet.retrain import choose_trial, evaluate_checkpoint, open_study, retrain, shared_data
+from nanopet.retrain import choose_trial, open_study, retrain
+from nanopet.runs import evaluate_checkpoint, shared_data
 from nanopet.tune.storage import trial_options
 from nanopet.tune.storage import open_storage
 
@@ -45,7 +47,7 @@ def without(options: dict, *keys) -> dict:
 
 def test_retrain_reproduces_the_best_trial_and_gives_a_calculator(study):
     folder, search, _ = study
-    lines, kwargs = quiet(directory=folder / "studies")
+    lines, kwargs = quiet(directory=folder / "studies", equal_time=False)
     result = retrain("tiny", epochs=2, seeds=2, **kwargs)
     best = folder / "studies" / "tiny" / "best"
     assert result.trial == search.best_trial and result.folder == best
@@ -92,14 +94,14 @@ def test_retrain_reproduces_the_best_trial_and_gives_a_calculator(study):
     recomputed = evaluate_checkpoint(best / "seed1" / "model.ckpt", data)
     assert recomputed == {k: v for k, v in result.runs[1].items() if k.startswith("test_")}
     # a second call reuses every finished run
-    again_lines, kwargs = quiet(directory=folder / "studies")
+    again_lines, kwargs = quiet(directory=folder / "studies", equal_time=False)
     again = retrain("tiny", epochs=2, seeds=2, **kwargs)
     assert sum("reused" in line for line in again_lines) == 4 and again.summary == result.summary
 
 
 def test_resumed_retrain_equals_an_uninterrupted_one(study, tmp_path):
     folder, _, _ = study
-    _, kwargs = quiet(directory=folder / "studies", epochs=3, seeds=2)
+    _, kwargs = quiet(directory=folder / "studies", epochs=3, seeds=2, equal_time=False)
     straight = retrain("tiny", output_dir=tmp_path / "straight", **kwargs)
     calls = []
 
@@ -114,7 +116,7 @@ def test_resumed_retrain_equals_an_uninterrupted_one(study, tmp_path):
     resumed = retrain("tiny", output_dir=tmp_path / "resumed", **kwargs)
     seed1 = next(r for r in resumed.runs if r["hypers"] == "best" and r["seed"] == 1)
     assert seed1["resumed_from"].endswith("model_1.ckpt")
-    skip = ("folder", "resumed_from", "train_seconds")
+    skip = ("folder", "resumed_from", "train_seconds", "epoch_seconds")
     assert [{k: v for k, v in r.items() if k not in skip} for r in resumed.runs] == \
         [{k: v for k, v in r.items() if k not in skip} for r in straight.runs]
     a = load_checkpoint(tmp_path / "straight" / "seed1" / "model.ckpt")
@@ -193,3 +195,49 @@ def test_a_study_by_folder_and_a_trial_with_the_defaults_hypers(study, tmp_path)
     best, defaults = result.runs
     assert defaults["hypers"] == "defaults" and defaults["folder"] == best["folder"]  # trained once
     assert all(row["gain"] == 0 for row in result.summary)
+
+
+def test_equal_time_trains_the_faster_hypers_for_the_slower_ones_time(study, tmp_path):
+    from nanopet.retrain import equal_time_set
+
+    rows = [{"hypers": "best", "epoch_seconds": 3.0}, {"hypers": "best", "epoch_seconds": 5.0},
+            {"hypers": "defaults", "epoch_seconds": 1.0}, {"hypers": "defaults", "epoch_seconds": 1.0}]
+    matched = equal_time_set(rows, 10, tmp_path)
+    assert (matched["faster"], matched["slower"], matched["epochs"]) == ("defaults", "best", 40)  # 10 x 4 s / 1 s
+    assert equal_time_set([{**r, "epoch_seconds": 1.05} if r["hypers"] == "best" else r for r in rows], 10, tmp_path) is None
+
+    folder, _, _ = study
+    lines, kwargs = quiet(directory=folder / "studies", epochs=2, seeds=1, output_dir=tmp_path / "best")
+    import nanopet.retrain as retrain_module
+
+    forced = lambda runs, epochs, out_folder: {"faster": "defaults", "slower": "best", "epochs": 3,  # noqa: E731
+                                               "seconds": {"best": 2.0, "defaults": 1.3}, "folder": str(out_folder / "equal-time")}
+    original = retrain_module.equal_time_set
+    retrain_module.equal_time_set = forced
+    try:
+        result = retrain("tiny", **kwargs)
+    finally:
+        retrain_module.equal_time_set = original
+    longer = [r for r in result.runs if r["hypers"] == "defaults at equal time"]
+    assert len(longer) == 1 and longer[0]["epochs"] == 3 and (tmp_path / "best" / "equal-time" / "seed0" / "model.ckpt").is_file()
+    forces = next(r for r in result.summary if r["metric"] == "test_forces_rmse")
+    best = next(r for r in result.runs if r["hypers"] == "best")
+    assert forces["equal_time_gain"] == pytest.approx(1 - best["test_forces_rmse"] / longer[0]["test_forces_rmse"])
+    summary = yaml.safe_load((tmp_path / "best" / "summary.yaml").read_text())
+    assert summary["verdict"] == result.verdict == result.lines[0] and summary["equal_time"]["epochs"] == 3
+    assert result.verdict.startswith("tuned vs defaults, test RMSE: at 2 epochs ")
+    assert "at equal time (defaults trained 3 epochs)" in result.verdict
+    worse = [r["metric"] for r in result.summary if r["metric"].endswith("_rmse") and min(r["gain"], r["equal_time_gain"]) < 0]
+    assert ("WORSE on" in result.verdict) == bool(worse)
+    assert set(summary["seconds_per_epoch"]) == {"best", "defaults"} and "convergence" in summary
+
+
+def test_convergence_says_whether_the_validation_loss_still_fell_at_the_end():
+    from nanopet.runs import convergence
+
+    falling = [{"val_loss": 1.0 * 0.97**k} for k in range(40)]  # 3% an epoch: still learning
+    flat = [{"val_loss": 1.0 * 0.9**min(k, 20)} for k in range(40)]  # no change over the last 20 epochs
+    result = convergence(falling)
+    assert result["converged"] is False and result["last_quarter_drop"] == pytest.approx(1 - 0.97**9, rel=1e-6)
+    assert convergence(flat) == {"last_quarter_drop": pytest.approx(0.0, abs=1e-12), "converged": True}
+    assert convergence(falling[:5]) == {"last_quarter_drop": None, "converged": None}

@@ -16,8 +16,8 @@ def add_parsers(commands) -> None:
                                   "compare with the defaults on the test set")
     retrain.add_argument("study", help="study name (folder under studies/), its journal file, or a storage URL")
     retrain.add_argument("--trial", help="trial to retrain instead of the best: N, stageK-N in a staged study, or STUDY#N")
-    retrain.add_argument("--epochs", type=positive_int, help="epochs of every run (default: default-hypers.yaml num_epochs; "
-                         "a run also stops when the learning rate falls below 1e-7)")
+    retrain.add_argument("--epochs", type=positive_int, help="epochs of every run (default: 10 x the search's epochs; the expected "
+                         "time is printed before training, from the search's seconds per epoch)")
     retrain.add_argument("--seeds", type=positive_int, default=3, help="runs per hypers, seeds S..S+n-1 (default 3)")
     retrain.add_argument("--device", help="override the options' device (cuda, cpu, cuda:N, auto)")
     retrain.add_argument("--storage", help="storage URL (needed for a PostgreSQL study with a password)")
@@ -25,6 +25,8 @@ def add_parsers(commands) -> None:
     retrain.add_argument("-o", "--output-dir", help="where the runs go (default: studies/<study>/best)")
     retrain.add_argument("--test-set", type=fraction, help="split the data anew with this test fraction (for a study "
                          "searched without a test set)")
+    retrain.add_argument("--no-equal-time", dest="equal_time", action="store_false", help="compare at equal epochs only (by "
+                         "default the hypers that train an epoch faster also train for the other's time)")
 
     losses = commands.add_parser("compare-losses", help="train the same hypers with each loss type (or reduction, weights) "
                                  "and seed; report in reports/<name>/losses.html")
@@ -85,7 +87,7 @@ def run_retrain(args) -> int:
     with _resume_hint_on_interrupt():
         retrain(args.study, trial=args.trial, epochs=args.epochs, seeds=args.seeds, device=args.device,
                 directory=args.directory, storage=args.storage, output_dir=args.output_dir, test_set=args.test_set,
-                out=lambda message: print(message, flush=True))
+                out=lambda message: print(message, flush=True), equal_time=args.equal_time)
     return 0
 
 

@@ -31,7 +31,7 @@ def add_parsers(commands) -> None:
 def run_train(args) -> int:
     from nanopet.options import read_yaml, resolve_options
     from nanopet.data.splits import absolute_datasets
-    from nanopet.retrain import write_options
+    from nanopet.options import write_options
     from nanopet.train import metric_parts, train
 
     path = Path(args.options)

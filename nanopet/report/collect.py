@@ -52,6 +52,7 @@ class StudyData:
     running: list = field(default_factory=list)  # "study#number" of trials whose worker is alive
     stale: list = field(default_factory=list)  # "study#number: why" of RUNNING trials whose worker is gone
     generated: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    retrain: dict | None = None  # studies/<search>/best/summary.yaml of nanopet-tune retrain, when there is one
 
     @property
     def staged(self) -> bool:
@@ -183,8 +184,20 @@ def collect(study: str, directory: str | Path = "studies", storage: str | None =
         ordered += [p for p in s["parameters"] if p not in ordered]
     trials_frame = _trial_frame(rows, ordered)
     shares = first_attrs.get("data_shares")
-    return StudyData(search, masked(url), stages, planned, metric, objective, n_objectives, ordered, distributions,
+    data = StudyData(search, masked(url), stages, planned, metric, objective, n_objectives, ordered, distributions,
                      trials_frame, _curve_frame(curve_rows), tuple(shares) if shares else None, frozen, running, stale)
+    data.retrain = retrain_summary(Path(directory) / search / "best" / "summary.yaml")
+    return data
+
+
+def retrain_summary(path: Path) -> dict | None:
+    """What ``nanopet-tune retrain`` found (its ``summary.yaml``), or None before a retrain."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None
 
 
 def _names(trials) -> list[str]:

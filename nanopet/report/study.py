@@ -87,10 +87,24 @@ def header_lines(data: StudyData) -> list[str]:
     best = data.best()
     if best is not None and data.parameters:
         lines.append("Best configuration: " + ", ".join(f"{p}={figures._fmt(best[p])}" for p in data.parameters))
+        lines += cost_lines(data, best)
+    if data.retrain:
+        lines.append(f"Retrained ({data.retrain.get('epochs')} epochs, seeds {data.retrain.get('seeds')}; nanopet-tune retrain): "
+                     f"{data.retrain.get('verdict')}.")
     lines += [f"Storage: {data.storage}; every trial with its parameters, state, value, epochs, wall time and reason is in "
               f"{CSV}, a text summary in {SUMMARY}.",
               f"Generated {data.generated:%Y-%m-%d %H:%M %Z} by nanopet-tune report; works offline (plotly.js is beside this page)."]
     return lines
+
+
+def cost_lines(data: StudyData, best) -> list[str]:
+    """What the best trial costs to train against the defaults trial: seconds per epoch, measured in the search."""
+    start = data.trials[(data.trials["role"] == "defaults") & (data.trials["state"] == "complete")]
+    per_epoch = lambda row: row["epochs_s"] / row["epochs"] if row["epochs"] and row["epochs_s"] else None  # noqa: E731
+    mine, theirs = per_epoch(best), per_epoch(start.iloc[0]) if not start.empty else None
+    if not mine or not theirs:
+        return []
+    return [f"Training cost: the best trial took {mine:.3g} s an epoch, the defaults {theirs:.3g} s ({mine / theirs:.2f}x)."]
 
 
 def no_result(data: StudyData) -> str:
