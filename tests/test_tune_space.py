@@ -137,6 +137,10 @@ INVALID = [
       "parameters": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2},
                      "batch_size": {"type": "categorical", "choices": [2, 6]}, "cutoff": {"type": "float", "low": 3.0, "high": 4.0}}},
      "strategy.learning_rate_scaling: batch_size and learning_rate are in the same stage (importance[0])"),
+    ({"budget": {"equal": "seconds"}}, "budget.equal: must be epochs, steps, time"),
+    ({"budget": {"equal": "time", "data_shares": [0.5, 1]}}, "budget.equal: time sizes each trial's epochs"),
+    ({"strategy": {"type": "joint", "min_improvement": 1.5}}, "strategy.min_improvement: must be a share in [0, 1)"),
+    ({"architecture": {"training": {"scheduler": "step"}}}, "architecture.training.scheduler: must be cosine or plateau"),
     ({"architecture": {"model": {"d_pett": 8}}}, "architecture.model.d_pett: unknown option (did you mean 'd_pet'?)"),
     ({"driver": "rey"}, "driver.type: must be optuna or ray, got 'rey' (did you mean 'ray'?)"),
     ({"driver": {"type": "ray", "gpu_per_trial": 1}}, "driver.gpu_per_trial: unknown key (did you mean 'gpus_per_trial'?)"),
@@ -226,3 +230,90 @@ def test_an_enumerated_stage_ends_when_every_configuration_is_taken_not_when_cop
     assert remaining(stage, study.get_trials()) == 0
     study.ask()  # a worker asked, its parameters not drawn yet
     assert remaining(stage, study.get_trials()) == 0
+
+
+def test_a_stage_keeps_its_starting_values_when_its_best_is_within_the_noise(tmp_path):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from nanopet.tune.study import chosen_trial, chosen_values, distribution
+
+    space = load_search_space(tiny_space(tmp_path, strategy={"type": "joint", "min_improvement": 0.03}))
+    stage = plan(space)[0]
+    distributions = {name: distribution(space.parameters[name]) for name in stage.parameters}
+
+    def study_with(values):
+        study = optuna.create_study()
+        for k, value in enumerate(values):
+            study.add_trial(create_trial(state=TrialState.COMPLETE, values=[value], distributions=distributions,
+                                         params={"learning_rate": 1e-3 * (k + 1), "cutoff": 3.5},
+                                         user_attrs={"role": "defaults"} if k == 0 else {}))
+        return study
+
+    close = study_with([1.0, 0.98, 1.2])  # the best is 2% better than the defaults: within 3%
+    values, trial, line = chosen_values(space, stage, {}, close)
+    assert trial.number == 0 and values["learning_rate"] == pytest.approx(1e-3)
+    assert "within 3% of the starting" in line and chosen_trial(close).number == 0
+    clear = study_with([1.0, 0.95, 1.2])  # 5% better: chosen
+    values, trial, line = chosen_values(space, stage, {}, clear)
+    assert trial.number == 1 and values["learning_rate"] == pytest.approx(2e-3) and "5.0% better than the starting" in line
+    assert chosen_trial(clear).number == 1
+
+
+def test_budget_equal_gives_each_trial_the_base_hypers_steps_or_time(tmp_path):
+    from nanopet.tune.trial import EpochBudget
+
+    class Sized:
+        def __init__(self, n):
+            self.train = [None] * n
+
+    raw = tiny_space(tmp_path, budget={"epochs": 10, "equal": "steps"},
+                     parameters={"batch_size": {"type": "categorical", "choices": [2, 6, 24]}})
+    space = load_search_space(raw)
+    options = lambda batch: space.options_for({"batch_size": batch})  # noqa: E731
+    budget = EpochBudget(space)
+    # 18 training structures in batches of 6 (the base): 3 steps an epoch, 30 in 10 epochs
+    assert budget(options(6), Sized(18))[0] == 10
+    assert budget(options(2), Sized(18))[0] == 3  # 9 steps an epoch
+    assert budget(options(24), Sized(18))[0] == 30  # one step an epoch
+    seconds = {6: 1.0, 2: 4.0, 24: 0.05}
+    timed = EpochBudget(load_search_space(tiny_space(tmp_path, budget={"epochs": 10, "equal": "time"},
+                                                     parameters=raw["parameters"])),
+                        measure=lambda o, data: seconds[o["architecture"]["training"]["batch_size"]])
+    assert timed(options(6), Sized(18))[0] == 10  # the base hypers: budget.epochs, nothing measured
+    epochs, measured, note = timed(options(2), Sized(18))
+    assert (epochs, measured) == (2, 4.0) and "at 4 s an epoch" in note  # round(10 * 1 / 4)
+    assert timed(options(24), Sized(18))[0] == 100  # 200 capped at 10 x budget.epochs
+
+
+def test_trial_epochs_report_each_step_of_the_budget_once():
+    from nanopet.tune.trial import TrialEpochs
+
+    class Engine:
+        def __init__(self):
+            self.reports, self.questions = [], []
+
+        def report(self, step, value, metrics, best):
+            self.reports.append(step)
+
+        def should_stop(self, step, value, where=None):
+            self.questions.append((step, where))
+
+    class Space:
+        budget = type("Budget", (), {"epochs": 10, "data_shares": None})()
+        objective = type("Objective", (), {"metric": "val_loss", "value": staticmethod(lambda metric, cost: metric)})()
+
+    for epochs, reports in ((10, list(range(10))), (4, list(range(10))), (25, list(range(10)))):
+        engine = Engine()
+        on_epoch = TrialEpochs(Space(), engine, rules=[], epochs=epochs)
+        for epoch in range(epochs):
+            on_epoch(epoch, {"val_loss": 1.0 / (epoch + 1)})
+        assert engine.reports == reports, epochs
+        # the pruner is asked once per epoch that reached a new step, at that step, except the last (the trial is done)
+        assert [q[0] for q in engine.questions] == {10: list(range(9)), 4: [1, 4, 6], 25: list(range(9))}[epochs]
+    # 4 epochs over a budget of 10: the last step is reached by the last epoch only
+    engine = Engine()
+    on_epoch = TrialEpochs(Space(), engine, rules=[], epochs=4)
+    for epoch in range(3):
+        on_epoch(epoch, {"val_loss": 1.0})
+    assert engine.reports == list(range(7)) and engine.questions[-1] == (6, "after epoch 3/4 (7/10 of the budget)")

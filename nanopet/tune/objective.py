@@ -37,7 +37,7 @@ from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
 from nanopet.tune.space import SearchSpace
 from nanopet.tune.study import Stage, short, suggest
-from nanopet.tune.trial import (PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
+from nanopet.tune.trial import (EpochBudget, PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
                                 describe_values, epoch_line, finished_twin, measure_cost, pace_line, progress_due, repeat_of,
                                 timing, train_trial, trial_folder, user_attrs)
 
@@ -90,6 +90,7 @@ class TrialRunner:
         self.space, self.data, self.stop_requested, self.out, self.prefix = space, data, stop_requested, out, prefix
         self.pace = pace
         self.trial_data = TrialData(data)
+        self.epoch_budget = EpochBudget(space)
 
     # -----------------------------------------------------------------------------------------
 
@@ -125,16 +126,20 @@ class TrialRunner:
                 data = self.trial_data.for_options(options)
                 if objective.needs_cost:
                     record.cost = measure_cost(space, options, data, self.trial_data.atomic_types)
-                    self._set(trial, record)
+                given, record.epoch_seconds, note = self.epoch_budget(options, data)
+                options["architecture"]["training"]["num_epochs"] = record.epoch_budget = given
+                self._set(trial, record)
+                if note:
+                    self.out(f"{self.prefix}trial {trial.number}: {note}")
 
                 def between(epoch: int, metric: float, value: float) -> None:
-                    if progress_due(epoch + 1, space.budget.epochs):
-                        self.out(self.prefix + epoch_line(trial.number, epoch + 1, space.budget.epochs, objective.metric,
+                    if progress_due(epoch + 1, given):
+                        self.out(self.prefix + epoch_line(trial.number, epoch + 1, given, objective.metric,
                                                           metric, epochs.best.value, epochs.share))
                     if self.stop_requested():
                         raise TrialInterrupted(f"interrupted by the user after epoch {epoch + 1}")
 
-                epochs = TrialEpochs(space, OptunaEngine(trial, space), record.cost, role, between, self.pace)
+                epochs = TrialEpochs(space, OptunaEngine(trial, space), record.cost, role, between, self.pace, epochs=given)
 
                 def log(message: str) -> None:
                     log_file.write(message + "\n")

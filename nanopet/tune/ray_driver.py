@@ -51,7 +51,8 @@ from nanopet.tune.space import SearchSpace
 from nanopet.tune.storage import masked, open_storage, record_storage, storage_url
 from nanopet.tune.study import (check_resumable, counted, decode, defaults_point, distribution, encode, open_stage, remaining, short,
                                 stage_sampler)
-from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, STOPPED_FILE, PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
+from nanopet.tune.trial import (DEFAULTS, RAY_PREFIX, STOPPED_FILE, EpochBudget, PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord,
+                                best_metrics, copied_line,
                                 epoch_line, finished_twin, finite, measure_cost, progress_due, protected, repeat_of, share_text, timing,
                                 train_trial, trial_folder, user_attrs)
 
@@ -61,7 +62,8 @@ LAST_CHECKPOINT = "last.ckpt"  # a Ray trial's newest epoch checkpoint, in its f
 MARKER = "epoch.json"  # what a Ray checkpoint holds: the epoch and the path of last.ckpt
 RECORDED = ".recorded"  # written into a Ray experiment's folder once its trials are in the Optuna storage
 DUPLICATE = "duplicate_of"  # config and result key of a proposal that repeats a finished trial (JSON: which, its result)
-TIME_ATTR = "epoch"  # epochs trained (1-based), ASHA's time axis
+TIME_ATTR = "epoch"  # the budget's steps reached (1-based: epochs trained, unless budget.equal sizes the epochs), ASHA's time axis
+TRAINED_EPOCH = "trained_epoch"  # the trial's own epoch (0-based) of a report
 HELD_AT_MOST = 8  # proposals the searcher holds back at once because they repeat a running trial
 CONNECT_TIMEOUT = 5.0  # s to reach a cluster given by --address
 GCS_WAIT = "RAY_gcs_server_port_wait_time_s"  # ray.init's retries (about 1 s each) to reach the cluster's GCS
@@ -575,8 +577,10 @@ class RayEngine:
     checkpoint. The scheduler (ASHA) stops a trial inside that report, so ``should_stop`` never does. Under
     budget.data_shares one report per share, at its step (ASHA's time axis), without a checkpoint."""
 
-    def __init__(self, space: SearchSpace, folder: Path, cost: float | None, setup: float):
+    def __init__(self, space: SearchSpace, folder: Path, cost: float | None, setup: float, epoch_budget: int | None = None,
+                 epoch_seconds: float | None = None):
         self.space, self.folder, self.cost, self.setup = space, folder, cost, setup
+        self.epoch_budget, self.epoch_seconds = epoch_budget, epoch_seconds
 
     def report(self, epoch: int, value: float, metrics: dict, best) -> None:
         from ray import tune
@@ -585,8 +589,10 @@ class RayEngine:
         done = epoch if shares else epoch + 1  # a share's step, or epochs trained
         report = {OBJECTIVE: value, TIME_ATTR: done, "best_epoch": best.epoch,
                   "finished": done >= self.space.budget.max_resource, "cost": self.cost, "setup_time": self.setup, "clock": time.time(),
+                  "epoch_budget": self.epoch_budget, "measured_epoch_seconds": self.epoch_seconds,
                   **{k: v for k, v in metrics.items() if k.startswith(("val_", "train_"))
-                     or k in ("epoch_time", "learning_rate", "share", "share_epochs", "compute")}}
+                     or k in ("epoch_time", "learning_rate", "share", "share_epochs", "compute")},
+                  TRAINED_EPOCH: metrics.get("epoch")}
         if shares:  # the trainer wrote each share's model.ckpt already; a restarted trial trains from its first share
             tune.report(report)
             return
@@ -594,7 +600,7 @@ class RayEngine:
         if report["finished"]:  # ASHA stops every trial at max_t inside this report: keep the trainer's model.ckpt now
             shutil.copy(last, self.folder / "model.ckpt")
         with tempfile.TemporaryDirectory() as directory:
-            (Path(directory) / MARKER).write_text(json.dumps({"epoch": epoch, "checkpoint": str(last)}))
+            (Path(directory) / MARKER).write_text(json.dumps({"epoch": int(metrics.get("epoch", epoch)), "checkpoint": str(last)}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
     def should_stop(self, epoch: int, value: float, where: str | None = None) -> str | None:
@@ -645,7 +651,9 @@ def trainable_fn(config: dict, payload: dict) -> None:
     resume = last if last.is_file() else None
     marker = tune.get_checkpoint()
     lost = marker is not None and resume is None  # e.g. another node without the shared studies/ folder
-    epochs = TrialEpochs(space, RayEngine(space, folder, cost, setup), cost)
+    given, epoch_seconds, note = EpochBudget(space)(options, data)
+    training["num_epochs"] = given
+    epochs = TrialEpochs(space, RayEngine(space, folder, cost, setup, given, epoch_seconds), cost, epochs=given)
 
     def on_epoch(epoch: int, metrics: dict) -> bool:
         os.replace(folder / "checkpoints" / f"model_{epoch}.ckpt", last)
@@ -738,16 +746,22 @@ def ray_trial(space: SearchSpace, stage, fixed: dict, study: optuna.Study, resul
     params = {name: config[name] for name in stage.parameters}
     values = space.trial_values(fixed, {name: decode(v) for name, v in params.items()})
     wall = float(last.get("time_total_s", 0.0) or 0.0)
+    by_trained = {int(row[TRAINED_EPOCH]): row for row in rows if finite(row.get(TRAINED_EPOCH))}  # each epoch trained (a trial whose
+    # budget.equal gives it fewer epochs than budget.epochs reports several steps in one epoch)
     record = TrialRecord(driver="ray", ray_trial_id=trial_id, trial=f"{study.study_name}#{len(earlier)}", config=values,
-                         options=space.options_for(values), epochs=None if shares else len(by_epoch),
+                         options=space.options_for(values), epochs=None if shares else len(by_trained) or len(by_epoch),
                          timing=timing(wall, float(last.get("setup_time", 0.0) or 0.0), 0.0,
-                                       float(sum(float(r.get("epoch_time", 0.0) or 0.0) for r in by_epoch.values()))))
+                                       float(sum(float(r.get("epoch_time", 0.0) or 0.0) for r in (by_trained or by_epoch).values()))))
+    if finite(last.get("epoch_budget")):
+        record.epoch_budget = int(last["epoch_budget"])
+    if finite(last.get("measured_epoch_seconds")):
+        record.epoch_seconds = float(last["measured_epoch_seconds"])
     if folder.is_dir():
         record.artifacts = str(folder.resolve())
     best_epoch = last.get("best_epoch")
     if best_epoch is not None and finite(best_epoch):
         record.best_epoch = int(best_epoch)
-        record.metrics = best_metrics(last if shares else by_epoch.get(int(best_epoch) + 1, last))  # a share: its best epoch's
+        record.metrics = best_metrics(last if shares else by_trained.get(int(best_epoch), by_epoch.get(int(best_epoch) + 1, last)))
     if shares and finite(last.get("compute")):
         record.compute = float(last["compute"])
     if last.get("cost") is not None and finite(last.get("cost")):

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from nanopet.tune.space import SearchSpace, _set
 from nanopet.data.splits import absolute_datasets
 from nanopet.tune.storage import masked, open_storage, storage_url
-from nanopet.tune.study import best_trial, created_stages, decode, short
+from nanopet.tune.study import best_trial, chosen_trial, created_stages, decode, short
 
 
 @dataclass
@@ -28,6 +28,10 @@ class SearchResult:
     start_value: float | None = None  # the defaults trial's value
     front: list = field(default_factory=list)  # two-objective studies: [(metric, cost, config)]
     best_options: Path | None = None  # studies/<name>/best.yaml
+    best_metrics: dict = field(default_factory=dict)  # the best trial's validation metrics (at its best epoch)
+    start_metrics: dict = field(default_factory=dict)  # the defaults trial's
+    best_epoch_seconds: float | None = None  # training seconds per epoch of the best trial
+    start_epoch_seconds: float | None = None  # of the defaults trial
 
     @property
     def gain(self) -> float | None:
@@ -57,14 +61,54 @@ def summarize(space: SearchSpace, status: str) -> SearchResult:
         if best is not None:
             row["best_value"] = best.values[0]
             row["best"] = {k: decode(v) for k, v in best.params.items()}
-        if best is not None and (result.best_value is None or best.values[0] <= result.best_value):
-            result.best_value, result.best_trial = best.values[0], best.user_attrs.get("trial")
-            result.best_config = dict(best.user_attrs.get("config") or row["best"])
-            result.best_dir = Path(best.user_attrs["artifacts"]) if best.user_attrs.get("artifacts") else None
+        chosen = chosen_trial(study)
+        if chosen is not None:
+            row["chosen"] = study.user_attrs["chosen"]["line"]
+        final = chosen is not None and stage.index == stage.count  # the search's choice, once its last stage chose
+        if final or (best is not None and (result.best_value is None or best.values[0] <= result.best_value)):
+            pick = chosen if final else best
+            result.best_value, result.best_trial = pick.values[0], pick.user_attrs.get("trial")
+            result.best_config = dict(pick.user_attrs.get("config") or {k: decode(v) for k, v in pick.params.items()})
+            result.best_dir = Path(pick.user_attrs["artifacts"]) if pick.user_attrs.get("artifacts") else None
+            result.best_metrics = dict(pick.user_attrs.get("metrics") or {})
+            result.best_epoch_seconds = epoch_seconds_of(pick)
+        if start is not None and stage.index == 1:
+            result.start_metrics = dict(start.user_attrs.get("metrics") or {})
+            result.start_epoch_seconds = epoch_seconds_of(start)
         result.stages.append(row)
     if result.best_config:
         result.best_options = write_best_options(space, result)
     return result
+
+
+def epoch_seconds_of(trial) -> float | None:
+    """A finished trial's training seconds per epoch (its ``timing`` over its epochs), or None."""
+    timing, epochs = trial.user_attrs.get("timing") or {}, trial.user_attrs.get("epochs")
+    return timing["epochs"] / epochs if epochs and timing.get("epochs") else None
+
+
+TARGET_METRICS = (("energy", "val_energy_rmse", "meV/atom", 1000.0), ("forces", "val_forces_rmse", "meV/A", 1000.0),
+                  ("stress", "val_stress_rmse", "GPa", 1.0))
+
+
+def comparison_lines(best: dict, start: dict, best_seconds: float | None, start_seconds: float | None) -> list[str]:
+    """The best trial against the defaults trial on every target (validation RMSE at each one's best epoch) and in
+    training time per epoch; a target on which the best is worse is said plainly."""
+    parts, worse = [], []
+    for target, key, unit, factor in TARGET_METRICS:
+        if key in best and key in start and start[key]:
+            gain = 1.0 - best[key] / start[key]
+            parts.append(f"{target} {best[key] * factor:.4g} vs {start[key] * factor:.4g} {unit} ({100 * gain:+.1f}%)")
+            if gain < 0:
+                worse.append(target)
+    lines = []
+    if parts:
+        lines.append("  validation RMSE, best vs defaults: " + ", ".join(parts))
+    if best_seconds and start_seconds:
+        lines.append(f"  training time per epoch: {best_seconds:.3g} s vs {start_seconds:.3g} s ({best_seconds / start_seconds:.2f}x)")
+    if worse:
+        lines.append(f"  WORSE than the defaults on {', '.join(worse)} (validation, at the search's epochs)")
+    return lines
 
 
 def write_best_options(space: SearchSpace, result: SearchResult) -> Path:
@@ -74,8 +118,9 @@ def write_best_options(space: SearchSpace, result: SearchResult) -> Path:
         if name in space.parameters:
             _set(options, space.parameters[name].path, value)
     path = space.study.path / "best.yaml"
-    header = (f"# best configuration of study {space.study.name}: {space.objective.metric} "
-              f"{result.best_value:.6g} (trial {result.best_trial}, {space.budget.epochs} epochs)\n"
+    header = (f"# best configuration of study {space.study.name}, chosen by objective.metric {space.objective.metric}: "
+              f"{result.best_value:.6g} (trial {result.best_trial}, {space.budget.epochs} epochs, budget.equal "
+              f"{space.budget.equal})\n"
               "# train it longer with: nanopet-tune train " + str(path) + "  (raise architecture.training.num_epochs)\n")
     options = absolute_datasets(options, space.base_dir)  # relative to the search file, wherever best.yaml is read
     path.write_text(header + yaml.safe_dump(options, sort_keys=False))
@@ -96,14 +141,18 @@ def report_lines(result: SearchResult, space: SearchSpace) -> list[str]:
                 text += f" (start {row['start_value']:.4g})"
             text += " with " + ", ".join(f"{k}={short(v)}" for k, v in row["best"].items())
         lines.append(text)
+        if "chosen" in row and "within" in row["chosen"]:
+            lines.append(f"    {row['chosen'].split(': ', 1)[1]}")
     if result.front:
         lines.append(f"  Pareto front ({metric}, cost):")
         for value, cost, config, _ in result.front:
             lines.append(f"    {value:.4g}  {cost:.4g}  " + ", ".join(f"{k}={short(v)}" for k, v in config.items()))
     elif result.best_value is not None:
         gain = f", {100 * result.gain:.1f}% better than the defaults ({result.start_value:.4g})" if result.gain is not None else ""
-        lines.append(f"best {metric} {result.best_value:.4g}{gain}: trial {result.best_trial}")
+        lines.append(f"best {metric} {result.best_value:.4g}{gain}: trial {result.best_trial} (objective.metric {metric}, "
+                     f"budget.equal {space.budget.equal})")
         lines.append("  " + ", ".join(f"{k}={short(v)}" for k, v in result.best_config.items()))
+        lines += comparison_lines(result.best_metrics, result.start_metrics, result.best_epoch_seconds, result.start_epoch_seconds)
         if result.best_dir is not None:
             lines.append(f"  model: {result.best_dir / 'model.ckpt'}; options: {result.best_options}")
     return lines

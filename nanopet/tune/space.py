@@ -5,8 +5,8 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
 ``architecture``) plus five sections and an optional sixth::
 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
-    objective:  {metric: val_forces_rmse, cost: none | penalty | front, cost_measure, cost_weight}
-    budget:     {n_trials, timeout, epochs, data_shares: [0.125, 0.25, 0.5, 1]}
+    objective:  {metric: val_rmse_gmean, cost: none | penalty | front, cost_measure, cost_weight}
+    budget:     {n_trials, timeout, epochs, equal: epochs | steps | time, data_shares: [0.125, 0.25, 0.5, 1]}
     strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true,
                  learning_rate_scaling: none | sqrt | linear}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
@@ -47,14 +47,20 @@ PRUNERS = {
     "none": (),
 }
 METRICS = tuple(f"val_{term}_{kind}" for term in ("energy", "forces", "virial", "stress") for kind in ("rmse", "mae"))
-METRICS = ("val_loss",) + METRICS
+METRICS = ("val_rmse_gmean", "val_loss") + METRICS  # val_rmse_gmean: nanopet.train.Accumulator.metrics
 OBJECTIVE_KEYS = ("metric", "cost", "cost_measure", "cost_weight")
 COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
-BUDGET_KEYS = ("n_trials", "timeout", "epochs", "data_shares")
+BUDGET_KEYS = ("n_trials", "timeout", "epochs", "equal", "data_shares")
+# budget.equal: what every trial gets as much of as the base hypers get in budget.epochs epochs (nanopet/tune/trial.py
+# trial_epochs): the same epochs, the same optimizer steps, or the same training time
+EQUAL_BUDGETS = ("epochs", "steps", "time")
 # budget.data_shares (a data-size fidelity): the pruners that decide on the rungs' steps
 DATA_SHARE_PRUNERS = ("successive_halving", "hyperband", "median", "none")
-STRATEGY_KEYS = ("type", "importance", "split", "enumerate", "learning_rate_scaling")
+STRATEGY_KEYS = ("type", "importance", "split", "enumerate", "learning_rate_scaling", "min_improvement")
+# strategy.min_improvement: a stage's best replaces the stage's starting values only if it is better by this share of
+# the starting trial's value; less is within the noise of a trial's value (nanopet/tune/study.py chosen_values)
+MIN_IMPROVEMENT = 0.03
 # strategy.learning_rate_scaling: a stage that tries batch sizes moves the learning rate chosen before it by
 # (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; README "Hyperparameter search")
 LEARNING_RATE_SCALINGS = {"none": None, "sqrt": 0.5, "linear": 1.0}
@@ -153,7 +159,7 @@ class Objective:
     ``cost: front`` minimises (metric, cost) as two objectives (a Pareto front, never pruned).
     """
 
-    metric: str = "val_forces_rmse"
+    metric: str = "val_rmse_gmean"
     cost: str = "none"
     cost_measure: str = "inference_time"  # seconds per atom (energy + forces) | parameters
     cost_weight: float = 0.1
@@ -183,6 +189,7 @@ class Budget:
     # a data-size fidelity: each trial trains all its epochs on these shares of the training set in turn (nested
     # subsets, from scratch each time), and the pruner decides after each; None: every trial trains on all of it
     data_shares: tuple | None = None
+    equal: str = "epochs"  # epochs | steps | time: EQUAL_BUDGETS
 
     @property
     def rung_steps(self) -> tuple:
@@ -203,6 +210,7 @@ class Strategy:
     split: object = "importance"  # importance | equal | list of weights
     enumerate: bool = True  # a stage with no more (discrete) configurations than its budget tries each once
     learning_rate_scaling: str = "none"  # none | sqrt | linear: LEARNING_RATE_SCALINGS
+    min_improvement: float = MIN_IMPROVEMENT  # a stage's best must beat its starting trial by this share
 
     def stage_trials(self, n_trials: int, grids: list | None = None) -> list[int]:
         """Trials per stage: ``n_trials`` split by weight (largest remainder), at least 2 per stage. A stage
@@ -335,6 +343,8 @@ class SearchSpace:
             content["learning_rate_scaling"] = self.strategy.learning_rate_scaling
         if self.budget.data_shares:  # likewise
             content["data_shares"] = list(self.budget.data_shares)
+        if self.budget.equal != "epochs":  # likewise
+            content["equal"] = self.budget.equal
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def replace(self, n_trials: int | None = None, timeout: float | None = None, storage: str | None = None,
@@ -462,7 +472,15 @@ def _budget(raw: dict, options: dict) -> Budget:
     if epochs is None:
         raise InputError("budget.epochs: missing; give the epochs every trial trains (e.g. budget: {epochs: 100})")
     epochs = _number(epochs, "budget.epochs", integer=True, positive=True)
-    return Budget(n_trials, timeout, epochs, _data_shares(raw.get("data_shares")))
+    equal = raw.get("equal", "epochs")
+    if equal not in EQUAL_BUDGETS:
+        raise InputError(f"budget.equal: must be {', '.join(EQUAL_BUDGETS)} (what every trial gets as much of as the base "
+                         f"hypers in budget.epochs epochs), got {equal!r}{did_you_mean(str(equal), EQUAL_BUDGETS)}")
+    shares = _data_shares(raw.get("data_shares"))
+    if shares and equal != "epochs":
+        raise InputError(f"budget.equal: {equal} sizes each trial's epochs; budget.data_shares trains every share for "
+                         "budget.epochs epochs: use one of them")
+    return Budget(n_trials, timeout, epochs, shares, equal)
 
 
 def _data_shares(raw) -> tuple | None:
@@ -666,9 +684,12 @@ def _strategy(raw, parameters: dict) -> Strategy:
         if where[batch] == where[rate]:
             raise InputError(f"strategy.learning_rate_scaling: batch_size and learning_rate are in the same stage "
                              f"(importance[{where[batch]}]), where they are searched together; put them in separate stages or drop it")
+    improvement = float(_number(raw.get("min_improvement", MIN_IMPROVEMENT), "strategy.min_improvement"))
+    if not 0 <= improvement < 1:
+        raise InputError(f"strategy.min_improvement: must be a share in [0, 1), e.g. 0.03, got {improvement:g}")
     if kind == "joint":
         stages = (tuple(parameters),)
-    return Strategy(kind, stages, split, enumerate_, scaling)
+    return Strategy(kind, stages, split, enumerate_, scaling, improvement)
 
 
 # ---------------------------------------------------------------------------------------------

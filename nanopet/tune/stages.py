@@ -25,10 +25,10 @@ def run_stages(space: SearchSpace, run_stage: Callable[[Stage, dict, object], tu
         status, study = run_stage(stage, fixed, previous)
         if status != "completed":
             return status
-        if stage.index < stage.count:
-            fixed, previous = chosen_values(space, stage, fixed, study)
+        if space.objective.n_values == 1:  # the last stage's choice is the search's
+            fixed, previous, line = chosen_values(space, stage, fixed, study)
             if out is not None:
-                out(f"{stage.label}: best {', '.join(f'{k}={v}' for k, v in fixed.items() if k in stage.parameters)}")
+                out(line)
     return "completed"
 
 

@@ -297,8 +297,18 @@ def choose_trial(found: FoundStudy, spec: str | int | None = None) -> ChosenTria
     if spec is None:
         if not complete:
             raise InputError(f"study {found.name}: no completed trial yet; run (or resume) its search first")
-        # lowest first value; on a tie the trial that trained (not a stage's carried-in copy of it)
-        label, study, trial = min(complete, key=lambda c: (c[2].values[0], c[2].user_attrs.get("role") == "carried"))
+        # the search's choice once its last stage chose (a stage keeps its starting values when its best is within
+        # the noise, nanopet.tune.study.chosen_values), else the lowest first value; on a tie the trial that trained
+        # (not a stage's carried-in copy of it)
+        last, stages = found.studies[-1], found.studies[0].user_attrs.get("stages", 1)
+        number = (last.user_attrs.get("chosen") or {}).get("trial") if len(found.studies) == stages else None
+        choice = [c for c in complete if c[1] is last and c[2].number == number]
+        label, study, trial = choice[0] if choice else \
+            min(complete, key=lambda c: (c[2].values[0], c[2].user_attrs.get("role") == "carried"))
+        if trial.user_attrs.get("role") == "carried":  # the trial that trained it, in the stage before
+            trained = [c for c in complete if c[2].user_attrs.get("trial") == trial.user_attrs.get("trial")
+                       and c[2].user_attrs.get("role") != "carried"]
+            label, study, trial = trained[0] if trained else (label, study, trial)
     else:
         text = str(spec).strip()
         if "#" in text:

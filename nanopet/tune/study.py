@@ -308,13 +308,45 @@ def best_trial(study: optuna.Study):
     return min(completed, key=lambda t: t.values[0]) if completed else None
 
 
-def chosen_values(space: SearchSpace, stage: Stage, fixed: dict, study: optuna.Study) -> tuple[dict, object]:
-    """Values fixed for the next stages: ``fixed`` plus this stage's best (or its defaults if none completed)."""
+def start_of(study: optuna.Study):
+    """The stage's starting point, when it completed: its defaults trial (first stage) or the carried-in best of the
+    stage before (which trained this stage's parameters at their base values)."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("role") in (DEFAULTS, CARRIED) and t.values), None)
+
+
+def chosen_trial(study: optuna.Study):
+    """The trial a finished stage chose (``chosen_values`` records it), or None."""
+    number = (study.user_attrs.get("chosen") or {}).get("trial")
+    if number is None:
+        return None
+    trial = study.get_trials(deepcopy=False)[number]
+    return trial if trial.state == TrialState.COMPLETE and trial.values else None
+
+
+def chosen_values(space: SearchSpace, stage: Stage, fixed: dict, study: optuna.Study) -> tuple[dict, object, str]:
+    """Values fixed for the next stages: ``fixed`` plus this stage's choice, the trial it comes from, and a line that
+    says why. The choice is the stage's best trial, unless it beats the stage's starting point (its defaults or
+    carried-in trial) by less than ``strategy.min_improvement`` of that trial's value: then the trials cannot be told
+    apart from noise and the starting values are carried forward (a stage must not lock in a choice made on noise).
+    With no completed trial, the defaults. The choice is recorded in the study (user attribute ``chosen``)."""
     best = best_trial(study)
     if best is None:
         defaults = space.defaults()
-        return space.trial_values(fixed, {k: defaults[k] for k in stage.parameters if k in defaults}), None
-    return space.trial_values(fixed, {k: decode(best.params[k]) for k in stage.parameters if k in best.params}), best
+        return space.trial_values(fixed, {k: defaults[k] for k in stage.parameters if k in defaults}), None, \
+            f"{stage.label}: no completed trial; keeping the base values"
+    start, margin = start_of(study), space.strategy.min_improvement
+    shown = lambda trial: ", ".join(f"{k}={short(decode(trial.params[k]))}" for k in stage.parameters if k in trial.params)  # noqa: E731
+    chosen, line = best, f"{stage.label}: best {shown(best)} ({best.values[0]:.4g})"
+    if start is not None and best is not start and best.values[0] > start.values[0] * (1.0 - margin):
+        chosen = start
+        line = (f"{stage.label}: best {shown(best)} ({best.values[0]:.4g}) is within {100 * margin:g}% of the starting "
+                f"{shown(start)} ({start.values[0]:.4g}): indistinguishable, keeping {shown(start)}")
+    elif start is not None and best is not start:
+        line += f", {100 * (1 - best.values[0] / start.values[0]):.1f}% better than the starting {shown(start)}"
+    if study.user_attrs.get("chosen", {}).get("trial") != chosen.number:
+        study.set_user_attr("chosen", {"trial": chosen.number, "line": line})
+    return space.trial_values(fixed, {k: decode(chosen.params[k]) for k in stage.parameters if k in chosen.params}), chosen, line
 
 
 # ---------------------------------------------------------------------------------------------

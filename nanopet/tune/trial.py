@@ -58,6 +58,8 @@ class TrialRecord:
     cost: float | None = None  # inference cost (parameters, or s per atom)
     best_epoch: int | None = None  # the epoch model.ckpt holds
     epochs: int | None = None  # epochs trained (on all the training set)
+    epoch_budget: int | None = None  # epochs the trial was given (budget.equal: steps | time size them per trial)
+    epoch_seconds: float | None = None  # training seconds per epoch (measured before training under budget.equal: time)
     compute: float | None = None  # training compute in epochs on all the training set: sum of epochs x share trained
     metrics: dict | None = None  # validation metrics and train_loss at the best epoch
     timing: dict | None = None  # s: wall, setup, filter, epochs
@@ -219,9 +221,11 @@ class TrialEpochs:
 
     def __init__(self, space: SearchSpace, engine: Engine, cost: float | None = None, role: str | None = None,
                  between: Callable[[int, float, float], None] | None = None, pace: Callable[[float], None] | None = None,
-                 rules: list[StopRule] | None = None):
+                 rules: list[StopRule] | None = None, epochs: int | None = None):
         self.space, self.engine, self.cost, self.role, self.between, self.pace = space, engine, cost, role, between, pace
         self.rules = stop_rules(space) if rules is None else rules
+        self.epochs = epochs or space.budget.epochs  # the trial's own (budget.equal: steps | time size them)
+        self.reported = -1  # the last budget step reported
         self.best = BestSoFar(space.objective.metric)
         self.epochs_time, self.first_epoch_at = 0.0, None
         self.share, self.step, self.compute = 1.0, None, 0.0  # the rung: share of the training set, step reported
@@ -237,7 +241,7 @@ class TrialEpochs:
         value = self.value
         self.engine.report(self.step, value, {**self.best.row, "share": self.share, "share_epochs": self.share_epochs,
                                               "compute": self.compute}, self.best)
-        if not protected(self.role):
+        if not protected(self.role) and self.share < 1.0:  # after the last share the trial is done: complete
             reason = self.engine.should_stop(self.step, value, f"after the share {share_text(self.share)} of the training set")
             if reason:
                 raise Stopped(reason)
@@ -246,6 +250,13 @@ class TrialEpochs:
     def value(self) -> float:
         """The objective value if the trial stopped now."""
         return self.space.objective.value(self.best.value, self.cost)
+
+    def budget_step(self, epoch: int) -> int:
+        """The step of the budget (the base hypers' epoch) that the end of ``epoch`` reaches: the epoch itself when the
+        trial has ``budget.epochs`` epochs; else the share of its epochs done, in base epochs, rounded down (so only
+        the last epoch reaches the last step); -1 before the first."""
+        budget = self.space.budget.epochs
+        return epoch if self.epochs == budget else (epoch + 1) * budget // self.epochs - 1
 
     def __call__(self, epoch: int, metrics: dict) -> bool:
         if self.first_epoch_at is None and "epoch_time" in metrics:
@@ -257,14 +268,19 @@ class TrialEpochs:
             self.pace(metrics["epoch_time"] / self.share)  # an epoch on all the training set
         metric = self.best.update(epoch, metrics)
         value = self.value
-        if self.step is None:
-            self.engine.report(epoch, value, metrics, self.best)
+        step = self.budget_step(epoch) if self.step is None else self.reported
+        new_steps = range(self.reported + 1, step + 1)
+        for reached in new_steps:  # a trial with fewer epochs than the budget reaches several steps in one epoch
+            self.engine.report(reached, value, metrics, self.best)
+        self.reported = max(self.reported, step)
         if self.between is not None:
             self.between(epoch, metric, value)
-        if self.step is None and not protected(self.role):
-            reason = self.engine.should_stop(epoch, value)
+        if new_steps and not protected(self.role) and step < self.space.budget.epochs - 1:  # done at the last: complete
+            where = None if self.epochs == self.space.budget.epochs else \
+                f"after epoch {epoch + 1}/{self.epochs} ({step + 1}/{self.space.budget.epochs} of the budget)"
+            reason = self.engine.should_stop(step, value, where)
             for rule in self.rules:
-                reason = reason or rule(epoch, value, self.best)
+                reason = reason or rule(step, value, self.best)
             if reason:
                 raise Stopped(reason)
         return False
@@ -272,6 +288,7 @@ class TrialEpochs:
     def catch_up(self, epoch: int, metrics: dict) -> None:
         """An epoch trained before a restart that the engine has seen already: tracked, not reported."""
         self.best.update(epoch, metrics)
+        self.reported = max(self.reported, self.budget_step(epoch))
 
 
 class TrialData:
@@ -356,6 +373,53 @@ def measure_cost(space: SearchSpace, options: dict, data, atomic_types: list[int
         if repeat:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2] / atoms
+
+
+MAX_EPOCH_FACTOR = 10  # budget.equal: steps | time gives a trial at most this many times budget.epochs
+
+
+class EpochBudget:
+    """The epochs of each trial under ``budget.equal``: ``epochs``, every trial ``budget.epochs``; ``steps``, as many
+    optimizer steps as the base hypers take in ``budget.epochs`` epochs; ``time``, as much training time, measured
+    before the trial (the median of a few optimizer steps of each, in the same process: their ratio is what counts,
+    so a busy machine slows both alike). Between 1 and ``MAX_EPOCH_FACTOR`` x ``budget.epochs``; the base hypers
+    themselves (the defaults trial) always get ``budget.epochs``. ``measure``: seconds of an epoch of resolved
+    options on the data (``nanopet.train.epoch_seconds``)."""
+
+    def __init__(self, space: SearchSpace, measure: Callable | None = None):
+        from nanopet.train import epoch_seconds
+
+        self.space, self.measure = space, measure or epoch_seconds
+        self.base = space.resolved
+
+    def __call__(self, options: dict, data) -> tuple[int, float | None, str]:
+        """(the trial's epochs, its seconds per epoch where measured, a note for its start line or "")."""
+        from nanopet.train import batches_per_epoch
+
+        budget = self.space.budget
+        if budget.equal == "epochs" or same_hypers(options, self.base):
+            return budget.epochs, None, ""
+        if budget.equal == "steps":
+            steps = budget.epochs * batches_per_epoch(len(data.train), self.base["architecture"]["training"]["batch_size"])
+            per_epoch = batches_per_epoch(len(data.train), options["architecture"]["training"]["batch_size"])
+            epochs = self._clamp(round(steps / per_epoch))
+            return epochs, None, f"{epochs} epochs: the base hypers' {steps} optimizer steps"
+        base, trial = self.measure(self.base, data), self.measure(options, data)
+        epochs = self._clamp(round(budget.epochs * base / trial))
+        return epochs, trial, (f"{epochs} epochs: the base hypers' training time ({base:.3g} s an epoch x {budget.epochs}) "
+                               f"at {trial:.3g} s an epoch")
+
+    def _clamp(self, epochs: int) -> int:
+        return int(min(max(1, epochs), MAX_EPOCH_FACTOR * self.space.budget.epochs))
+
+
+def same_hypers(options: dict, base: dict) -> bool:
+    """Whether resolved ``options`` train the base hypers (num_epochs and run settings aside)."""
+    def hypers(o):
+        training = {k: v for k, v in o["architecture"]["training"].items() if k not in ("num_epochs", "log_interval", "checkpoint_interval")}
+        return o["architecture"]["model"], training
+
+    return hypers(options) == hypers(base)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
                     out(f"{prefix}{stage.label}: {stage.used_up}")
                 return "completed", study
 
-    return run_stages(space, run_stage)
+    return run_stages(space, run_stage, (lambda message: out(prefix + message)) if index == 0 else None)
 
 
 def warm_up() -> None:
