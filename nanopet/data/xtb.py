@@ -45,24 +45,25 @@ _ASPIRIN = [
 ]
 
 
-def generate_xtb_molecules(n: int, seed: int = 0, progress=None) -> list:
+def generate_xtb_molecules(n: int, seed: int = 0, progress=None, molecules=MOLECULES, temperatures=MD_TEMPERATURES_K) -> list:
     """``n`` labelled molecule snapshots (``ase.Atoms`` with a SinglePointCalculator).
 
-    Run ``r`` simulates molecule ``r % 3`` at temperature ``(r // 3) % 3``, so the first nine
-    runs cover every pair; a run gives ``n / 9`` snapshots (at least 1, at most
-    ``MD_SNAPSHOTS_PER_RUN``). ``progress(i, n)`` is called after each structure.
+    Run ``r`` simulates molecule ``r % M`` at temperature ``(r // M) % T`` (M ``molecules``, T ``temperatures``;
+    the built-in set: 3 and 3), so the first M x T runs cover every pair; a run gives ``n / (M T)`` snapshots (at
+    least 1, at most ``MD_SNAPSHOTS_PER_RUN``). A molecule is one of ``MOLECULES`` or a name of ASE's g2 set
+    (e.g. ``CH3COOH``). ``progress(i, n)`` is called after each structure.
     """
     if int(n) < 0:
         raise InputError(f"xtb-molecules: the number of structures must be >= 0, got {n}")
     n = int(n)
     rng = np.random.default_rng(seed)
-    per_run = min(MD_SNAPSHOTS_PER_RUN, max(1, -(-n // (len(MOLECULES) * len(MD_TEMPERATURES_K)))))
+    per_run = min(MD_SNAPSHOTS_PER_RUN, max(1, -(-n // (len(molecules) * len(temperatures)))))
     structures = []
     run_index = 0
     with _one_openmp_thread():
         while len(structures) < n:
-            name = MOLECULES[run_index % len(MOLECULES)]
-            temperature = MD_TEMPERATURES_K[(run_index // len(MOLECULES)) % len(MD_TEMPERATURES_K)]
+            name = molecules[run_index % len(molecules)]
+            temperature = temperatures[(run_index // len(molecules)) % len(temperatures)]
             n_snapshots = min(per_run, n - len(structures))
             for atoms in _md_snapshots(rng, name, temperature, n_snapshots):
                 structures.append(atoms)
@@ -82,13 +83,16 @@ def xtb_calculator():
 
 
 def molecule(name: str):
-    """The starting geometry of one of ``MOLECULES`` as ``ase.Atoms`` (no cell)."""
+    """The starting geometry of one of ``MOLECULES`` (or of a molecule of ASE's g2 set) as ``ase.Atoms`` (no cell)."""
     import ase
     from ase.build import molecule as g2_molecule
 
     if name == "ethanol":
         return g2_molecule("CH3CH2OH")
-    table = {"malonaldehyde": _MALONALDEHYDE, "aspirin": _ASPIRIN}[name]
+    tables = {"malonaldehyde": _MALONALDEHYDE, "aspirin": _ASPIRIN}
+    if name not in tables:
+        return g2_molecule(name)
+    table = tables[name]
     return ase.Atoms([row[0] for row in table], positions=[row[1:] for row in table])
 
 
