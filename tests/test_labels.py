@@ -6,24 +6,12 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from nanopet.data import generate_emt_alloy, generate_xtb_molecules, load_splits, read_structures
 from nanopet.data.extxyz import read_frames
 from nanopet.data.labels import LabelKeys, dataset_label_keys, label_keys
 
-
-def relabelled(frames, forces_key="forces", stress_key="stress", drop_stress=False):
-    """Copies of labelled frames with their forces / stress stored under other keys."""
-    out = []
-    for atoms in frames:
-        copy = atoms.copy()
-        copy.info["energy"] = atoms.get_potential_energy()
-        copy.arrays[forces_key] = atoms.get_forces()
-        if "stress" in atoms.calc.results and not drop_stress:
-            copy.info[stress_key] = atoms.get_stress(voigt=False)
-        out.append(copy)
-    return out
+from data_support import relabelled
 
 
 def read_frames_of(path, *frames):
@@ -65,7 +53,7 @@ def test_builtin_data_gives_no_note(tmp_path, emt, capsys):
 
 
 def test_forces_under_another_key_give_one_note_naming_it(tmp_path, emt, capsys):
-    ase.io.write(tmp_path / "force.xyz", relabelled(emt, forces_key="force"), format="extxyz")
+    ase.io.write(tmp_path / "force.xyz", relabelled(emt, forces="force"), format="extxyz")
     structures = read_structures(str(tmp_path / "force.xyz"))
     assert all(s.forces is None for s in structures) and all(s.stress is not None for s in structures)
     lines = capsys.readouterr().err.strip().splitlines()
@@ -77,7 +65,7 @@ def test_forces_under_another_key_give_one_note_naming_it(tmp_path, emt, capsys)
 
 
 def test_unused_stress_and_forces_share_one_line_and_switched_off_labels_are_quiet(tmp_path, emt, capsys):
-    ase.io.write(tmp_path / "both.xyz", relabelled(emt, forces_key="dft_forces", stress_key="dft_stress"), format="extxyz")
+    ase.io.write(tmp_path / "both.xyz", relabelled(emt, forces="dft_forces", stress="dft_stress"), format="extxyz")
     read_structures(str(tmp_path / "both.xyz"), name="validation_set")
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "validation_set" in line and "'dft_forces'" in line and "a stress 'dft_stress'" in line
@@ -87,6 +75,6 @@ def test_unused_stress_and_forces_share_one_line_and_switched_off_labels_are_qui
 
 
 def test_a_split_dataset_is_noted_once(tmp_path, emt, capsys):
-    ase.io.write(tmp_path / "force.xyz", relabelled(emt * 2, forces_key="force"), format="extxyz")
+    ase.io.write(tmp_path / "force.xyz", relabelled(emt * 2, forces="force"), format="extxyz")
     load_splits({"training_set": str(tmp_path / "force.xyz"), "validation_set": 0.25, "test_set": 0.25})
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
