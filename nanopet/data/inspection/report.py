@@ -12,7 +12,7 @@ from ..labels import LabelKeys
 
 # Training memory of the default model (d_pet 128, 2 GNN x 2 attention layers, float32), energy + forces + stress,
 # one forward and double backward pass, per edge of the neighbour list (the atoms' own share folded in): the slope of
-# peak resident memory (CPU) from 2 to 8 EMT cells, 114-141 kB at cutoffs 4.0 and 5.5 A (16 and 47 neighbours per
+# peak resident memory (CPU) from 2 to 8 EMT cells, 117-149 kB at cutoffs 4.0 and 5.5 A (16 and 47 neighbours per
 # atom) over three runs (benchmarks/bench_inspect.py --memory). An estimate for other sizes and devices.
 TRAINING_BYTES_PER_EDGE = 130_000
 GB = 1e9
