@@ -1,4 +1,5 @@
-"""``nanopet-tune make-data NAME OUTPUT``: a built-in dataset (EMT alloys, xtb molecules) as extended XYZ."""
+"""Data commands: ``nanopet-tune make-data NAME OUTPUT`` writes a built-in dataset (EMT alloys, xtb molecules)
+as extended XYZ; ``nanopet-tune inspect DATA.xyz [MORE.xyz ...]`` says what structure files hold."""
 
 from __future__ import annotations
 
@@ -15,6 +16,19 @@ def add_parsers(commands) -> None:
     data.add_argument("output", help="output .xyz file")
     data.add_argument("--n", type=int, default=1000, help="number of structures (default 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    inspect = commands.add_parser(
+        "inspect", help="what structure files hold: sizes, species, label keys and units, neighbours per cutoff, "
+                        "memory, suspicious frames")
+    inspect.add_argument("data", nargs="+", metavar="DATA", help="structure files (extended XYZ, or any ase format)")
+    inspect.add_argument("--energy-unit", metavar="UNIT",
+                         help="the energies' unit, which a file cannot tell (eV, meV, Hartree, kcal/mol, kJ/mol, Ry; "
+                              "default: eV assumed)")
+    inspect.add_argument("--memory-gb", type=float, default=16.0, metavar="GB",
+                         help="memory for the atoms-per-pass estimate (default 16)")
+    inspect.add_argument("--sample", type=int, default=500, metavar="N",
+                         help="structures whose neighbours are counted, a seeded random sample (default 500)")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
 
 
 def run_make_data(args) -> int:
@@ -44,4 +58,16 @@ def run_make_data(args) -> int:
     return 0
 
 
-COMMANDS = {"make-data": run_make_data}
+def run_inspect(args) -> int:
+    from nanopet.data.inspection import inspect_data, render_report
+
+    if args.memory_gb <= 0:
+        raise InputError(f"--memory-gb: must be more than 0, got {args.memory_gb:g}")
+    if args.sample < 1:
+        raise InputError(f"--sample: must be at least 1 structure, got {args.sample}")
+    report = inspect_data(args.data, energy_unit=args.energy_unit, sample_size=args.sample, seed=args.seed)
+    print(render_report(report, memory_gb=args.memory_gb))
+    return 0
+
+
+COMMANDS = {"make-data": run_make_data, "inspect": run_inspect}

@@ -11,11 +11,14 @@ A dataset is a path, a list of datasets, or a dict::
 
 Any file ``ase.io.read`` understands works. Labels are looked up in ``atoms.info``,
 ``atoms.arrays`` and then ``atoms.calc.results`` (where extxyz puts energy/forces/stress).
-Every problem is reported as a one-line ``InputError`` naming the file, the frame and the key.
+Every problem is reported as a one-line ``InputError`` naming the file, the frame and the key. A dataset
+whose frames hold forces, a stress or a virial under a key that no target reads gets one ``note:`` line on
+stderr naming the key and the setting that would read it.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,8 @@ import numpy as np
 
 from ..errors import InputError, did_you_mean
 from .builtin import builtin_dataset_path
+from .extxyz import frame_from_atoms
+from .labels import dataset_label_keys
 from .structure import Structure
 
 
@@ -90,7 +95,7 @@ def read_structures(dataset, base_dir=".", name: str = "training_set") -> list[S
             raise InputError(f"{name}: empty list of datasets")
         return [s for i, part in enumerate(dataset) for s in read_structures(part, base_dir, f"{name}[{i}]")]
     spec = _parse_dataset(dataset, Path(base_dir), name)
-    return _read_dataset(spec)
+    return _read_dataset(spec, name)
 
 
 def builtin_dataset(name: str, n: int, seed: int = 0) -> list[Structure]:
@@ -315,11 +320,12 @@ def _read_frames(path: Path) -> list:
     return frames
 
 
-def _read_dataset(spec: DatasetSpec) -> list[Structure]:
+def _read_dataset(spec: DatasetSpec, name: str) -> list[Structure]:
     """Read the files of ``spec`` and turn every frame into a validated Structure in eV and A.
 
     An implicit (default-key) forces/stress label is read when any frame of its file has it,
     and then every frame must have it (except stress on structures that are not fully periodic).
+    A label that no target reads is named in one note on stderr (``unused_labels_note``).
     """
     frames = {spec.systems_path: _read_frames(spec.systems_path)}
     for label in (spec.energy, spec.forces, spec.stress, spec.virial):
@@ -346,7 +352,29 @@ def _read_dataset(spec: DatasetSpec) -> list[Structure]:
             if present[what]:
                 labels["stress"] = _stress(frames, spec, index, what, atoms)
         structures.append(_to_structure(atoms, labels, spec.length_factor, source))
+    note = unused_labels_note(frames[spec.energy.path], spec, present, name)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     return structures
+
+
+def unused_labels_note(frames: list, spec: DatasetSpec, present: dict, name: str) -> str | None:
+    """One line when ``frames`` (ase.Atoms) hold forces, a stress or a virial that no target of ``spec`` reads
+    (``present``: which labels are read), naming the key and the setting that reads it; None otherwise.
+    A label switched off (``forces: false``, ``stress: false``) is not mentioned."""
+    found = dataset_label_keys(frame_from_atoms(atoms) for atoms in frames)
+    unused = []
+    if spec.forces is not None and not present["forces"] and found.forces:
+        unused.append(("a per-atom 3-vector", "forces", found.forces[0]))
+    if spec.stress is not None and not (present["stress"] or present["virial"]):
+        unused += [(f"a {kind}", kind, getattr(found, kind)[0]) for kind in ("stress", "virial") if getattr(found, kind)][:1]
+    if not unused:
+        return None
+    where = name if name == str(spec.systems_path) else f"{name} {spec.systems_path}"
+    held = " and ".join(f"{what} '{key}'" for what, _, key in unused)
+    purpose = "it as forces" if [kind for _, kind, _ in unused] == ["forces"] else ("it" if len(unused) == 1 else "them")
+    setting = ", ".join(f"{kind}: {{key: {key}}}" for _, kind, key in unused)
+    return f"note: {where} holds {held} that no target uses; to train on {purpose} set targets: energy: {{{setting}}}"
 
 
 def _to_structure(atoms, labels: dict, length_factor: float, source: str) -> Structure:
