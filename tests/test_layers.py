@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "nanopet"
 # lowest first; a module imports only from its own layer and the layers before it
 LAYERS = [
-    {"errors", "options"},  # options files and the documented defaults
+    {"errors", "schema", "options"},  # the typed schema of the files users write, options files, the documented defaults
     {"data"},
     {"kernels", "model", "composition"},
     {"checkpoints", "runtime"},

@@ -9,7 +9,8 @@ A dataset is a path, a list of datasets, or a dict::
       energy: {key: energy, unit: eV, forces: {key: forces}, stress: {key: stress}}
       # or `virial: {key: virial}` instead of stress; `forces: false` to ignore forces
 
-Any file ``ase.io.read`` understands works. Labels are looked up in ``atoms.info``,
+The keys, types and values of a dataset config are checked against the schema (nanopet/schema/options.py);
+this module resolves its files. Any file ``ase.io.read`` understands works. Labels are looked up in ``atoms.info``,
 ``atoms.arrays`` and then ``atoms.calc.results`` (where extxyz puts energy/forces/stress).
 Every problem is reported as a one-line ``InputError`` naming the file, the frame and the key. A dataset
 whose frames hold forces, a stress or a virial under a key that no target reads gets one ``note:`` line on
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, did_you_mean
+from ..schema import validate
+from ..schema.options import DEFAULT_BUILTIN_SIZE, DatasetEntry
 from .builtin import builtin_dataset_path
 from .extxyz import frame_from_atoms
 from .labels import dataset_label_keys
@@ -50,12 +53,6 @@ def _length_units() -> dict:
     return {"angstrom": 1.0, "bohr": units.Bohr, "nm": units.nm}
 
 
-SYSTEMS_KEYS = ("read_from", "reader", "length_unit")
-BUILTIN_KEYS = ("builtin", "n", "seed")
-DATASET_KEYS = ("systems", "targets")
-ENERGY_KEYS = ("quantity", "read_from", "reader", "key", "unit", "forces", "stress", "virial")
-GRADIENT_KEYS = ("read_from", "reader", "key")
-DEFAULT_BUILTIN_SIZE = 1000
 
 
 @dataclass
@@ -166,20 +163,11 @@ def _split_size(fraction: float, total: int) -> int:
 
 
 def _parse_dataset(dataset, base_dir: Path, name: str) -> DatasetSpec:
+    validate(DatasetEntry, dataset, name)  # keys, types and values (nanopet/schema/options.py); below, the files
     if isinstance(dataset, (str, Path)):
         dataset = {"systems": str(dataset)}
-    if not isinstance(dataset, dict):
-        raise InputError(
-            f"{name}: expected a file path or a dict with 'systems' and 'targets', got {dataset!r}"
-        )
-    _check_keys(dataset, DATASET_KEYS, name)
-    if "systems" not in dataset:
-        raise InputError(f"{name}: missing 'systems' (the structure file, e.g. systems: data.xyz)")
     systems_path, length_unit = _parse_systems(dataset["systems"], base_dir, f"{name}.systems")
     targets = dataset.get("targets") or {}
-    if not isinstance(targets, dict):
-        raise InputError(f"{name}.targets: expected a dict like {{energy: {{key: energy}}}}, got {targets!r}")
-    _check_keys(targets, ("energy",), f"{name}.targets")
     spec = _parse_energy(targets.get("energy") or {}, systems_path, base_dir, f"{name}.targets.energy")
     spec.length_factor = _unit_factor(length_unit, _length_units(), f"{name}.systems.length_unit")
     return spec
@@ -189,34 +177,19 @@ def _parse_systems(systems, base_dir: Path, where: str) -> tuple[Path, str]:
     """The structure file (generating a built-in dataset if asked) and its length unit."""
     if isinstance(systems, (str, Path)):
         return _resolve(systems, base_dir, where), "angstrom"
-    if not isinstance(systems, dict):
-        raise InputError(f"{where}: expected a file path or a dict with 'read_from', got {systems!r}")
     if "builtin" in systems:
         return _builtin_path(systems, where), "angstrom"
-    _check_keys(systems, SYSTEMS_KEYS, where)
-    if not systems.get("read_from"):
-        raise InputError(f"{where}: missing 'read_from' (the structure file)")
-    _check_reader(systems, where)
     return _resolve(systems["read_from"], base_dir, f"{where}.read_from"), str(systems.get("length_unit") or "angstrom")
 
 
 def _builtin_path(systems: dict, where: str) -> Path:
-    _check_keys(systems, BUILTIN_KEYS, where)
-    n = _integer(systems.get("n", DEFAULT_BUILTIN_SIZE), f"{where}.n", minimum=1)
-    seed = _integer(systems.get("seed", 0), f"{where}.seed", minimum=0)
     try:
-        return builtin_dataset_path(str(systems["builtin"]), n, seed)
+        return builtin_dataset_path(str(systems["builtin"]), systems.get("n", DEFAULT_BUILTIN_SIZE), systems.get("seed", 0))
     except InputError as error:
         raise InputError(f"{where}.builtin: {error}") from None
 
 
-def _parse_energy(energy, systems_path: Path, base_dir: Path, where: str) -> DatasetSpec:
-    if not isinstance(energy, dict):
-        raise InputError(f"{where}: expected a dict like {{key: energy, unit: eV}}, got {energy!r}")
-    _check_keys(energy, ENERGY_KEYS, where)
-    if energy.get("quantity", "energy") != "energy":
-        raise InputError(f"{where}.quantity: only 'energy' is supported, got {energy['quantity']!r}")
-    _check_reader(energy, where)
+def _parse_energy(energy: dict, systems_path: Path, base_dir: Path, where: str) -> DatasetSpec:
     energy_path = _resolve(energy["read_from"], base_dir, f"{where}.read_from") if energy.get("read_from") else systems_path
     if energy.get("stress") and energy.get("virial"):
         raise InputError(f"{where}: give either 'stress' or 'virial', not both")
@@ -247,28 +220,8 @@ def _parse_gradient(value, default_key: str, energy_path: Path, base_dir: Path, 
         return LabelSpec(default_key, energy_path, explicit=default_key == "virial")
     if isinstance(value, str):
         return LabelSpec(value, energy_path, explicit=True)
-    if not isinstance(value, dict):
-        raise InputError(
-            f"{where}: expected true/false, a key, or a dict like {{key: {default_key}}}, got {value!r}"
-        )
-    _check_keys(value, GRADIENT_KEYS, where)
-    _check_reader(value, where)
     path = _resolve(value["read_from"], base_dir, f"{where}.read_from") if value.get("read_from") else energy_path
     return LabelSpec(str(value.get("key") or default_key), path, explicit=True)
-
-
-def _check_keys(config: dict, allowed, where: str) -> None:
-    for key in config:
-        if key not in allowed:
-            raise InputError(
-                f"{where}.{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
-            )
-
-
-def _check_reader(config: dict, where: str) -> None:
-    reader = config.get("reader")
-    if reader not in (None, "ase"):
-        raise InputError(f"{where}.reader: only the 'ase' reader is supported, got {reader!r}")
 
 
 def _unit_factor(unit: str, units: dict, where: str) -> float:
@@ -278,12 +231,6 @@ def _unit_factor(unit: str, units: dict, where: str) -> float:
             f"{where}: unknown unit '{unit}'{did_you_mean(unit, units)}; allowed: {', '.join(units)}"
         )
     return by_lowercase[unit.lower()]
-
-
-def _integer(value, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _resolve(path, base_dir: Path, where: str) -> Path:
