@@ -38,22 +38,22 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
-from nanopet.errors import InputError, did_you_mean
-from nanopet.options import LOSS_TERMS, loss_type, read_yaml, resolve_options
+from nanopet.errors import InputError
+from nanopet.options import loss_type, read_yaml, resolve_options
+from nanopet.schema import CompareLosses, validate
+from nanopet.schema.hypers import LOSS_TYPES, REDUCTIONS, Deltas, Weights
+from nanopet.schema.options import axis
 from nanopet.data.splits import DATASET_KEYS, absolute_datasets
 from nanopet.runs import (RunSet, describe_metric, metric_names, read_history, shared_data, summarize, target_of, train_sets, unit_of,
                           write_rows)
 from nanopet.tune.storage import choose_trial, open_study
 
 HUBER_FRACTION = 0.1  # delta = HUBER_FRACTION x RMS of the term's target on the training set
-LOSS_TYPES = ("mse", "mae", "huber")
-REDUCTIONS = ("mean", "sum")
-SECTION = "compare_losses"
-SECTION_KEYS = ("types", "reductions", "weights", "deltas", "seeds", "epochs")
+SECTION = "compare_losses"  # its keys, types and docs: nanopet/schema/options.py CompareLosses
 
 
 @dataclass
@@ -120,58 +120,45 @@ def huber_deltas(given: dict, data, options: dict) -> dict:
 # Variants
 
 
-def parse_weights(text: str) -> dict:
-    """``forces=10,energy=0.1`` -> {forces: 10.0, energy: 0.1}."""
-    weights = {}
+def parse_terms(text: str, flag: str = "--weights") -> dict:
+    """``forces=10,energy=0.1`` -> {forces: 10.0, energy: 0.1}: loss weights (``--weights``) or Huber deltas
+    (``--deltas``), checked as such."""
+    terms = {}
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         term, sep, value = part.partition("=")
-        term = term.strip()
-        if not sep or term not in LOSS_TERMS:
-            raise InputError(f"--weights {text}: expected term=value pairs like forces=10,energy=0.1; "
-                             f"{term!r} is not a loss term{did_you_mean(term, LOSS_TERMS)} (terms: {', '.join(LOSS_TERMS)})")
         try:
-            weights[term] = float(value)
+            terms[term.strip()] = float(value)
         except ValueError:
-            raise InputError(f"--weights {text}: {term}={value!r} is not a number") from None
-    if not weights:
-        raise InputError(f"--weights {text!r}: empty; give term=value pairs like forces=10")
-    return weights
+            sep = ""
+        if not sep:
+            raise InputError(f"{flag} {text}: expected term=value pairs like forces=10,energy=0.1")
+    if not terms:
+        raise InputError(f"{flag} {text!r}: empty; give term=value pairs like forces=10")
+    validate(Weights if flag == "--weights" else Deltas, terms, flag)
+    return terms
 
 
-def _axis(values, allowed, where: str) -> list:
-    if values is None:
+def parse_weights(text: str) -> dict:
+    return parse_terms(text, "--weights")
+
+
+def _axis(given, from_section: list | None, kind, flag: str) -> list | None:
+    """An axis of variants: the values ``given`` (on the command line as ``flag``), else the section's, once each."""
+    if given is not None:
+        from_section = [validate(kind, value, flag) for value in ([given] if isinstance(given, str) else given)]
+    return None if from_section is None else list(dict.fromkeys(from_section))
+
+
+def _weights_axis(given, from_section: list | None) -> list | None:
+    """The weight sets: those ``given`` (mappings, or ``forces=10`` text), else the section's; each holds the terms set."""
+    if given is not None:
+        given = [parse_weights(value) if isinstance(value, str) else value for value in ([given] if isinstance(given, dict) else given)]
+        from_section = validate(axis(Weights), given, "--weights")
+    if from_section is None:
         return None
-    if isinstance(values, str):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or not values:
-        raise InputError(f"{where}: expected a list, e.g. [{', '.join(allowed)}]")
     out = []
-    for value in values:
-        if value not in allowed:
-            raise InputError(f"{where}: unknown value {value!r}{did_you_mean(value, allowed)}; known: {', '.join(allowed)}")
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _weights_axis(values, where: str) -> list | None:
-    if values is None:
-        return None
-    if isinstance(values, dict):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or not values:
-        raise InputError(f"{where}: expected a list of weight sets, e.g. [{{forces: 1}}, {{forces: 10}}]")
-    out = []
-    for k, value in enumerate(values):
-        value = parse_weights(value) if isinstance(value, str) else value
-        if not isinstance(value, dict) or not value:
-            raise InputError(f"{where}[{k}]: expected a mapping of loss term to weight, e.g. {{forces: 10}}")
-        for term, weight in value.items():
-            if term not in LOSS_TERMS:
-                raise InputError(f"{where}[{k}].{term}: unknown loss term{did_you_mean(term, LOSS_TERMS)}; known: {', '.join(LOSS_TERMS)}")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise InputError(f"{where}[{k}].{term}: must be a non-negative number, got {weight!r}")
-        value = {t: float(value[t]) for t in LOSS_TERMS if t in value}
+    for weights in from_section:
+        value = {term: float(weight) for term, weight in weights.model_dump(exclude_unset=True).items()}
         if value not in out:
             out.append(value)
     return out
@@ -224,19 +211,14 @@ def read_source(source: str, trial=None, directory: str | Path = "studies", stor
     path = Path(source)
     if path.suffix.lower() in (".yaml", ".yml"):
         raw = read_yaml(path)
-        section = raw.pop(SECTION, None) or {}
-        if not isinstance(section, dict):
-            raise InputError(f"{path}: {SECTION}: expected a mapping with keys {', '.join(SECTION_KEYS)}")
-        for key in section:
-            if key not in SECTION_KEYS:
-                raise InputError(f"{path}: {SECTION}.{key}: unknown key{did_you_mean(key, SECTION_KEYS)}; known: {', '.join(SECTION_KEYS)}")
+        section = validate(CompareLosses, raw.pop(SECTION, None) or {}, f"{path}: {SECTION}")
         if trial is not None:
             raise InputError("--trial: only for a study; an options file is one set of hypers")
         options = resolve_options(absolute_datasets(raw, path.parent))
         return path.stem, options, section, Path("runs") / path.stem / "losses", f"options file {path}"
     found = open_study(source, directory, storage)
     chosen = choose_trial(found, trial)
-    return found.name, chosen.options, {}, found.folder / "losses", f"study {found.name}, trial {chosen.label} ({chosen.how})"
+    return found.name, chosen.options, CompareLosses(), found.folder / "losses", f"study {found.name}, trial {chosen.label} ({chosen.how})"
 
 
 def compare_losses(source: str, types=None, reductions=None, weights=None, deltas: dict | None = None, seeds: int | None = None,
@@ -245,13 +227,11 @@ def compare_losses(source: str, types=None, reductions=None, weights=None, delta
                    test_set: float | None = None, out: Callable[[str], None] = print) -> LossComparison:
     """Train the hypers of ``source`` with every loss variant and seed; write the report (module docstring)."""
     name, options, section, runs_default, described = read_source(source, trial, directory, storage)
-    types = _axis(types if types is not None else section.get("types"), LOSS_TYPES, "--types" if types else f"{SECTION}.types")
-    reductions = _axis(reductions if reductions is not None else section.get("reductions"), REDUCTIONS,
-                       "--reductions" if reductions else f"{SECTION}.reductions")
-    weights = _weights_axis(weights if weights is not None else section.get("weights"),
-                            "--weights" if weights else f"{SECTION}.weights")
-    seeds = seeds if seeds is not None else section.get("seeds", 3)
-    epochs = epochs if epochs is not None else section.get("epochs")
+    types = _axis(types, section.types, Literal[LOSS_TYPES], "--types")
+    reductions = _axis(reductions, section.reductions, Literal[REDUCTIONS], "--reductions")
+    weights = _weights_axis(weights, section.weights)
+    seeds = seeds if seeds is not None else section.seeds
+    epochs = epochs if epochs is not None else section.epochs
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds: must be at least 1, got {seeds!r}")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -271,12 +251,8 @@ def compare_losses(source: str, types=None, reductions=None, weights=None, delta
     data = shared_data([options])
     base_loss = options["architecture"]["training"]["loss"]
     variants = build_variants(base_loss, types, reductions, weights)
-    if not isinstance(section.get("deltas") or {}, dict):
-        raise InputError(f"{SECTION}.deltas: expected a mapping of loss term to delta, e.g. {{energy: 0.01, forces: 0.1}}")
-    given = {**loss_type(base_loss)[1], **(section.get("deltas") or {}), **(deltas or {})}
-    for term, value in given.items():
-        if term not in LOSS_TERMS or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InputError(f"deltas.{term}: expected a loss term ({', '.join(LOSS_TERMS)}) with a positive delta, got {value!r}")
+    validate(Deltas, deltas or {}, "--deltas")
+    given = {**loss_type(base_loss)[1], **(section.deltas.model_dump(exclude_none=True) if section.deltas else {}), **(deltas or {})}
     chosen_deltas = huber_deltas(given, data, options) if any(v.type == "huber" for v in variants) else {}
     for variant in variants:
         if variant.type == "huber":
