@@ -182,7 +182,7 @@ def load_model(path: Path) -> tuple[object, bool, list[int], float]:
 def error_metrics(structures: list[Structure], predictions: list[Prediction], cutoff: float, batch_size: int) -> dict:
     """RMSE and MAE per target over the labelled structures, with the trainer's own sums (energy per atom,
     stress in GPa): {"test_energy_rmse": ..., ...}."""
-    from nanopet.train import Accumulator, Loss, loss_terms
+    from nanopet.loss import Accumulator, Loss, loss_terms
 
     labelled = [k for k, s in enumerate(structures) if s.energy is not None]
     if not labelled:

@@ -46,7 +46,6 @@ from the seconds per epoch the search's trials took. Resume: a run continues fro
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil

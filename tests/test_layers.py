@@ -15,7 +15,7 @@ LAYERS = [
     {"data"},
     {"kernels", "model", "composition"},
     {"checkpoints", "runtime"},
-    {"train"},
+    {"train", "loss", "schedule"},  # the trainer, its loss and metrics, its learning-rate schedule
     {"calculator", "export", "runs"},  # runs: options trained over seeds, summarised on the test set
     {"tune"},
     {"report"},

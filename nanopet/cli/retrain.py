@@ -7,7 +7,6 @@ import contextlib
 import sys
 
 from nanopet.cli.arguments import fraction, hidden_alias, positive_int
-from nanopet.errors import InputError
 
 
 def add_parsers(commands) -> None:

@@ -18,7 +18,7 @@ from nanopet.schema.options import Datasets, Options
 
 SECTIONS = ("study", "objective", "budget", "strategy", "parameters", "driver")
 METRICS = ("val_rmse_gmean", "val_loss") + tuple(f"val_{term}_{kind}" for term in ("energy", "forces", "virial", "stress")
-                                                  for kind in ("rmse", "mae"))  # val_rmse_gmean: nanopet.train.Accumulator.metrics
+                                                  for kind in ("rmse", "mae"))  # val_rmse_gmean: nanopet.loss.Accumulator.metrics
 COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
 # budget.equal: what every trial gets as much of as the base hypers get in budget.epochs epochs (nanopet/tune/trial.py
