@@ -8,7 +8,7 @@ module adds its subcommands with ``add_parsers(commands)`` and names their handl
 - ``report``: ``report``;
 - ``retrain``: ``retrain``, ``compare-losses``;
 - ``export``: ``export``, ``eval``;
-- ``data``: ``make-data``;
+- ``data``: ``make-data``, ``prepare``;
 - ``arguments``: the argument types and hidden aliases they share.
 
 The handlers import the work they do when they run, so ``--help`` and a bad flag answer at once.
@@ -24,7 +24,7 @@ from nanopet import __version__
 from nanopet.cli import data, export, report, retrain, search, train
 from nanopet.errors import NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval")
+SUBCOMMANDS = ("train", "make-data", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval", "prepare")
 # One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
 # command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
 GROUPS = (train, search, report, retrain, export, data)  # in the order of --help
