@@ -56,8 +56,8 @@ SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "vir
 def energy_scale(dataset: Dataset, offsets: np.ndarray) -> float:
     """Typical size of the learned signal: RMS force component, else RMS residual energy per atom."""
     if dataset.has_forces:
-        forces = dataset.atom_forces().ravel()
-        scale = float(np.sqrt(np.mean(forces**2)))
+        forces = dataset.atom_forces().ravel()  # a new array: squared in place, one array of the set's size, not two
+        scale = float(np.sqrt(np.mean(np.square(forces, out=forces))))
     else:
         residual = (dataset.energies - offsets) / dataset.n_atoms
         scale = float(np.sqrt(np.mean(residual**2)))

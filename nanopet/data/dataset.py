@@ -9,8 +9,8 @@ atoms), never a list of per-structure objects.
 Per structure (arrays of ``len(dataset)``): ``n_atoms``, ``energies`` (NaN where unlabelled), ``periodic`` (in
 all three directions), ``stress_mask`` (a stress label on a periodic structure), ``max_neighbors`` (at the set's
 cutoff); ``has_forces`` (every
-structure), ``has_stress`` (any structure). Per atom, the set's atoms in order: ``atom_numbers()``,
-``atom_forces()``. Then ``stresses()``, ``volumes()``, ``structure(k)`` (one Structure, for messages and
+structure), ``has_stress`` (any structure). Per atom, the set's atoms in order, as new arrays:
+``atom_numbers()``, ``atom_forces()``. Then ``stresses()``, ``volumes()``, ``structure(k)`` (one Structure, for messages and
 output), ``batch(indices, ...)``, ``subset(indices)``, ``restrict(cutoff)``, ``at_cutoff(cutoff)``.
 """
 

@@ -91,8 +91,8 @@ class PreparedStore:
                    "pairs": int(self.meta["pairs"])}
         self.arrays = {}
         for name, (dtype, shape, counted) in ARRAYS.items():
-            try:
-                array = np.load(self.folder / f"{name}.npy", mmap_mode="r")
+            try:  # a plain ndarray on the map (a np.memmap pays for its subclass on every indexing)
+                array = np.asarray(np.load(self.folder / f"{name}.npy", mmap_mode="r"))
             except (OSError, ValueError) as error:
                 raise InputError(f"{self.folder}: {name}.npy cannot be read ({error}); delete the folder to prepare it again") from None
             if array.dtype != np.dtype(dtype) or array.shape != (lengths[counted], *shape):
