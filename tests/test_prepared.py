@@ -299,3 +299,31 @@ def test_search_workers_map_one_prepared_copy(builtin_file, tmp_path, monkeypatc
     assert len(records) == 2 and records[0]["prepared"] == records[1]["prepared"] and len(records[0]["prepared"]) == 1
     started = [line for line in capfd.readouterr().err.splitlines() if line.startswith("preparing ")]
     assert len(started) == 1  # by the launcher, before the workers started
+
+
+def test_eval_of_a_prepared_file_reports_and_writes_what_the_in_memory_read_does(builtin_file, tmp_path, emt_options,
+                                                                                  monkeypatch):
+    from nanopet.evaluate import evaluate_model
+    from nanopet.train import train
+
+    path = copy_of(builtin_file, tmp_path)
+    options = emt_options(num_epochs=1)
+    options.update(training_set=str(path), validation_set=0.5)
+    train(options, output_dir=tmp_path / "run", log=lambda line: None)
+    results = []
+    for threshold in (prepare_module.PREPARED_FROM, 1):  # in memory, then prepared
+        monkeypatch.setattr(prepare_module, "PREPARED_FROM", threshold)
+        output = tmp_path / f"predictions-{threshold}.xyz"
+        metrics = evaluate_model(tmp_path / "run" / "model.ckpt", [path], output, batch_size=4, out=lambda line: None)
+        results.append((metrics, output.read_text()))
+        assert (find_prepared(dataset_specs(str(path)), EMT_CUTOFF) is not None) == (threshold == 1)
+    assert results[0] == results[1] and results[0][0][str(path)]["test_forces_rmse"] > 0
+
+
+def test_other_ase_formats_are_prepared_in_one_range(builtin_file, tmp_path):
+    frames = list(read_frames(builtin_file))[:12]
+    ase.io.write(tmp_path / "frames.traj", frames)
+    memory = GraphDataset(read_structures(str(tmp_path / "frames.traj")), PREPARED_CUTOFF)
+    prepared = PreparedDataset(open_store(quiet_prepare(tmp_path / "frames.traj", jobs=2)))
+    assert len(prepared) == 12
+    assert_same_batches(memory.batch(np.arange(12)), prepared.batch(np.arange(12)), "traj")
