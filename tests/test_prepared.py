@@ -20,12 +20,13 @@ import torch
 from conftest import EMT_CUTOFF
 from tune_support import cli_env
 
-from nanopet.data.builtin import builtin_dataset_path
 from nanopet.data import prepare as prepare_module
+from nanopet.data import prepared as prepared_module
 from nanopet.data.batch import GraphDataset
+from nanopet.data.builtin import builtin_dataset_path
 from nanopet.data.frames import frame_ranges, read_frames
 from nanopet.data.prepare import find_prepared, prepare
-from nanopet.data.prepared import PreparedDataset, open_store
+from nanopet.data.prepared import PreparedDataset, PreparedStore, open_store
 from nanopet.data.read import dataset_specs, read_structures
 from nanopet.data.splits import load_data
 from nanopet.errors import InputError
@@ -71,9 +72,12 @@ def assert_same_batches(expected, got, batch):
 # The same data as in memory
 
 
-def test_prepared_batches_equal_in_memory_batches_bit_for_bit(builtin_file):
+def test_prepared_batches_equal_in_memory_batches_bit_for_bit(builtin_file, monkeypatch):
     memory = GraphDataset(read_structures(str(builtin_file)), PREPARED_CUTOFF)
-    prepared = PreparedDataset(open_store(quiet_prepare(builtin_file)))
+    folder = quiet_prepare(builtin_file)
+    prepared = PreparedDataset(open_store(folder))
+    monkeypatch.setattr(prepared_module, "COUNTING_CHUNK", 1500)  # neighbour counts a few structures at a time
+    np.testing.assert_array_equal(PreparedStore(folder).max_neighbors(3.3), memory.at_cutoff(3.3).max_neighbors)
     rng = np.random.default_rng(0)
     for cutoff in (PREPARED_CUTOFF, EMT_CUTOFF, 3.3):  # the folder's cutoff, then lists filtered by distance
         a, b = memory.at_cutoff(cutoff), prepared.at_cutoff(cutoff)
@@ -327,3 +331,28 @@ def test_other_ase_formats_are_prepared_in_one_range(builtin_file, tmp_path):
     prepared = PreparedDataset(open_store(quiet_prepare(tmp_path / "frames.traj", jobs=2)))
     assert len(prepared) == 12
     assert_same_batches(memory.batch(np.arange(12)), prepared.batch(np.arange(12)), "traj")
+
+
+def test_a_prepared_dataset_travels_to_other_processes_by_name(builtin_file):
+    import pickle
+
+    dataset = PreparedDataset(open_store(quiet_prepare(builtin_file))).restrict(EMT_CUTOFF).subset(np.arange(20))
+    message = pickle.dumps(dataset)
+    assert len(message) < 20_000  # the folder's name and the view, not its arrays
+    again = pickle.loads(message)
+    assert again.store is dataset.store  # in this process: the same maps
+    assert_same_batches(dataset.batch(np.arange(5)), again.batch(np.arange(5)), "pickled")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_train_identically_on_a_prepared_dataset(builtin_file, emt_options, tmp_path):
+    from test_ddp import free_port, run_processes, train_worker
+
+    options = emt_options(num_epochs=1, batch_size=4, distributed=True, distributed_port=free_port())
+    options.update(training_set=str(builtin_file), validation_set=0.25, test_set=0.0)
+    data = load_data(options, prepared=True)
+    run_processes(train_worker, options, data, str(tmp_path))
+    results = [torch.load(tmp_path / f"result_{rank}.pt", weights_only=True) for rank in range(2)]
+    for name, value in results[0]["state"].items():
+        assert torch.equal(value, results[1]["state"][name]), name
+    assert results[0]["history"][0]["val_loss"] == results[1]["history"][0]["val_loss"]

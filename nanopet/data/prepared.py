@@ -132,8 +132,7 @@ class PreparedStore:
             base = atom_offsets[owner[keep]] - first_atom
             ends = np.concatenate([np.asarray(a["pair_i"][pairs])[keep] + base, np.asarray(a["pair_j"][pairs])[keep] + base])
             counts = np.bincount(ends, minlength=int(atom_offsets[stop] - first_atom))
-            structure = np.repeat(np.arange(stop - start), np.diff(atom_offsets[start : stop + 1]))
-            np.maximum.at(most[start:stop], structure, counts)
+            most[start:stop] = np.maximum.reduceat(counts, atom_offsets[start:stop] - first_atom)  # every structure has atoms
             start = stop
         return most
 
