@@ -356,3 +356,20 @@ def test_ddp_ranks_train_identically_on_a_prepared_dataset(builtin_file, emt_opt
     for name, value in results[0]["state"].items():
         assert torch.equal(value, results[1]["state"][name]), name
     assert results[0]["history"][0]["val_loss"] == results[1]["history"][0]["val_loss"]
+
+
+def test_labels_from_another_file_are_prepared_in_the_same_ranges(builtin_file, tmp_path, monkeypatch):
+    labelled = list(read_frames(builtin_file))[:20]
+    bare = [atoms.copy() for atoms in labelled]  # positions and cell only
+    ase.io.write(tmp_path / "systems.xyz", bare, format="extxyz")
+    ase.io.write(tmp_path / "labels.xyz", labelled, format="extxyz")
+    dataset = {"systems": "systems.xyz", "targets": {"energy": {"read_from": "labels.xyz"}}}
+    memory = GraphDataset(read_structures(dataset, base_dir=tmp_path), PREPARED_CUTOFF)
+    monkeypatch.setattr(prepare_module, "RANGE_FRAMES", 6)
+    folder = prepare(dataset_specs(dataset, tmp_path), PREPARED_CUTOFF, jobs=2, progress=lambda line: None)
+    prepared = PreparedDataset(open_store(folder))
+    assert memory.has_forces and prepared.has_forces
+    assert_same_batches(memory.batch(np.arange(20)), prepared.batch(np.arange(20)), "two files")
+    ase.io.write(tmp_path / "labels.xyz", labelled[:19], format="extxyz")
+    with pytest.raises(InputError, match="labels.xyz: has 19 frames but .*systems.xyz has 20"):
+        prepare(dataset_specs(dataset, tmp_path), PREPARED_CUTOFF, progress=lambda line: None)
