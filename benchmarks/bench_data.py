@@ -215,6 +215,14 @@ def workers_memory(path: Path, count: int, prepared: bool) -> dict:
 # Training throughput: the same training, data prepared or in memory
 
 
+def throughput_options(builtin: str, epochs: int) -> dict:
+    return {"seed": 0, "device": "cpu", "base_precision": 32, "validation_set": 0.1, "test_set": 0.0,
+            "training_set": {"systems": {"builtin": builtin, "n": 1000, "seed": 0}},
+            "architecture": {"model": {"cutoff": 4.5, "d_pet": 32, "num_heads": 4, "num_gnn_layers": 2,
+                                       "num_attention_layers": 1},
+                             "training": {"num_epochs": epochs, "batch_size": 16, "log_interval": 1000}}}
+
+
 def child_throughput(builtin: str, prepared: bool, epochs: int) -> dict:
     import torch
 
@@ -222,23 +230,44 @@ def child_throughput(builtin: str, prepared: bool, epochs: int) -> dict:
     from nanopet.train import train
 
     torch.set_num_threads(1)
-    options = {"seed": 0, "device": "cpu", "base_precision": 32, "validation_set": 0.1, "test_set": 0.0,
-               "training_set": {"systems": {"builtin": builtin, "n": 1000, "seed": 0}},
-               "architecture": {"model": {"cutoff": 4.5, "d_pet": 32, "num_heads": 4, "num_gnn_layers": 2,
-                                          "num_attention_layers": 1},
-                                "training": {"num_epochs": epochs, "batch_size": 16, "log_interval": 1000}}}
+    options = throughput_options(builtin, epochs)
     data = load_data(options, prepared=prepared)
     result = train(options, data=data, log=lambda line: None)
     seconds = sum(row["epoch_time"] for row in result.history)
     return {"structures_per_s": len(data.train) * epochs / seconds, "val_loss": result.history[-1]["val_loss"]}
 
 
+def child_assembly(builtin: str, prepared: bool) -> dict:
+    """CPU time of the trainer's batches of one epoch (the only work that differs between the two paths)."""
+    import torch
+
+    from nanopet.data.splits import load_data
+    from nanopet.train import epoch_batches
+
+    torch.set_num_threads(1)
+    data = load_data(throughput_options(builtin, 1), prepared=prepared).at_cutoff(4.5)
+    batches = epoch_batches(data.train, 16, torch.Generator().manual_seed(0))
+    for indices in batches[:20]:  # warm
+        data.train.batch(indices)
+    started = time.process_time()
+    for indices in batches:
+        data.train.batch(indices)
+    return {"batch_ms": 1e3 * (time.process_time() - started) / len(batches)}
+
+
 def throughput(rounds: int, epochs: int) -> None:
-    print("\n### Training throughput: prepared vs in memory (d_pet 32, 2+1 layers, cutoff 4.5, batch 16, float32, 1 thread)\n")
-    print("| set | in memory (structures/s) | prepared (structures/s) | prepared / in memory | same losses |")
-    print("| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as folder:
         os.environ["NANOPET_PREPARED"] = folder  # the prepared copies of this run only
+        print("\n### Batch assembly: CPU ms per training batch of 16 (an epoch's batches, cutoff 4.5 from lists at 4.5)\n")
+        print("| set | in memory | prepared | prepared - in memory |")
+        print("| --- | --- | --- | --- |")
+        for builtin in ("emt-alloy", "xtb-molecules"):
+            cost = {prepared: min(run_child("assembly", builtin, str(int(prepared)))["batch_ms"] for _ in range(rounds))
+                    for prepared in (False, True)}
+            print(f"| {builtin} 1000 | {cost[False]:.2f} | {cost[True]:.2f} | {cost[True] - cost[False]:+.2f} |", flush=True)
+        print("\n### Training throughput: prepared vs in memory (d_pet 32, 2+1 layers, cutoff 4.5, batch 16, float32, 1 thread)\n")
+        print("| set | in memory (structures/s) | prepared (structures/s) | prepared / in memory | same losses |")
+        print("| --- | --- | --- | --- | --- |")
         for builtin in ("emt-alloy", "xtb-molecules"):
             rates = {False: [], True: []}
             losses = {}
@@ -281,13 +310,14 @@ def search(work: Path, n: int, minutes: float, sample_s: float = 2.0) -> None:
         samples = []
         while launcher.poll() is None and time.time() - started < 60 * minutes:
             pids = [launcher.pid] + children_of(launcher.pid)
-            total = 0
+            total = mapped = 0
             for pid in pids:
                 try:
-                    total += pss_kb(pid, None)[0]
+                    pss, files = pss_kb(pid, os.environ["NANOPET_PREPARED"])
                 except OSError:
-                    pass
-            samples.append((time.time() - started, len(pids), total / 1e6))
+                    continue
+                total, mapped = total + pss, mapped + files
+            samples.append((time.time() - started, len(pids), total / 1e6, mapped / 1e6))
             time.sleep(sample_s)
         if launcher.poll() is None:
             os.killpg(launcher.pid, 9)
@@ -299,7 +329,7 @@ def search(work: Path, n: int, minutes: float, sample_s: float = 2.0) -> None:
           f"trials started: {text.count('trial ')}; exit code {launcher.returncode}")
     for at in range(0, int(60 * minutes) + 1, 60):
         near = min(samples, key=lambda sample: abs(sample[0] - at))
-        print(f"  {near[0]:5.0f} s: {near[1]} processes, {near[2]:.2f} GB")
+        print(f"  {near[0]:5.0f} s: {near[1]} processes, {near[2]:.2f} GB, of which mapped prepared files {near[3]:.2f} GB")
     print("\n".join("    " + line for line in text.splitlines()[:14]))
 
 
@@ -324,6 +354,8 @@ def main() -> None:
         functions = {"memory": child_in_memory, "prepare": child_prepare, "open": child_open}
         if kind == "throughput":
             print(json.dumps(child_throughput(args[0], bool(int(args[1])), int(args[2]))))
+        elif kind == "assembly":
+            print(json.dumps(child_assembly(args[0], bool(int(args[1])))))
         else:
             print(json.dumps(functions[kind](*args)))
         return
