@@ -88,18 +88,19 @@ def target_scales(data, options: dict) -> dict:
     from nanopet.composition import composition_offsets, composition_weights
 
     training = options["architecture"]["training"]
-    structures = data.train.structures
-    types = sorted({int(z) for d in (data.train, data.val, data.test) for s in d.structures for z in s.numbers})
-    composition = composition_weights(training, structures, types)
+    train = data.train
+    types = data.atomic_types
+    composition = composition_weights(training, train, types)
     per_structure = "energy" in training["per_structure_targets"]
-    norm = np.array([1.0 if per_structure else len(s) for s in structures])
-    residual = (np.array([s.energy for s in structures]) - composition_offsets(composition, types, structures)) / norm
+    norm = np.ones(len(train)) if per_structure else train.n_atoms.astype(np.float64)
+    residual = (train.energies - composition_offsets(composition, types, train)) / norm
     scales = {"energy": float(np.sqrt(np.mean(residual**2)))}
-    if data.train.has_forces:
-        forces = np.concatenate([s.forces.ravel() for s in structures])
+    if train.has_forces:
+        forces = train.atom_forces().ravel()
         scales["forces"] = float(np.sqrt(np.mean(forces**2)))
-    if data.train.has_stress:
-        virial = [s.stress * s.volume / n for s, n in zip(structures, norm) if s.stress is not None and s.pbc.all()]
+    if train.has_stress:
+        mask = train.stress_mask
+        virial = train.stresses()[mask] * train.volumes()[mask, None, None] / norm[mask, None, None]
         scales["virial"] = float(np.sqrt(np.mean(np.square(virial))))
     return scales
 

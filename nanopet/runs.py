@@ -180,9 +180,9 @@ def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str
     model.to(device)
     data = data.at_cutoff(model.cutoff)
     types = list(model.atomic_types)
-    composition = composition_weights(training, data.train.structures, types)  # the trainer's: the same offsets
+    composition = composition_weights(training, data.train, types)  # the trainer's: the same offsets
     dataset = getattr(data, split)
-    offsets = composition_offsets(composition, types, dataset.structures)
+    offsets = composition_offsets(composition, types, dataset)
     terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
     dtype = next(model.parameters()).dtype
     per_structure = "energy" in training["per_structure_targets"]

@@ -32,7 +32,8 @@ import torch
 
 from nanopet.checkpoints import CHECKPOINT_FORMAT, append_csv, forget_epochs, load_checkpoint, save_checkpoint
 from nanopet.composition import composition_offsets, composition_weights
-from nanopet.data.batch import Batch, GraphDataset
+from nanopet.data.batch import Batch
+from nanopet.data.dataset import Dataset
 from nanopet.data.splits import Data, load_data
 from nanopet.errors import InputError, NonFiniteLossError
 from nanopet.loss import Accumulator, Loss, loss_terms, metric_parts
@@ -49,18 +50,18 @@ BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour c
 # Baselines fitted on the training set (spec 2.11): the composition baseline is in nanopet.composition
 
 
-def energy_scale(structures, offsets: np.ndarray) -> float:
+def energy_scale(dataset: Dataset, offsets: np.ndarray) -> float:
     """Typical size of the learned signal: RMS force component, else RMS residual energy per atom."""
-    if all(s.forces is not None for s in structures):
-        forces = np.concatenate([s.forces.ravel() for s in structures])
-        scale = float(np.sqrt(np.mean(forces**2)))
+    if dataset.has_forces:
+        forces = dataset.atom_forces().ravel()  # a new array: squared in place, one array of the set's size, not two
+        scale = float(np.sqrt(np.mean(np.square(forces, out=forces))))
     else:
-        residual = np.array([(s.energy - o) / len(s) for s, o in zip(structures, offsets)])
+        residual = (dataset.energies - offsets) / dataset.n_atoms
         scale = float(np.sqrt(np.mean(residual**2)))
     return scale if scale > 1e-8 else 1.0
 
 
-def balance_geometry(model: NanoPET, dataset: GraphDataset, max_structures: int = 64) -> float:
+def balance_geometry(model: NanoPET, dataset: Dataset, max_structures: int = 64) -> float:
     """Initialisation fitted on the training set: the encoder's first linear layer (on the raw edge vector) scaled
     so that the geometric part of the edge tokens has the RMS of their species part over the training edges.
     At torch's default initialisation it is about 20x smaller on the built-in data (0.024 vs 0.44 on the xtb
@@ -91,21 +92,21 @@ def balance_geometry(model: NanoPET, dataset: GraphDataset, max_structures: int 
 # A batch in passes
 
 
-def term_counts(dataset: GraphDataset, indices) -> dict:
+def term_counts(dataset: Dataset, indices) -> dict:
     """Elements of each loss term in a batch: energies, force components, virial components."""
-    structures = [dataset.structures[k] for k in indices]
+    indices = np.asarray(indices, dtype=np.int64)
     return {
-        "energy": len(structures),
-        "forces": 3 * sum(len(s) for s in structures),
-        "virial": 9 * sum(s.stress is not None and bool(s.pbc.all()) for s in structures),
+        "energy": len(indices),
+        "forces": 3 * int(dataset.n_atoms[indices].sum()),
+        "virial": 9 * int(dataset.stress_mask[indices].sum()),
     }
 
 
-def split_by_atoms(indices, dataset: GraphDataset, atoms_per_pass: int) -> list[list[int]]:
+def split_by_atoms(indices, dataset: Dataset, atoms_per_pass: int) -> list[list[int]]:
     """Consecutive parts of a batch with at most ``atoms_per_pass`` atoms each (at least one structure)."""
     parts, current, atoms = [], [], 0
     for k in indices:
-        n = len(dataset.structures[k])
+        n = int(dataset.n_atoms[k])
         if current and atoms + n > atoms_per_pass:
             parts.append(current)
             current, atoms = [], 0
@@ -118,7 +119,7 @@ def split_by_atoms(indices, dataset: GraphDataset, atoms_per_pass: int) -> list[
 # Batches, augmentation, and each rank's share of them
 
 
-def epoch_batches(dataset: GraphDataset, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+def epoch_batches(dataset: Dataset, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
     """Index batches for one epoch. Shuffled (with ``generator``) in buckets of similar neighbour count,
     or, without a generator, in a fixed order sorted by neighbour count (validation)."""
     n = len(dataset)
@@ -182,7 +183,7 @@ class TrainResult:
     test_metrics: dict = field(default_factory=dict)
 
 
-def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
+def training_step(network, model: NanoPET, dataset: Dataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
                   optimizer, offsets, per_structure: bool, device, dtype, atoms_per_pass: int, world_size: int = 1,
                   accumulator: Accumulator | None = None) -> float:
     """One optimizer step on the batch ``indices``: forward and double backward in parts of at most
@@ -217,7 +218,7 @@ def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotat
     return total
 
 
-def evaluate(model: NanoPET, dataset: GraphDataset, batch_size: int, loss: Loss, offsets: np.ndarray,
+def evaluate(model: NanoPET, dataset: Dataset, batch_size: int, loss: Loss, offsets: np.ndarray,
              per_structure: bool, device, dtype, distribution: Distribution = Distribution()) -> Accumulator:
     """Errors and loss over a whole set, without parameter gradients (forces still by autograd)."""
     accumulator = Accumulator(loss)
@@ -372,17 +373,17 @@ def start_run(options: dict) -> tuple[Distribution, torch.device]:
     return distribution, device
 
 
+
 def build_model(options: dict, data: Data, device, dtype) -> tuple[NanoPET, list[int], dict]:
     """3.3-3.4: the model with its composition baseline (fitted on the training set), energy scale and
     initialisation, on ``device``; its atomic types; each split's composition offsets."""
     hypers, training = options["architecture"]["model"], options["architecture"]["training"]
-    all_structures = data.train.structures + data.val.structures + data.test.structures
-    atomic_types = sorted({int(z) for s in all_structures for z in s.numbers})
+    atomic_types = data.atomic_types
     torch.manual_seed(options["seed"])
     model = NanoPET(hypers, atomic_types)
-    composition = composition_weights(training, data.train.structures, atomic_types)
-    offsets = {name: composition_offsets(composition, atomic_types, getattr(data, name).structures) for name in ("train", "val", "test")}
-    model.energy_scale.fill_(energy_scale(data.train.structures, offsets["train"]))
+    composition = composition_weights(training, data.train, atomic_types)
+    offsets = {name: composition_offsets(composition, atomic_types, getattr(data, name)) for name in ("train", "val", "test")}
+    model.energy_scale.fill_(energy_scale(data.train, offsets["train"]))
     if training["initialisation"] == "balanced":
         balance_geometry(model, data.train)
         # the network's energy starts at exactly 0: no random per-atom offset for the first steps to remove

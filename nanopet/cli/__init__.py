@@ -8,7 +8,7 @@ module adds its subcommands with ``add_parsers(commands)`` and names their handl
 - ``report``: ``report``;
 - ``retrain``: ``retrain``, ``compare-losses``;
 - ``export``: ``export``, ``eval``;
-- ``data``: ``make-data``, ``inspect``;
+- ``data``: ``make-data``, ``inspect``, ``prepare``;
 - ``schema``: ``schema`` (the JSON Schema of options and search-space files);
 - ``arguments``: the argument types and hidden aliases they share.
 
@@ -25,8 +25,8 @@ from nanopet import __version__
 from nanopet.cli import data, export, report, retrain, schema, search, train
 from nanopet.errors import NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "inspect", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval",
-               "schema")
+SUBCOMMANDS = ("train", "make-data", "inspect", "prepare", "search", "dashboard", "studies", "report", "retrain", "compare-losses",
+               "export", "eval", "schema")
 # One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
 # command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
 GROUPS = (train, search, report, retrain, export, data, schema)  # in the order of --help

@@ -3,7 +3,8 @@
 The same search-space file as the Optuna driver, run as a Ray Tune experiment:
 
 - trainable: one trial = ``nanopet.train.train`` on data loaded once per Ray worker process
-  (neighbour lists at the space's largest cutoff), reporting every epoch with its checkpoint
+  (neighbour lists at the space's largest cutoff; a large dataset is prepared on disk once by the driver and
+  memory-mapped by every trial process on the node), reporting every epoch with its checkpoint
   (``ray.tune.report``) and resuming from ``ray.tune.get_checkpoint()`` after a failure;
 - searcher: ``OptunaSearch`` over the space's Optuna distributions, the sampler of ``study.sampler``,
   the defaults as the first trial; scheduler: ASHA on the objective value (grace period from the
@@ -82,6 +83,7 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
     """
     import ray
 
+    from nanopet.data.splits import prepare_data
     from nanopet.tune.stages import finish, run_stages
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,6 +103,7 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
         request, workers = resources(space, workers)
         check_resumable(space)
         record_storage(space)
+        prepare_data(space.options, space.base_dir, space.max_cutoff)  # once, here: the trial processes map it
         storage = open_storage(storage_url(space))
         _DEADLINE[0] = time.time() + space.budget.timeout if space.budget.timeout else None
         out(f"Ray Tune: {workers} trials at once, {request['cpu']:g} CPU" + (f" + {request['gpu']:g} GPU" if request["gpu"] else "")

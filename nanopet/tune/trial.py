@@ -297,8 +297,7 @@ class TrialData:
 
     def __init__(self, data, keep: int = 2):
         self.data, self.keep = data, keep
-        structures = data.train.structures + data.val.structures + data.test.structures
-        self.atomic_types = sorted({int(z) for s in structures for z in s.numbers})
+        self.atomic_types = data.atomic_types
         self._at_cutoff: dict = {}
         self.filter_seconds = 0.0  # the last restriction's cost (0 when cached)
 

@@ -1,6 +1,7 @@
 """Workers: the trial loop of one process, and launching one process per GPU (or N on a CPU).
 
-Each worker loads the data once, neighbour-listed at the search space's largest cutoff, then
+Each worker loads the data once, neighbour-listed at the search space's largest cutoff (a large dataset is
+prepared on disk by the launcher before the workers start, and each worker maps that one copy), then
 loops: recover stale trials, ask for a trial while the stage's budget is not used up, train it.
 Staged search waits at the end of each stage until every trial of it has finished (the next
 stage needs its best), then carries the best values forward.
@@ -108,7 +109,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     data_seconds = time.perf_counter() - started
     check_metric(space, data)
     warm_up()
-    write_worker_record(space, index, launched, data_seconds)
+    write_worker_record(space, index, launched, data_seconds, data.prepared_folders)
     pace = PaceLine(space, count, lambda message: out(prefix + message)) if index == 0 else None
     runner = TrialRunner(space, data, stop, out, prefix, pace)
     settings = space.study
@@ -152,15 +153,17 @@ def warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def write_worker_record(space, index: int, launched: float, data_seconds: float) -> None:
-    """``studies/<name>/workers/<host>-<pid>.json``: start-up costs, for the overhead benchmark."""
+def write_worker_record(space, index: int, launched: float, data_seconds: float, prepared: list[str] = ()) -> None:
+    """``studies/<name>/workers/<host>-<pid>.json``: start-up costs, for the overhead benchmark, and the prepared
+    data folders the worker maps (none: data in its memory)."""
     from nanopet.tune.lease import HOST
 
     folder = space.study.path / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     record = {"index": index, "pid": os.getpid(), "host": HOST, "launched": launched, "ready": time.time(),
               "startup_s": time.time() - launched, "data_s": data_seconds, "threads": _torch_threads(),
-              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": os.environ.get(START_VARIABLE, "in process")}
+              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": os.environ.get(START_VARIABLE, "in process"),
+              "prepared": list(prepared)}
     (folder / f"{HOST}-{os.getpid()}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -202,6 +205,9 @@ def launch(space, workers: int | None = None, gpus: list[int] | None = None, thr
     threads = threads or threads_per_worker(count)
     if count == 1 and not gpus:
         return Launch(in_process(space, deadline, threads, out, launched=time.time()), 1)
+    from nanopet.data.splits import prepare_data
+
+    prepare_data(space.options, space.base_dir, space.max_cutoff)  # here, once: the workers then map one copy
     return processes(space, count, gpus or [], threads, deadline, out)
 
 
