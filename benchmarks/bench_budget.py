@@ -118,8 +118,24 @@ def run_config(job: dict) -> dict:
         row["equal_time"] = {"epochs": epochs, "seconds": seconds, **values}
     else:
         row["equal_time"] = dict(row["equal_epochs"])
+    if job["journal"]:  # one line per finished configuration, so an interrupted run resumes from it
+        with open(job["journal"], "a") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
     print(f"config {job['index']} done: " + json.dumps({k: row[k] for k in ("values",)}, default=str), flush=True)
     return row
+
+
+def finished_rows(journal: Path | None, jobs: list[dict]) -> dict[int, dict]:
+    """Rows of an earlier run of the same configurations (same index and values), read from the journal."""
+    if journal is None or not journal.exists():
+        return {}
+    wanted = {job["index"]: json.loads(json.dumps(job["values"], default=str)) for job in jobs}
+    rows = {}
+    for line in journal.read_text().splitlines():
+        row = json.loads(line)
+        if wanted.get(row["config"]) == row["values"]:
+            rows[row["config"]] = row
+    return rows
 
 
 def with_epochs(options: dict, epochs: int) -> dict:
@@ -137,7 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--factor", type=int, default=10, help="converged runs train factor x epochs")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here; finished configurations "
+                        "are journalled beside it (OUT.jsonl) and not trained again when the same command reruns")
     args = parser.parse_args(argv)
     structures = args.structures or (400 if args.builtin == "emt-alloy" else None)
 
@@ -148,10 +165,12 @@ def main(argv=None) -> None:
     load_data(space.options, space.base_dir, cutoff=space.max_cutoff)  # generate the data once, before the workers
     configs = draw(space, args.configs, args.seed)
     jobs = [{"index": k, "values": v, "builtin": args.builtin, "structures": structures, "epochs": args.epochs,
-             "factor": args.factor} for k, v in enumerate(configs)]
+             "factor": args.factor, "journal": args.out and str(args.out.with_suffix(".jsonl"))} for k, v in enumerate(configs)]
+    done = finished_rows(args.out and args.out.with_suffix(".jsonl"), jobs)
     started = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(args.processes) as pool:
-        rows = pool.map(run_config, jobs, chunksize=1)
+        fresh = pool.map(run_config, [job for job in jobs if job["index"] not in done], chunksize=1)
+    rows = sorted([*done.values(), *fresh], key=lambda row: row["config"])
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1, default=str))
 
