@@ -21,7 +21,7 @@ Per size, each in fresh processes (one per measurement, so a peak is its own):
   no model), then wait; while all are alive, the PSS of each (``/proc/PID/smaps_rollup``), the PSS of its mappings of
   the prepared files (``/proc/PID/smaps``), and its private memory growth since before loading (RssAnon); "data"
   = prepared-file PSS + private growth, summed over the workers: the node's memory for the data.
-Not a test: numbers depend on the machine; see benchmarks/README.md for measured figures.
+Not a test: numbers depend on the machine; measured figures: benchmarks/results/data-*.txt.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Prints one table row per configuration: parameters, mean neighbours, training an
 (energy + forces) structures/s, FLOPs per training step (torch.utils.flop_counter), achieved
 GFLOP/s as a fraction of this machine's fp32 matmul rate (2048^3, measured in the same run), and
 peak resident memory. Each configuration runs in its own process so peak memory is its own.
-Not a test: numbers depend on the machine; see benchmarks/README.md for measured figures.
+Not a test: numbers depend on the machine; measured figures: benchmarks/results/train*.txt.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Output, ``studies/<study>/best/``::
     defaults/           the same for the defaults: hypers.yaml, seed<s>/
     equal-time/         the faster hypers' runs for the slower one's time: seed<s>/
     model.ckpt          the seed with the lowest validation loss: NanoPETCalculator.from_checkpoint(...)
-    model.pt            the same model exported for metatomic engines (nanopet-tune export; see README)
+    model.pt            the same model exported for metatomic engines (nanopet-tune export; see docs/howto/export.md)
     metrics.csv         one row per run (hypers, seed): test metrics, best epoch, epochs, stop reason, seconds
     summary.csv, .yaml  test metrics over seeds (mean, sample std) of both hypers, the gains at equal epochs and
                         at equal time, seconds per epoch, convergence, and the verdict line

@@ -66,7 +66,7 @@ def balance_geometry(model: NanoPET, dataset: Dataset, max_structures: int = 64)
     so that the geometric part of the edge tokens has the RMS of their species part over the training edges.
     At torch's default initialisation it is about 20x smaller on the built-in data (0.024 vs 0.44 on the xtb
     molecules, 0.041 vs 0.38 on the EMT alloy), so the tokens carry almost no geometry, the first predicted forces
-    are near zero and stay there for tens of epochs (the force plateau, benchmarks/README.md). Same architecture,
+    are near zero and stay there for tens of epochs (the force plateau, docs/explanation/trainer.md). Same architecture,
     same parameters; a resumed run loads its weights instead. Returns the factor applied."""
     if len(dataset) == 0:
         return 1.0

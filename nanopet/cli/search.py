@@ -14,7 +14,7 @@ SEARCH_SECTIONS = {"study", "objective", "budget", "strategy", "parameters", "dr
 def add_parsers(commands) -> None:
     """Add the ``search``, ``dashboard`` and ``studies`` subcommands to an argparse subparsers object."""
     search = commands.add_parser("search", help="run or resume a hyperparameter search (also: nanopet-tune SPACE.yaml)")
-    search.add_argument("space", help="search-space file, e.g. search_spaces/default.yaml (see README)")
+    search.add_argument("space", help="search-space file, e.g. search_spaces/default.yaml (see docs/reference/search-space-format.md)")
     search.add_argument("--workers", type=int, help="worker processes sharing the study (default: one per GPU, else 1)")
     search.add_argument("--gpus", type=gpu_list, help="GPUs to use, one worker each, e.g. 0,1 (default: all visible)")
     search.add_argument("--storage", help="study storage: a journal file, sqlite:///file.db or postgresql://user:pw@host/db "

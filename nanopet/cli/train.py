@@ -20,7 +20,7 @@ RUN_RECORDS = ("hypers.yaml", "train.log")
 def add_parsers(commands) -> None:
     """Add the ``train`` subcommand to an argparse subparsers object."""
     train = commands.add_parser("train", help="train one model from an options.yaml")
-    train.add_argument("options", help="options file (metatrain-style; see README)")
+    train.add_argument("options", help="options file (metatrain-style; see docs/reference/options-format.md)")
     train.add_argument("-o", "--output-dir", help="where model.ckpt, metrics.csv, checkpoints/, hypers.yaml (the options with "
                        "every default filled in) and train.log go (default: runs/<options name>)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue exactly from a checkpoint written by an earlier run")

@@ -29,7 +29,7 @@ STRATEGIES = ("joint", "staged")  # the first is the default
 # the starting trial's value; less is within the noise of a trial's value (nanopet/tune/study.py chosen_values)
 MIN_IMPROVEMENT = 0.03
 # strategy.learning_rate_scaling: a stage that tries batch sizes moves the learning rate chosen before it by
-# (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; README "Hyperparameter search")
+# (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; docs/explanation/search.md)
 LEARNING_RATE_SCALINGS = {"none": None, "sqrt": 0.5, "linear": 1.0}
 DRIVERS = ("optuna", "ray")
 GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale

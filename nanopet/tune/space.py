@@ -42,7 +42,7 @@ PRUNERS = {section.model_fields["type"].default: tuple(section.model_fields)[1:]
 DATA_SHARE_PRUNERS = ("successive_halving", "hyperband", "median", "none")
 DEFAULT_SAMPLER = {"type": "tpe", "seed": 0}
 DEFAULT_PRUNER = {"type": "median", "n_startup_trials": 5}
-DEFAULT_WARM_UP_SHARE = 0.2  # of budget.epochs, at least 2: README "Pruning" (the trials' first epochs rank them by chance)
+DEFAULT_WARM_UP_SHARE = 0.2  # of budget.epochs, at least 2: docs/explanation/search.md (the trials' first epochs rank them by chance)
 MIN_TRIALS_PER_STAGE = 2
 
 
