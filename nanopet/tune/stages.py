@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, chosen_values, plan
+from nanopet.tune.plan import plan, Stage
+from nanopet.tune.studies import chosen_values
 
 RESUME = "the same search again"  # what to run again when the caller did not say its command
 

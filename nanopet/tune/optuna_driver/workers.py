@@ -8,7 +8,7 @@ stage needs its best), then carries the best values forward.
 
 ``launch`` starts ``workers`` processes, each with ``CUDA_VISIBLE_DEVICES`` set to one GPU and
 ``torch.set_num_threads(cores // workers)``, all sharing the study's storage: GPU workers as new
-interpreters (``python -m nanopet.tune.workers``), CPU workers forked from the launcher, which has
+interpreters (``python -m nanopet.tune.optuna_driver.workers``), CPU workers forked from the launcher, which has
 paid the imports already (``forkable``). A worker killed mid-trial leaves a RUNNING trial behind; the other
 workers (or the next run) see its process is gone, mark the trial FAIL and re-queue it, and the
 launcher starts a replacement worker (up to ``MAX_RESTARTS`` per slot).
@@ -91,12 +91,13 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     import optuna
 
     from nanopet.data.splits import load_data
-    from nanopet.tune.lease import recover
-    from nanopet.tune.objective import TrialInterrupted, TrialRunner
+    from nanopet.tune.optuna_driver.lease import recover
+    from nanopet.tune.optuna_driver.runner import TrialInterrupted, TrialRunner
     from nanopet.tune.stages import run_stages
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import open_stage, remaining
-    from nanopet.tune.trial import PaceLine
+    from nanopet.tune.studies import open_stage
+    from nanopet.tune.plan import remaining
+    from nanopet.tune.progress import PaceLine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop = stop or StopFlag()
@@ -156,7 +157,7 @@ def warm_up() -> None:
 def write_worker_record(space, index: int, launched: float, data_seconds: float, prepared: list[str] = ()) -> None:
     """``studies/<name>/workers/<host>-<pid>.json``: start-up costs, for the overhead benchmark, and the prepared
     data folders the worker maps (none: data in its memory)."""
-    from nanopet.tune.lease import HOST
+    from nanopet.tune.optuna_driver.lease import HOST
 
     folder = space.study.path / "workers"
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,7 +311,7 @@ def processes(space, count: int, gpus: list[int], threads: int, deadline, out, s
         if fork:
             children[k] = _Forked(arguments, env, quiet=stdout == subprocess.DEVNULL)
         else:
-            children[k] = subprocess.Popen([sys.executable, "-m", "nanopet.tune.workers", arguments], env={**os.environ, **env},
+            children[k] = subprocess.Popen([sys.executable, "-m", "nanopet.tune.optuna_driver.workers", arguments], env={**os.environ, **env},
                                            stdout=stdout)
 
     stop = StopFlag()
@@ -375,9 +376,9 @@ def _signal(child: subprocess.Popen | _Forked, signum) -> None:
 
 def _recover_all(space, out) -> None:
     """After killing the workers: mark their trials interrupted and re-queue them now."""
-    from nanopet.tune.lease import recover
+    from nanopet.tune.optuna_driver.lease import recover
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import created_stages
+    from nanopet.tune.studies import created_stages
 
     for _, study in created_stages(space, open_storage(storage_url(space))):
         recover(study, space.study.grace_period, space.study.max_retries, log=out)
