@@ -6,7 +6,7 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
     objective:  {metric: val_rmse_gmean, cost: none | penalty | front, cost_measure, cost_weight}
-    budget:     {n_trials, timeout, epochs, equal: epochs | steps | time, data_shares: [0.125, 0.25, 0.5, 1]}
+    budget:     {n_trials, timeout, epochs, equal: epochs | steps | time, data_shares: [0.125, 0.25, 0.5, 1], predicted_seconds}
     strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true,
                  learning_rate_scaling: none | sqrt | linear}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
@@ -51,7 +51,7 @@ METRICS = ("val_rmse_gmean", "val_loss") + METRICS  # val_rmse_gmean: nanopet.tr
 OBJECTIVE_KEYS = ("metric", "cost", "cost_measure", "cost_weight")
 COSTS = ("none", "penalty", "front")
 COST_MEASURES = ("inference_time", "parameters")
-BUDGET_KEYS = ("n_trials", "timeout", "epochs", "equal", "data_shares")
+BUDGET_KEYS = ("n_trials", "timeout", "epochs", "equal", "data_shares", "predicted_seconds")
 # budget.equal: what every trial gets as much of as the base hypers get in budget.epochs epochs (nanopet/tune/trial.py
 # trial_epochs): the same epochs, the same optimizer steps, or the same training time
 EQUAL_BUDGETS = ("epochs", "steps", "time")
@@ -190,6 +190,7 @@ class Budget:
     # subsets, from scratch each time), and the pruner decides after each; None: every trial trains on all of it
     data_shares: tuple | None = None
     equal: str = "epochs"  # epochs | steps | time: EQUAL_BUDGETS
+    predicted_seconds: float | None = None  # what `nanopet-tune init` predicted the search takes; said beside the time taken
 
     @property
     def rung_steps(self) -> tuple:
@@ -480,7 +481,8 @@ def _budget(raw: dict, options: dict) -> Budget:
     if shares and equal != "epochs":
         raise InputError(f"budget.equal: {equal} sizes each trial's epochs; budget.data_shares trains every share for "
                          "budget.epochs epochs: use one of them")
-    return Budget(n_trials, timeout, epochs, shares, equal)
+    predicted = _number(raw.get("predicted_seconds"), "budget.predicted_seconds", positive=True, allow_none=True)
+    return Budget(n_trials, timeout, epochs, shares, equal, predicted)
 
 
 def _data_shares(raw) -> tuple | None:
