@@ -9,6 +9,7 @@ module adds its subcommands with ``add_parsers(commands)`` and names their handl
 - ``retrain``: ``retrain``, ``compare-losses``;
 - ``export``: ``export``, ``eval``;
 - ``data``: ``make-data``, ``inspect``;
+- ``init``: ``init`` (a search space fitted to a dataset and this machine);
 - ``arguments``: the argument types and hidden aliases they share.
 
 The handlers import the work they do when they run, so ``--help`` and a bad flag answer at once.
@@ -21,13 +22,13 @@ import argparse
 import sys
 
 from nanopet import __version__
-from nanopet.cli import data, export, report, retrain, search, train
+from nanopet.cli import data, export, init, report, retrain, search, train
 from nanopet.errors import NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "inspect", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval")
+SUBCOMMANDS = ("train", "make-data", "inspect", "init", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval")
 # One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
 # command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
-GROUPS = (train, search, report, retrain, export, data)  # in the order of --help
+GROUPS = (train, search, report, retrain, export, data, init)  # in the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:
