@@ -754,7 +754,7 @@ def epoch_seconds(options: dict, data: Data, steps: int = 3) -> float:
     return training_step_seconds(options, data, steps) * batches_per_epoch(len(data.train), training["batch_size"])
 
 
-def epoch_seconds_pair(options: dict, other: dict, data: Data, steps: int = 5) -> tuple[float, float]:
+def epoch_seconds_pair(options: dict, other: dict, data: Data, steps: int = 4) -> tuple[float, float]:
     """``epoch_seconds`` of two resolved options, their steps timed in turn (one of each, ``steps`` times), so that a
     machine whose load changes while they are timed slows both alike."""
     timers = [StepTimer(options, data), StepTimer(other, data)]

@@ -155,6 +155,8 @@ def test_a_smaller_budget_makes_a_smaller_plan_and_too_small_a_one_is_refused():
         assert plan.predicted <= FILL * budget and plan.trial_seconds <= MAX_TRIAL_SHARE * budget
         assert plan.predicted == pytest.approx(predict(timing, plan.counts, plan.epochs, 2))
     assert fitted(20) is None
+    smallest, needed = Fitter(choices.counts, choices.stages, lambda size, base: None, 20, 2, 10).least_budget(timing)
+    assert smallest.counts == [5, 2] and fitted(needed + 1) is not None and fitted(needed - 1) is None
     larger = fitted(3600, larger={"small": timing.scaled(4.0), "default": timing.scaled(20.0)})
     assert larger.size is MODEL_SIZES[1] and larger.epochs >= 10 and larger.learning_rate_trials >= 8
     assert choices.counts(Plan(MODEL_SIZES[0], STAGE_SETS[0], [], 10, learning_rates=(3e-4, 1e-3))) == [5, 1, 3, 5]

@@ -27,7 +27,7 @@ from typing import Callable
 
 from nanopet.errors import InputError
 from nanopet.tune.init import rules
-from nanopet.tune.init.plan import FILL, STAGE_SETS, Fitter, Plan, Timing, estimate_epoch, measure, predict
+from nanopet.tune.init.plan import STAGE_SETS, Fitter, Plan, Timing, estimate_epoch, measure, predict
 from nanopet.tune.init.render import minutes, render, summary_lines
 from nanopet.tune.init.rules import MODEL_SIZES, ModelSize
 
@@ -201,10 +201,10 @@ def init_search(paths, budget: float = 3600.0, workers: int | None = None, energ
         measured[plan.size.name], _ = measure(space_of(plan), threads, workers)
         measured[plan.size.name].inspect = inspected
     if plan is None:
-        smallest = predict(timing, [2, 2], rules.MIN_EPOCHS, workers) / FILL
-        raise InputError(f"--budget {minutes(budget)}: too short for a search of this data here: the smallest plan "
-                         f"(4 trials of {rules.MIN_EPOCHS} epochs) takes about {minutes(smallest)}; give --budget "
-                         f"{math.ceil(smallest / 60)}m or more")
+        smallest, needed = fitter.least_budget(timing)
+        raise InputError(f"--budget {minutes(budget)}: too short for a search of this data here (an epoch of the defaults "
+                         f"took {timing.epoch:.3g} s): the smallest plan, {smallest.n_trials} trials of {rules.MIN_EPOCHS} "
+                         f"epochs, needs about {minutes(needed)}; give --budget {math.ceil(needed / 60)}m or more")
 
     raw = choices.space(plan)
     pruning = rules.pruner(report, plan.epochs)

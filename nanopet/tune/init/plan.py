@@ -48,14 +48,14 @@ class Timing:
     data: float  # reading the splits and their neighbour lists at the largest cutoff, as each worker does
     epoch: float  # one epoch of the base hypers, validation included (the trainer's epoch_time)
     setup: float  # a trial's own start: the model, the composition baseline, the initialisation
-    measure: float  # one ``epoch_seconds`` call: budget.equal: time measures the base hypers and the trial each trial
+    measure: float  # one measurement of budget.equal: time (``epoch_seconds_pair``), which a trial of a new step cost takes
     estimate: float = 0.0  # ``epoch_seconds``'s estimate of the training epoch (steps only)
     inspect: float = 0.0
     side_by_side: bool = False  # measured in as many processes at once as there are workers
 
     def trial(self, epochs: int, workers: int) -> float:
-        """A trial of ``epochs`` base epochs: its start, the two measurements of budget.equal: time, the epochs."""
-        return self.setup + 2 * self.measure + TRIAL_BOOKKEEPING_SECONDS + epochs * self.epoch / efficiency(workers, self)
+        """A trial of ``epochs`` base epochs: its start, the measurement of budget.equal: time, the epochs."""
+        return self.setup + self.measure + TRIAL_BOOKKEEPING_SECONDS + epochs * self.epoch / efficiency(workers, self)
 
     def scaled(self, factor: float) -> "Timing":
         """The same machine for a model ``factor`` times as slow (its data as fast)."""
@@ -96,12 +96,12 @@ def _measure_forked(raw: dict, base_dir: str, threads: int) -> tuple[Timing, int
 
 def measure_here(space, threads: int) -> tuple[Timing, object]:
     """Time ``space``'s base hypers in this process with ``threads`` torch threads: loading its splits at its largest
-    cutoff (as a worker does), one ``epoch_seconds`` (as budget.equal: time measures), and one epoch of the trainer
-    (validation included) with the trial's start around it. Returns the timing and the data."""
+    cutoff (as a worker does), the measurement budget.equal: time makes before a trial (``epoch_seconds_pair``), and
+    one epoch of the trainer (validation included) with the trial's start around it. Returns the timing and the data."""
     import torch
 
     from nanopet.data.splits import load_data
-    from nanopet.train import epoch_seconds, train
+    from nanopet.train import epoch_seconds_pair, train
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -109,7 +109,7 @@ def measure_here(space, threads: int) -> tuple[Timing, object]:
         started = time.perf_counter()
         data = load_data(space.options, space.base_dir, cutoff=space.max_cutoff)
         loaded = time.perf_counter()
-        estimate = epoch_seconds(space.resolved, data)
+        estimate = epoch_seconds_pair(space.resolved, space.resolved, data)[0]
         measured = time.perf_counter()
         one = copy.deepcopy(space.options)
         one["architecture"]["training"]["num_epochs"] = 1
@@ -242,6 +242,14 @@ class Fitter:
         if plan.learning_rates is None:
             plan = self.tuned_learning_rates(plan, timing, TUNED_LEARNING_RATES[1])
         return self.finished(self.grow_epochs(plan, timing), timing)
+
+    def least_budget(self, timing: Timing) -> tuple[Plan, float]:
+        """The smallest plan (the two first stages on coarse grids, ``MIN_EPOCHS``) and the budget it needs here."""
+        size = MODEL_SIZES[0]
+        plan = self.with_counts(Plan(size, self.stages(STAGE_SETS[-1], size), [], MIN_EPOCHS,
+                                     learning_rates=learning_rates(size, COARSE_FACTOR)))
+        return plan, max(predict(timing, plan.counts, MIN_EPOCHS, self.workers) / FILL,
+                         timing.trial(MIN_EPOCHS, self.workers) / MAX_TRIAL_SHARE)
 
     def finished(self, plan: Plan | None, timing: Timing) -> tuple[Plan | None, Timing]:
         if plan is not None:

@@ -129,7 +129,7 @@ def _budget_reason(plan: Plan, timing: Timing, budget: float, workers: int) -> s
     rounds = plan.rounds(workers)
     return (
         f"sized here: one epoch of the base hypers took {timing.epoch:.3g} s (validation included), a trial's start "
-        f"{timing.setup:.2g} s and budget.equal's two measurements {2 * timing.measure:.2g} s, reading the data and its "
+        f"{timing.setup:.2g} s and budget.equal's measurement {timing.measure:.2g} s, reading the data and its "
         f"neighbour lists {timing.data:.2g} s. equal: time gives every trial the base hypers' training time for "
         f"{plan.epochs} epochs (a faster configuration trains more epochs), so a trial takes about "
         f"{minutes(plan.trial_seconds)} whatever it tries, and the {plan.n_trials} trials ({' + '.join(map(str, plan.counts))}) "
