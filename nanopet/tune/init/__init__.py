@@ -120,7 +120,6 @@ def init_search(paths, budget: float = 3600.0, workers: int | None = None, energ
     ``<DATA>-search.yaml`` beside the first file, the study's ``name`` to the first file's. Returns what was
     written; every problem is a one-line ``InputError`` naming the flag to give."""
     from nanopet.data.inspection import inspect_data
-    from nanopet.data.splits import load_data
     from nanopet.tune.space import load_search_space
     from nanopet.tune.workers import detect_gpus, threads_per_worker
 
@@ -148,75 +147,89 @@ def init_search(paths, budget: float = 3600.0, workers: int | None = None, energ
         report = inspect_data([str(p) for p in paths], energy_unit=energy_unit)
     inspected = time.perf_counter() - started
     targets = rules.label_targets(report, energy_key, forces_key, stress_key)
-    structures = report.structures
-    datasets = [{"systems": {"read_from": _relative(p, output.parent), "length_unit": "angstrom"}, "targets": dict(targets)}
-                for p in paths]
-    shares = rules.splits(structures)
     device, threads = ("cuda", 1) if gpus else ("cpu", threads_per_worker(workers))
-    cutoffs = rules.cutoff_range(report)
-    train_structures = structures - sum(max(1, round(share * structures)) for share in shares.values())
-    atoms_fit = report.atoms_per_pass(_memory_gb(device, workers), cutoffs["high"])
-    choices = DataChoices(
-        name=name or paths[0].stem.removesuffix(".clean"), device=device,
-        data={"training_set": datasets[0] if len(datasets) == 1 else datasets, **shares}, targets=targets, splits=shares,
-        cutoffs=cutoffs, initialisation=rules.initialisation(report),
-        batches={size.name: rules.batch_sizes(size, train_structures, atoms_fit, report.atoms_per_structure[2])
-                 for size in MODEL_SIZES})
-
-    def space_of(plan: Plan):
-        return load_search_space(choices.space(plan), output.parent, check_data=False)
-
+    choices = data_choices(report, paths, targets, output.parent, name or paths[0].stem.removesuffix(".clean"), device,
+                           _memory_gb(device, workers))
     out(f"init: {report.structures:,} structures read and checked in {inspected:.1f} s; timing the base hypers here "
         f"({workers} worker{'s' * (workers > 1)} of {threads} thread{'s' * (threads > 1)} on {device})")
-    tiny = Plan(MODEL_SIZES[0], choices.stages(STAGE_SETS[0], MODEL_SIZES[0]), [], 1,
-                learning_rates=rules.learning_rates(MODEL_SIZES[0]))
-    tiny.counts = choices.counts(tiny)
-    timing, train_structures = measure(space_of(tiny), threads, workers)
+    plan, timing = fit_to_machine(choices, output.parent, budget, workers, threads)
     timing.inspect = inspected
-    steps = math.ceil(train_structures / choices.batches[MODEL_SIZES[0].name]["base"])
-    loaded = []  # the data, in this process, for the estimates of larger models
-
-    measured, estimated = {MODEL_SIZES[0].name: timing}, {}
-
-    def timing_of(size: ModelSize, base: Timing) -> Timing | None:
-        """A larger size's timing: measured, else estimated from the tiny model's by their training epochs' ratio
-        (only where the tiny model's plan leaves room for it)."""
-        if size.name in measured:
-            return measured[size.name]
-        if predict(timing, tiny.counts, rules.epochs_wanted(steps), workers) > LARGER_MODEL_SHARE * budget:
-            return None
-        if size.name not in estimated:
-            plan = Plan(size, choices.stages(STAGE_SETS[0], size), [], 1, learning_rates=rules.learning_rates(size))
-            plan.counts = choices.counts(plan)
-            if not loaded:
-                loaded.append(load_data(space_of(tiny).options, output.parent, cutoff=space_of(tiny).max_cutoff))
-            estimated[size.name] = timing.scaled(estimate_epoch(space_of(plan), loaded[0], threads) / timing.estimate)
-        return estimated[size.name]
-
-    fitter = Fitter(choices.counts, choices.stages, timing_of, budget, workers, rules.epochs_wanted(steps))
-    while True:  # a larger size chosen on its estimate is timed itself, and the plan fitted again
-        plan, plan_timing = fitter(timing)
-        if plan is None or plan.size.name in measured:
-            break
-        measured[plan.size.name], _ = measure(space_of(plan), threads, workers)
-        measured[plan.size.name].inspect = inspected
-    if plan is None:
-        smallest, needed = fitter.least_budget(timing)
-        raise InputError(f"--budget {minutes(budget)}: too short for a search of this data here (an epoch of the defaults "
-                         f"took {timing.epoch:.3g} s): the smallest plan, {smallest.n_trials} trials of {rules.MIN_EPOCHS} "
-                         f"epochs, needs about {minutes(needed)}; give --budget {math.ceil(needed / 60)}m or more")
 
     raw = choices.space(plan)
     pruning = rules.pruner(report, plan.epochs)
     raw["study"]["pruner"] = dict(pruning)
     raw["budget"].update(timeout=int(round(budget)), predicted_seconds=int(round(plan.predicted)))
     command = f"nanopet-tune {output} --workers {workers}"
-    text = render(raw, report=report, flagged=flagged, choices=choices, plan=plan, timing=plan_timing, budget=budget,
+    text = render(raw, report=report, flagged=flagged, choices=choices, plan=plan, timing=timing, budget=budget,
                   workers=workers, command=command, dropped=dropped, pruning=pruning)
     output.write_text(text)
     load_search_space(output)  # what was written loads as it is
-    summary = summary_lines(report, flagged, raw, plan, plan_timing, budget, workers, dropped)
-    return Init(output, command, raw, text, report, plan_timing, plan, budget, workers, summary, dropped)
+    summary = summary_lines(report, flagged, raw, plan, timing, budget, workers, dropped)
+    return Init(output, command, raw, text, report, timing, plan, budget, workers, summary, dropped)
+
+
+def data_choices(report, paths: list, targets: rules.Reasoned, folder: Path, name: str, device: str,
+                 memory_gb: float) -> DataChoices:
+    """What follows from the data alone: the datasets (paths relative to ``folder``, where the space goes), splits,
+    cutoffs, initialisation, and each model size's batch sizes (``memory_gb``: what one training pass may fill)."""
+    datasets = [{"systems": {"read_from": _relative(p, folder), "length_unit": "angstrom"}, "targets": dict(targets)}
+                for p in paths]
+    shares = rules.splits(report.structures)
+    cutoffs = rules.cutoff_range(report)
+    train_structures = report.structures - sum(max(1, round(share * report.structures)) for share in shares.values())
+    atoms_fit = report.atoms_per_pass(memory_gb, cutoffs["high"])
+    return DataChoices(
+        name=name, device=device, data={"training_set": datasets[0] if len(datasets) == 1 else datasets, **shares},
+        targets=targets, splits=shares, cutoffs=cutoffs, initialisation=rules.initialisation(report),
+        batches={size.name: rules.batch_sizes(size, train_structures, atoms_fit, report.atoms_per_structure[2])
+                 for size in MODEL_SIZES})
+
+
+def fit_to_machine(choices: DataChoices, folder: Path, budget: float, workers: int, threads: int) -> tuple[Plan, Timing]:
+    """The plan for ``budget`` seconds on ``workers`` here and the timing it was fitted on: the tiny model's base
+    hypers timed, a larger size's estimated where the tiny plan leaves room for it (and timed itself when chosen).
+    Too short a budget is an InputError saying the budget the smallest plan needs."""
+    from nanopet.data.splits import load_data
+    from nanopet.tune.space import load_search_space
+
+    def space_of(plan: Plan):
+        return load_search_space(choices.space(plan), folder, check_data=False)
+
+    def first_plan(size: ModelSize) -> Plan:  # for the search space of a size's base hypers
+        plan = Plan(size, choices.stages(STAGE_SETS[0], size), [], 1, learning_rates=rules.learning_rates(size))
+        plan.counts = choices.counts(plan)
+        return plan
+
+    tiny = first_plan(MODEL_SIZES[0])
+    timing, train_structures = measure(space_of(tiny), threads, workers)
+    epochs = rules.epochs_wanted(math.ceil(train_structures / choices.batches[tiny.size.name]["base"]))
+    measured, estimated, loaded = {tiny.size.name: timing}, {}, []
+
+    def timing_of(size: ModelSize, base: Timing) -> Timing | None:
+        """A larger size's timing: measured, else estimated from the tiny model's by their training epochs' ratio
+        (only where the tiny model's plan leaves room for it)."""
+        if size.name in measured:
+            return measured[size.name]
+        if predict(timing, tiny.counts, epochs, workers) > LARGER_MODEL_SHARE * budget:
+            return None
+        if size.name not in estimated:
+            if not loaded:  # the data in this process, once
+                loaded.append(load_data(space_of(tiny).options, folder, cutoff=space_of(tiny).max_cutoff))
+            estimated[size.name] = timing.scaled(estimate_epoch(space_of(first_plan(size)), loaded[0], threads) / timing.estimate)
+        return estimated[size.name]
+
+    fitter = Fitter(choices.counts, choices.stages, timing_of, budget, workers, epochs)
+    while True:  # a larger size chosen on its estimate is timed itself, and the plan fitted again
+        plan, plan_timing = fitter(timing)
+        if plan is None or plan.size.name in measured:
+            break
+        measured[plan.size.name], _ = measure(space_of(plan), threads, workers)
+    if plan is None:
+        smallest, needed = fitter.least_budget(timing)
+        raise InputError(f"--budget {minutes(budget)}: too short for a search of this data here (an epoch of the defaults "
+                         f"took {timing.epoch:.3g} s): the smallest plan, {smallest.n_trials} trials of {rules.MIN_EPOCHS} "
+                         f"epochs, needs about {minutes(needed)}; give --budget {math.ceil(needed / 60)}m or more")
+    return plan, plan_timing
 
 
 def _memory_gb(device: str, workers: int) -> float:
