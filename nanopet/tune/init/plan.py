@@ -101,13 +101,15 @@ def measure_here(space, threads: int) -> tuple[Timing, object]:
     import torch
 
     from nanopet.data.splits import load_data
-    from nanopet.train import epoch_seconds_pair, train
+    from nanopet.train import StepTimer, epoch_seconds_pair, train
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         started = time.perf_counter()
         data = load_data(space.options, space.base_dir, cutoff=space.max_cutoff)
+        warm = time.perf_counter()
+        StepTimer(space.resolved, data)  # torch's first-use costs, which a worker pays once, not every trial
         loaded = time.perf_counter()
         estimate = epoch_seconds_pair(space.resolved, space.resolved, data)[0]
         measured = time.perf_counter()
@@ -117,7 +119,7 @@ def measure_here(space, threads: int) -> tuple[Timing, object]:
         trained = time.perf_counter() - measured
     finally:
         torch.set_num_threads(previous)
-    return Timing(threads, str(space.resolved["device"]), data=loaded - started, epoch=epoch, setup=max(0.0, trained - epoch),
+    return Timing(threads, str(space.resolved["device"]), data=warm - started, epoch=epoch, setup=max(0.0, trained - epoch),
                   measure=measured - loaded, estimate=estimate), data
 
 
