@@ -166,7 +166,8 @@ from nanopet.data.batch import GraphDataset
 from nanopet.model import NanoPET
 from nanopet.options import default_hypers
 from nanopet.runtime import keep_freed_memory
-from nanopet.train import Loss, training_step
+from nanopet.loss import Loss
+from nanopet.train import training_step
 keep_freed_memory()
 torch.set_num_threads(1)
 cutoff, k = float(sys.argv[1]), int(sys.argv[2])

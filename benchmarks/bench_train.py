@@ -66,7 +66,8 @@ def measure(name: str, n_structures: int, batch_size: int, steps: int, precision
     from nanopet.model import NanoPET, count_parameters
     from nanopet.options import default_hypers
     from nanopet.runtime import keep_freed_memory, resolve_atoms_per_pass
-    from nanopet.train import Loss, training_step
+    from nanopet.loss import Loss
+    from nanopet.train import training_step
 
     keep_freed_memory()
     dtype = torch.float64 if precision == 64 else torch.float32

@@ -38,7 +38,7 @@ def run(command: list[str], cwd: Path) -> str:
 
 def ours(metrics: dict) -> dict:
     """{metric: value} in the display units from nanopet.evaluate's metrics (full precision)."""
-    from nanopet.train import SHOWN_UNITS
+    from nanopet.loss import SHOWN_UNITS
 
     values = {}
     for name, target in (("energy per atom", "energy"), ("forces", "forces"), ("virial", "virial")):

@@ -31,29 +31,29 @@ resumed from their checkpoints when interrupted; the report to ``reports/<name>/
 from __future__ import annotations
 
 import copy
-import html
 import itertools
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
-from nanopet.errors import InputError, did_you_mean
-from nanopet.options import LOSS_TERMS, loss_type, read_yaml, resolve_options
+from nanopet.errors import InputError
+from nanopet.options import loss_type, read_yaml, resolve_options
+from nanopet.schema import CompareLosses, validate
+from nanopet.schema.hypers import LOSS_TYPES, REDUCTIONS, Deltas, Weights
+from nanopet.schema.options import axis
 from nanopet.data.splits import DATASET_KEYS, absolute_datasets
-from nanopet.runs import (RunSet, describe_metric, metric_names, read_history, shared_data, summarize, target_of, train_sets, unit_of,
+from nanopet.runs import (RunSet, describe_metric, metric_names, read_history, shared_data, summarize, train_sets, unit_of,
                           write_rows)
+from nanopet.report.losses import plus_minus, short_weights, write_losses_page
 from nanopet.tune.storage import choose_trial, open_study
 
 HUBER_FRACTION = 0.1  # delta = HUBER_FRACTION x RMS of the term's target on the training set
-LOSS_TYPES = ("mse", "mae", "huber")
-REDUCTIONS = ("mean", "sum")
-SECTION = "compare_losses"
-SECTION_KEYS = ("types", "reductions", "weights", "deltas", "seeds", "epochs")
+SECTION = "compare_losses"  # its keys, types and docs: nanopet/schema/options.py CompareLosses
 
 
 @dataclass
@@ -88,18 +88,19 @@ def target_scales(data, options: dict) -> dict:
     from nanopet.composition import composition_offsets, composition_weights
 
     training = options["architecture"]["training"]
-    structures = data.train.structures
-    types = sorted({int(z) for d in (data.train, data.val, data.test) for s in d.structures for z in s.numbers})
-    composition = composition_weights(training, structures, types)
+    train = data.train
+    types = data.atomic_types
+    composition = composition_weights(training, train, types)
     per_structure = "energy" in training["per_structure_targets"]
-    norm = np.array([1.0 if per_structure else len(s) for s in structures])
-    residual = (np.array([s.energy for s in structures]) - composition_offsets(composition, types, structures)) / norm
+    norm = np.ones(len(train)) if per_structure else train.n_atoms.astype(np.float64)
+    residual = (train.energies - composition_offsets(composition, types, train)) / norm
     scales = {"energy": float(np.sqrt(np.mean(residual**2)))}
-    if data.train.has_forces:
-        forces = np.concatenate([s.forces.ravel() for s in structures])
+    if train.has_forces:
+        forces = train.atom_forces().ravel()
         scales["forces"] = float(np.sqrt(np.mean(forces**2)))
-    if data.train.has_stress:
-        virial = [s.stress * s.volume / n for s, n in zip(structures, norm) if s.stress is not None and s.pbc.all()]
+    if train.has_stress:
+        mask = train.stress_mask
+        virial = train.stresses()[mask] * train.volumes()[mask, None, None] / norm[mask, None, None]
         scales["virial"] = float(np.sqrt(np.mean(np.square(virial))))
     return scales
 
@@ -120,65 +121,48 @@ def huber_deltas(given: dict, data, options: dict) -> dict:
 # Variants
 
 
-def parse_weights(text: str) -> dict:
-    """``forces=10,energy=0.1`` -> {forces: 10.0, energy: 0.1}."""
-    weights = {}
+def parse_terms(text: str, flag: str = "--weights") -> dict:
+    """``forces=10,energy=0.1`` -> {forces: 10.0, energy: 0.1}: loss weights (``--weights``) or Huber deltas
+    (``--deltas``), checked as such."""
+    terms = {}
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         term, sep, value = part.partition("=")
-        term = term.strip()
-        if not sep or term not in LOSS_TERMS:
-            raise InputError(f"--weights {text}: expected term=value pairs like forces=10,energy=0.1; "
-                             f"{term!r} is not a loss term{did_you_mean(term, LOSS_TERMS)} (terms: {', '.join(LOSS_TERMS)})")
         try:
-            weights[term] = float(value)
+            terms[term.strip()] = float(value)
         except ValueError:
-            raise InputError(f"--weights {text}: {term}={value!r} is not a number") from None
-    if not weights:
-        raise InputError(f"--weights {text!r}: empty; give term=value pairs like forces=10")
-    return weights
+            sep = ""
+        if not sep:
+            raise InputError(f"{flag} {text}: expected term=value pairs like forces=10,energy=0.1")
+    if not terms:
+        raise InputError(f"{flag} {text!r}: empty; give term=value pairs like forces=10")
+    validate(Weights if flag == "--weights" else Deltas, terms, flag)
+    return terms
 
 
-def _axis(values, allowed, where: str) -> list:
-    if values is None:
+def parse_weights(text: str) -> dict:
+    return parse_terms(text, "--weights")
+
+
+def _axis(given, from_section: list | None, kind, flag: str) -> list | None:
+    """An axis of variants: the values ``given`` (on the command line as ``flag``), else the section's, once each."""
+    if given is not None:
+        from_section = [validate(kind, value, flag) for value in ([given] if isinstance(given, str) else given)]
+    return None if from_section is None else list(dict.fromkeys(from_section))
+
+
+def _weights_axis(given, from_section: list | None) -> list | None:
+    """The weight sets: those ``given`` (mappings, or ``forces=10`` text), else the section's; each holds the terms set."""
+    if given is not None:
+        given = [parse_weights(value) if isinstance(value, str) else value for value in ([given] if isinstance(given, dict) else given)]
+        from_section = validate(axis(Weights), given, "--weights")
+    if from_section is None:
         return None
-    if isinstance(values, str):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or not values:
-        raise InputError(f"{where}: expected a list, e.g. [{', '.join(allowed)}]")
     out = []
-    for value in values:
-        if value not in allowed:
-            raise InputError(f"{where}: unknown value {value!r}{did_you_mean(value, allowed)}; known: {', '.join(allowed)}")
+    for weights in from_section:
+        value = {term: float(weight) for term, weight in weights.model_dump(exclude_unset=True).items()}
         if value not in out:
             out.append(value)
     return out
-
-
-def _weights_axis(values, where: str) -> list | None:
-    if values is None:
-        return None
-    if isinstance(values, dict):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or not values:
-        raise InputError(f"{where}: expected a list of weight sets, e.g. [{{forces: 1}}, {{forces: 10}}]")
-    out = []
-    for k, value in enumerate(values):
-        value = parse_weights(value) if isinstance(value, str) else value
-        if not isinstance(value, dict) or not value:
-            raise InputError(f"{where}[{k}]: expected a mapping of loss term to weight, e.g. {{forces: 10}}")
-        for term, weight in value.items():
-            if term not in LOSS_TERMS:
-                raise InputError(f"{where}[{k}].{term}: unknown loss term{did_you_mean(term, LOSS_TERMS)}; known: {', '.join(LOSS_TERMS)}")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise InputError(f"{where}[{k}].{term}: must be a non-negative number, got {weight!r}")
-        value = {t: float(value[t]) for t in LOSS_TERMS if t in value}
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _short(weights: dict) -> str:
-    return ",".join(f"{t}={w:g}" for t, w in weights.items())
 
 
 def build_variants(base_loss: dict, types=None, reductions=None, weights=None, deltas: dict | None = None) -> list[Variant]:
@@ -190,7 +174,7 @@ def build_variants(base_loss: dict, types=None, reductions=None, weights=None, d
     varying = [name for name, values in axes.items() if len(values) > 1] or ["type"]
     variants = []
     for kind, reduction, extra in itertools.product(axes["type"], axes["reduction"], axes["weights"]):
-        parts = {"type": kind, "reduction": reduction, "weights": f"w({_short(extra)})" if extra else "w(base)"}
+        parts = {"type": kind, "reduction": reduction, "weights": f"w({short_weights(extra)})" if extra else "w(base)"}
         label = ", ".join(parts[name] for name in varying)
         slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", "-".join(parts[name] for name in varying)).strip("_")
         variants.append(Variant(label, slug, kind, reduction, {**base_loss["weights"], **extra},
@@ -224,19 +208,14 @@ def read_source(source: str, trial=None, directory: str | Path = "studies", stor
     path = Path(source)
     if path.suffix.lower() in (".yaml", ".yml"):
         raw = read_yaml(path)
-        section = raw.pop(SECTION, None) or {}
-        if not isinstance(section, dict):
-            raise InputError(f"{path}: {SECTION}: expected a mapping with keys {', '.join(SECTION_KEYS)}")
-        for key in section:
-            if key not in SECTION_KEYS:
-                raise InputError(f"{path}: {SECTION}.{key}: unknown key{did_you_mean(key, SECTION_KEYS)}; known: {', '.join(SECTION_KEYS)}")
+        section = validate(CompareLosses, raw.pop(SECTION, None) or {}, f"{path}: {SECTION}")
         if trial is not None:
             raise InputError("--trial: only for a study; an options file is one set of hypers")
         options = resolve_options(absolute_datasets(raw, path.parent))
         return path.stem, options, section, Path("runs") / path.stem / "losses", f"options file {path}"
     found = open_study(source, directory, storage)
     chosen = choose_trial(found, trial)
-    return found.name, chosen.options, {}, found.folder / "losses", f"study {found.name}, trial {chosen.label} ({chosen.how})"
+    return found.name, chosen.options, CompareLosses(), found.folder / "losses", f"study {found.name}, trial {chosen.label} ({chosen.how})"
 
 
 def compare_losses(source: str, types=None, reductions=None, weights=None, deltas: dict | None = None, seeds: int | None = None,
@@ -245,13 +224,11 @@ def compare_losses(source: str, types=None, reductions=None, weights=None, delta
                    test_set: float | None = None, out: Callable[[str], None] = print) -> LossComparison:
     """Train the hypers of ``source`` with every loss variant and seed; write the report (module docstring)."""
     name, options, section, runs_default, described = read_source(source, trial, directory, storage)
-    types = _axis(types if types is not None else section.get("types"), LOSS_TYPES, "--types" if types else f"{SECTION}.types")
-    reductions = _axis(reductions if reductions is not None else section.get("reductions"), REDUCTIONS,
-                       "--reductions" if reductions else f"{SECTION}.reductions")
-    weights = _weights_axis(weights if weights is not None else section.get("weights"),
-                            "--weights" if weights else f"{SECTION}.weights")
-    seeds = seeds if seeds is not None else section.get("seeds", 3)
-    epochs = epochs if epochs is not None else section.get("epochs")
+    types = _axis(types, section.types, Literal[LOSS_TYPES], "--types")
+    reductions = _axis(reductions, section.reductions, Literal[REDUCTIONS], "--reductions")
+    weights = _weights_axis(weights, section.weights)
+    seeds = seeds if seeds is not None else section.seeds
+    epochs = epochs if epochs is not None else section.epochs
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds: must be at least 1, got {seeds!r}")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -271,12 +248,8 @@ def compare_losses(source: str, types=None, reductions=None, weights=None, delta
     data = shared_data([options])
     base_loss = options["architecture"]["training"]["loss"]
     variants = build_variants(base_loss, types, reductions, weights)
-    if not isinstance(section.get("deltas") or {}, dict):
-        raise InputError(f"{SECTION}.deltas: expected a mapping of loss term to delta, e.g. {{energy: 0.01, forces: 0.1}}")
-    given = {**loss_type(base_loss)[1], **(section.get("deltas") or {}), **(deltas or {})}
-    for term, value in given.items():
-        if term not in LOSS_TERMS or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InputError(f"deltas.{term}: expected a loss term ({', '.join(LOSS_TERMS)}) with a positive delta, got {value!r}")
+    validate(Deltas, deltas or {}, "--deltas")
+    given = {**loss_type(base_loss)[1], **(section.deltas.model_dump(exclude_none=True) if section.deltas else {}), **(deltas or {})}
     chosen_deltas = huber_deltas(given, data, options) if any(v.type == "huber" for v in variants) else {}
     for variant in variants:
         if variant.type == "huber":
@@ -323,9 +296,9 @@ def compare_losses(source: str, types=None, reductions=None, weights=None, delta
     lines = [f"{'test metric':<32} {'winner':<20} {'mean ± std':<22} runner-up"]
     for w in winners:
         metric = f"{describe_metric(w['metric'], per_structure)} ({unit_of(w['metric'], per_structure)})"
-        text = f"{metric:<32} {w['winner']:<20} {_pm(w['mean'], w['std']):<22}"
+        text = f"{metric:<32} {w['winner']:<20} {plus_minus(w['mean'], w['std']):<22}"
         if w["runner_up"] is not None:
-            text += f" {w['runner_up']} {_pm(w['runner_up_mean'], w['runner_up_std'])} ({w['verdict']})"
+            text += f" {w['runner_up']} {plus_minus(w['runner_up_mean'], w['runner_up_std'])} ({w['verdict']})"
         lines.append(text.rstrip())
     lines.append(f"report: {page}; runs: {csv_path}; summary: {summary_path}")
     for line in lines:
@@ -351,111 +324,6 @@ def pick_winners(summary: list[dict], metrics: list[str]) -> list[dict]:
                        verdict="clear" if clear else "within spread")
         winners.append(row)
     return winners
-
-
-# ---------------------------------------------------------------------------------------------
-# The page
-
-
-def _table(head: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
-    def cell(tag, k, value):
-        cls = ' class="text"' if k < text_columns else ""
-        return f"<{tag}{cls}>{html.escape(str(value))}</{tag}>"
-
-    out = ["<table>", "<tr>" + "".join(cell("th", k, h) for k, h in enumerate(head)) + "</tr>"]
-    out += ["<tr>" + "".join(cell("td", k, v) for k, v in enumerate(row)) + "</tr>" for row in rows]
-    return "\n".join(out + ["</table>"])
-
-
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4g} ± {std:.3g}" if math.isfinite(mean) else "n/a"
-
-
-def write_losses_page(path: Path, name: str, header: list[str], variants: list[Variant], summary: list[dict],
-                      winners: list[dict], curves: dict, metrics: list[str], per_structure: bool) -> Path:
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
-
-    from nanopet.report.page import write_page
-
-    colors = {v.label: qualitative.Plotly[k % len(qualitative.Plotly)] for k, v in enumerate(variants)}
-    lookup = {(r["variant"], r["metric"]): r for r in summary}
-    sections = []
-
-    win_rows = [[describe_metric(w["metric"], per_structure), unit_of(w["metric"], per_structure), w["winner"], _pm(w["mean"], w["std"]),
-                 w["runner_up"] or "", _pm(w["runner_up_mean"], w["runner_up_std"]) if w["runner_up"] else "", w["verdict"]]
-                for w in winners]
-    sections.append(("Winners: the variant with the lowest test mean per metric; 'clear' when the gap to the runner-up "
-                     "exceeds the sum of their standard deviations over seeds, else the difference is within the seed spread",
-                     _table(["metric", "unit", "winner", "mean ± std", "runner-up", "mean ± std", "verdict"], win_rows, 3)))
-
-    head = ["variant"] + [f"{describe_metric(m, per_structure)} ({unit_of(m, per_structure)})" for m in metrics]
-    table_rows = []
-    for v in variants:
-        cells = [v.label]
-        for m in metrics:
-            r = lookup[(v.label, m)]
-            cells.append(_pm(r["mean"], r["std"]) + (" *" if r["wins"] else ""))
-        table_rows.append(cells)
-    sections.append(("Test metrics: mean ± sample std over seeds of each variant and target; * marks the lowest mean",
-                     _table(head, table_rows)))
-
-    settings = [[v.label, v.type, v.reduction, _short(v.weights) or "base (1.0 each)",
-                 ", ".join(f"{t}={d:.4g}" for t, d in v.deltas.items())] for v in variants]
-    sections.append(("Variants: the loss settings each variant trains with (everything else identical)",
-                     _table(["variant", "type", "reduction", "weights", "huber deltas"], settings, 5)))
-
-    rmse = [m for m in metrics if m.endswith("_rmse")] or metrics
-    bars = make_subplots(rows=1, cols=len(rmse), subplot_titles=[f"{target_of(m)} ({unit_of(m, per_structure)})" for m in rmse])
-    for k, metric in enumerate(rmse, start=1):
-        for v in variants:
-            r = lookup[(v.label, metric)]
-            bars.add_trace(go.Bar(x=[v.label], y=[r["mean"]], error_y={"type": "data", "array": [r["std"]]},
-                                  marker_color=colors[v.label], name=v.label, legendgroup=v.label, showlegend=k == 1), row=1, col=k)
-    bars.update_layout(height=380, margin={"t": 40}, barmode="group")
-    sections.append(("Test RMSE: bars are the mean over seeds, whiskers one standard deviation", bars))
-
-    targets = [t for t in ("energy", "forces", "stress", "virial")
-               if any(f"val_{t}_rmse" in row for runs in curves.values() for history in runs for row in history)]
-    if targets:
-        columns = min(2, len(targets))
-        rows = math.ceil(len(targets) / columns)
-        figure = make_subplots(rows=rows, cols=columns, subplot_titles=[f"validation {t} RMSE ({unit_of(f'val_{t}_rmse', per_structure)})"
-                                                                       for t in targets])
-        for k, target in enumerate(targets):
-            where = {"row": k // columns + 1, "col": k % columns + 1}
-            for v in variants:
-                epochs, mean, low, high = _curve(curves[v.label], f"val_{target}_rmse")
-                if not epochs:
-                    continue
-                color = colors[v.label]
-                figure.add_trace(go.Scatter(x=epochs + epochs[::-1], y=list(high) + list(low[::-1]), fill="toself",
-                                            fillcolor=color, opacity=0.15, line={"width": 0}, hoverinfo="skip",
-                                            showlegend=False, legendgroup=v.label), **where)
-                figure.add_trace(go.Scatter(x=epochs, y=list(mean), mode="lines", line={"color": color}, name=v.label,
-                                            legendgroup=v.label, showlegend=k == 0), **where)
-            figure.update_yaxes(type="log", **where)
-            figure.update_xaxes(title_text="epoch", **where)
-        figure.update_layout(height=330 * rows + 60, margin={"t": 40})
-        sections.append(("Learning curves: validation RMSE per epoch, mean over seeds, the band spans the seeds' lowest to "
-                         "highest (the validation loss is not compared: its meaning changes with the loss)", figure))
-    return write_page(path, f"Loss comparison: {name}", header, sections)
-
-
-def _curve(histories: list[list[dict]], key: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """Epochs, and per epoch the mean, lowest and highest value over seeds."""
-    by_epoch: dict[int, list[float]] = {}
-    for history in histories:
-        for row in history:
-            value = row.get(key)
-            if value is not None and math.isfinite(value):
-                by_epoch.setdefault(int(row["epoch"]), []).append(value)
-    epochs = sorted(by_epoch)
-    mean = np.array([np.mean(by_epoch[e]) for e in epochs])
-    low = np.array([min(by_epoch[e]) for e in epochs])
-    high = np.array([max(by_epoch[e]) for e in epochs])
-    return epochs, mean, low, high
 
 
 # ---------------------------------------------------------------------------------------------

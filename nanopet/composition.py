@@ -9,19 +9,25 @@ import math
 
 import numpy as np
 
+from nanopet.data.dataset import Dataset, species_lookup
 from nanopet.errors import InputError
 from nanopet.model import composition_features
 
 
 def fit_composition_weights(structures, atomic_types) -> np.ndarray:
-    """Least-squares energy per species (float64), with the spec's escalating ridge for stability."""
+    """Least-squares energy per species (float64) of a list of Structures."""
     counts = composition_features([s.numbers for s in structures], atomic_types)
-    energies = np.array([s.energy for s in structures], dtype=np.float64)
+    return fit_weights(counts, np.array([s.energy for s in structures], dtype=np.float64))
+
+
+def fit_weights(counts: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """Least-squares energy per species from species counts (structures x types) and energies, with the spec's
+    escalating ridge for stability."""
     gram, rhs = counts.T @ counts, counts.T @ energies
     ridge = 1e-20
     while ridge <= 1e5:
         try:
-            weights = np.linalg.solve(gram + ridge * np.eye(len(atomic_types)), rhs)
+            weights = np.linalg.solve(gram + ridge * np.eye(counts.shape[1]), rhs)
             if np.all(np.isfinite(weights)):
                 return weights
         except np.linalg.LinAlgError:
@@ -58,14 +64,13 @@ def fixed_composition(fixed: dict, atomic_types) -> np.ndarray | None:
     return np.array([given[z] for z in atomic_types])
 
 
-def composition_weights(training: dict, structures, atomic_types) -> np.ndarray:
-    """The baseline of ``architecture.training`` (its ``fixed_composition_weights``), else the fit on ``structures``
+def composition_weights(training: dict, dataset: Dataset, atomic_types) -> np.ndarray:
+    """The baseline of ``architecture.training`` (its ``fixed_composition_weights``), else the fit on ``dataset``
     (the training set)."""
     weights = fixed_composition(training["fixed_composition_weights"], atomic_types)
-    return fit_composition_weights(structures, atomic_types) if weights is None else weights
+    return fit_weights(dataset.species_counts(atomic_types), dataset.energies) if weights is None else weights
 
 
-def composition_offsets(weights: np.ndarray, atomic_types, structures) -> np.ndarray:
+def composition_offsets(weights: np.ndarray, atomic_types, dataset: Dataset) -> np.ndarray:
     """Each structure's baseline energy: the sum of its atoms' weights."""
-    index = {int(z): k for k, z in enumerate(atomic_types)}
-    return np.array([weights[[index[int(z)] for z in s.numbers]].sum() for s in structures])
+    return dataset.atom_sums(weights[species_lookup(atomic_types)[dataset.atom_numbers()]])

@@ -3,11 +3,13 @@
 The model is a checkpoint (run here, in batches, by the trainer's own code) or an exported metatomic
 ``model.pt`` (run by metatomic's ASE calculator, a client this package did not write). Errors are
 summed by the trainer's ``loss_terms``/``Accumulator`` and printed with retrain's units and names, so
-``eval`` of a checkpoint on its test set reports the numbers ``retrain`` does (energy per atom).
+``eval`` of a checkpoint on its test set reports the numbers ``retrain`` does (energy per atom). A large
+DATA file is read prepared on disk as ``load_data`` reads it; predictions are written one frame at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import torch
 import yaml
 
 from nanopet.data.batch import GraphDataset
+from nanopet.data.dataset import Dataset
 from nanopet.data.structure import Structure
 from nanopet.errors import InputError
 
@@ -38,10 +41,11 @@ class Prediction:
 # Data
 
 
-def read_dataset(path: str | Path) -> tuple[str, list[Structure]]:
-    """(name, structures) of DATA: an extended XYZ file, or an options.yaml whose ``test_set`` is used.
-    Frames without an energy are read unlabelled: they get predictions, not errors."""
-    from nanopet.data.read import load_splits, read_structures
+def read_dataset(path: str | Path, cutoff: float) -> tuple[str, Dataset]:
+    """(name, dataset at ``cutoff``) of DATA: a structure file (prepared on disk when large, as ``load_data``
+    decides), or an options.yaml whose ``test_set`` is used. Frames without an energy are read unlabelled (in
+    memory): they get predictions, not errors."""
+    from nanopet.data.splits import open_dataset, read_data
     from nanopet.options import resolve_options
 
     path = Path(path)
@@ -52,28 +56,23 @@ def read_dataset(path: str | Path) -> tuple[str, list[Structure]]:
             options = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             raise InputError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        options = resolve_options(options)
-        test = load_splits(options, base_dir=path.parent, seed=options["seed"])[2]
-        if not test:
+        test = read_data(resolve_options(options), path.parent, cutoff).test
+        if not len(test):
             raise InputError(f"{path}: test_set is empty; give it a file or a fraction (e.g. test_set: 0.1)")
         return f"{path} test_set", test
     try:
-        return str(path), read_structures(str(path), name=str(path))
+        return str(path), open_dataset(str(path), ".", cutoff, str(path))
     except InputError as error:
         if "energy key" not in str(error) or "not found" not in str(error):
             raise
-    return str(path), read_unlabelled(path)
+    return str(path), GraphDataset(read_unlabelled(path), cutoff)
 
 
 def read_unlabelled(path: Path) -> list[Structure]:
-    import ase.io
+    from nanopet.data.frames import read_frames
 
-    try:
-        frames = ase.io.read(str(path), ":")
-    except Exception as error:  # noqa: BLE001 - any parse failure is a bad file for the user
-        raise InputError(f"{path}: not a readable structure file ({type(error).__name__}: {error})") from None
     structures = []
-    for index, atoms in enumerate(frames):
+    for index, atoms in enumerate(read_frames(path)):
         source = f"{path}:{index}"
         for what, values in (("positions", atoms.positions), ("cell", atoms.cell.array)):
             if not np.isfinite(values).all():
@@ -84,15 +83,19 @@ def read_unlabelled(path: Path) -> list[Structure]:
     return structures
 
 
-def check_species(structures: list[Structure], atomic_types: list[int], model_path: Path) -> None:
+def check_species(dataset: Dataset, atomic_types: list[int], model_path: Path) -> None:
     known = set(int(t) for t in atomic_types)
-    for structure in structures:
-        unknown = sorted(set(structure.numbers.tolist()) - known)
-        if unknown:
-            from ase.data import chemical_symbols
+    present = dataset.atomic_types
+    if set(present) <= known:
+        return
+    counts = dataset.species_counts(present)
+    unknown_columns = [c for c, z in enumerate(present) if z not in known]
+    first = int(np.flatnonzero(counts[:, unknown_columns].sum(axis=1))[0])
+    unknown = [present[c] for c in unknown_columns if counts[first, c]]
+    from ase.data import chemical_symbols
 
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            raise InputError(f"{structure.source}: species {names} unknown to {model_path} (trained on {sorted(known)})")
+    names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+    raise InputError(f"{dataset.structure(first).source}: species {names} unknown to {model_path} (trained on {sorted(known)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,17 +115,16 @@ class Progress:
             self.last = time.monotonic()
 
 
-def checkpoint_predictions(model, structures: list[Structure], batch_size: int, progress: Progress) -> list[Prediction]:
+def checkpoint_predictions(model, dataset: Dataset, batch_size: int, progress: Progress) -> list[Prediction]:
     """The trainer's batches and model: energies (with composition), forces, per-atom energies, stress."""
     from nanopet.train import epoch_batches
 
     dtype = next(model.parameters()).dtype
-    dataset = GraphDataset(structures, model.cutoff)
-    results: list[Prediction | None] = [None] * len(structures)
+    results: list[Prediction | None] = [None] * len(dataset)
     for indices in epoch_batches(dataset, batch_size, None):
         batch = dataset.batch(indices, dtype=dtype)
-        periodic = [bool(structures[k].pbc.all()) for k in indices]
-        out = model(batch, forces=True, stress=any(periodic))
+        periodic = dataset.periodic[indices]
+        out = model(batch, forces=True, stress=bool(periodic.any()))
         with torch.no_grad():
             per_atom = model.atomic_energies(batch.positions, batch.cells, batch)
             per_atom = per_atom + model.composition_weights[model.species(batch.numbers)]
@@ -135,18 +137,18 @@ def checkpoint_predictions(model, structures: list[Structure], batch_size: int, 
     return results
 
 
-def metatomic_predictions(model, structures: list[Structure], batch_size: int, progress: Progress) -> list[Prediction]:
+def metatomic_predictions(model, dataset: Dataset, batch_size: int, progress: Progress) -> list[Prediction]:
     """metatomic's ASE calculator on the exported model, ``batch_size`` structures a call (periodic and
     open structures in separate calls: the calculator computes stress only when all are periodic)."""
     from metatomic_ase import MetatomicCalculator
 
     calculator = MetatomicCalculator(model)
-    results: list[Prediction | None] = [None] * len(structures)
+    results: list[Prediction | None] = [None] * len(dataset)
     for periodic in (True, False):
-        chosen = [k for k, s in enumerate(structures) if bool(s.pbc.all()) == periodic]
+        chosen = np.flatnonzero(dataset.periodic == periodic).tolist()
         for start in range(0, len(chosen), batch_size):
             indices = chosen[start : start + batch_size]
-            out = calculator.compute_energy([structures[k].to_atoms() for k in indices], compute_forces_and_stresses=True,
+            out = calculator.compute_energy([dataset.structure(k).to_atoms() for k in indices], compute_forces_and_stresses=True,
                                             per_atom=True)
             for position, k in enumerate(indices):
                 stress = np.asarray(out["stress"][position]).reshape(3, 3) if periodic else None
@@ -179,15 +181,15 @@ def load_model(path: Path) -> tuple[object, bool, list[int], float]:
 # Errors
 
 
-def error_metrics(structures: list[Structure], predictions: list[Prediction], cutoff: float, batch_size: int) -> dict:
+def error_metrics(dataset: Dataset, predictions: list[Prediction], batch_size: int) -> dict:
     """RMSE and MAE per target over the labelled structures, with the trainer's own sums (energy per atom,
     stress in GPa): {"test_energy_rmse": ..., ...}."""
-    from nanopet.train import Accumulator, Loss, loss_terms
+    from nanopet.loss import Accumulator, Loss, loss_terms
 
-    labelled = [k for k, s in enumerate(structures) if s.energy is not None]
-    if not labelled:
+    labelled = np.flatnonzero(~np.isnan(dataset.energies))
+    if not len(labelled):
         return {}
-    dataset = GraphDataset([structures[k] for k in labelled], cutoff)
+    dataset = dataset.subset(labelled)
     accumulator = Accumulator(Loss({"type": "mse", "reduction": "mean", "weights": {}}, ()))
     for start in range(0, len(labelled), batch_size):
         indices = list(range(start, min(start + batch_size, len(labelled))))
@@ -203,11 +205,11 @@ def error_metrics(structures: list[Structure], predictions: list[Prediction], cu
     return accumulator.metrics("test")
 
 
-def metric_table(name: str, structures: list[Structure], metrics: dict) -> list[str]:
+def metric_table(name: str, dataset: Dataset, metrics: dict) -> list[str]:
     from nanopet.runs import describe_metric, shown, unit_of
 
-    n_labelled = sum(s.energy is not None for s in structures)
-    head = f"{name}: {len(structures)} structures, {sum(len(s) for s in structures)} atoms, {n_labelled} labelled"
+    n_labelled = int((~np.isnan(dataset.energies)).sum())
+    head = f"{name}: {len(dataset)} structures, {int(dataset.n_atoms.sum())} atoms, {n_labelled} labelled"
     lines = [head, f"  {'':<28} {'RMSE':>10} {'MAE':>10}"]
     for target in SHOWN_TARGETS:
         rmse, mae = f"test_{target}_rmse", f"test_{target}_mae"
@@ -223,23 +225,20 @@ def metric_table(name: str, structures: list[Structure], metrics: dict) -> list[
 # The command
 
 
-def write_predictions(path: Path, structures: list[Structure], predictions: list[Prediction]) -> None:
+def write_predictions(handle, dataset: Dataset, predictions: list[Prediction]) -> None:
+    """Append each structure with its predictions to ``handle`` as extended XYZ, one frame at a time."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    frames = []
-    for structure, prediction in zip(structures, predictions):
-        atoms = structure.to_atoms()
+    for k, prediction in enumerate(predictions):
+        atoms = dataset.structure(k).to_atoms()
         results = {"energy": prediction.energy, "forces": prediction.forces}
         if prediction.energies is not None:
             results["energies"] = prediction.energies
         if prediction.stress is not None:
             results["stress"] = prediction.stress
         atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
-    temporary = path.with_name(path.name + ".tmp")
-    ase.io.write(str(temporary), frames, format="extxyz")
-    temporary.replace(path)
+        ase.io.write(handle, atoms, format="extxyz")
 
 
 def evaluate_model(model_path: str | Path, data: list[str | Path], output: str | Path | None = None, batch_size: int = 16,
@@ -255,24 +254,30 @@ def evaluate_model(model_path: str | Path, data: list[str | Path], output: str |
     if output is not None and not output.parent.is_dir():
         raise InputError(f"{output}: cannot write predictions (no folder {output.parent})")
     model, is_metatomic, atomic_types, cutoff = load_model(model_path)
-    datasets = [read_dataset(path) for path in data]
-    for _, structures in datasets:  # every problem is found before anything runs or is written
-        check_species(structures, atomic_types, model_path)
+    datasets = [read_dataset(path, cutoff) for path in data]
+    for _, dataset in datasets:  # every problem is found before anything runs or is written
+        check_species(dataset, atomic_types, model_path)
 
-    all_metrics, all_structures, all_predictions = {}, [], []
-    for name, structures in datasets:
-        tracker = Progress(len(structures), progress)
-        if is_metatomic:
-            predictions = metatomic_predictions(model, structures, batch_size, tracker)
-        else:
-            predictions = checkpoint_predictions(model, structures, batch_size, tracker)
-        metrics = error_metrics(structures, predictions, cutoff, batch_size)
-        for line in metric_table(name, structures, metrics):
-            out(line)
-        all_metrics[name] = metrics
-        all_structures += structures
-        all_predictions += predictions
-    if output is not None:
-        write_predictions(output, all_structures, all_predictions)
-        out(f"predictions: {output}")
+    all_metrics = {}
+    temporary = output.with_name(output.name + ".tmp") if output is not None else None
+    try:
+        with open(temporary, "w") if temporary is not None else contextlib.nullcontext() as handle:
+            for name, dataset in datasets:
+                tracker = Progress(len(dataset), progress)
+                if is_metatomic:
+                    predictions = metatomic_predictions(model, dataset, batch_size, tracker)
+                else:
+                    predictions = checkpoint_predictions(model, dataset, batch_size, tracker)
+                metrics = error_metrics(dataset, predictions, batch_size)
+                for line in metric_table(name, dataset, metrics):
+                    out(line)
+                all_metrics[name] = metrics
+                if handle is not None:
+                    write_predictions(handle, dataset, predictions)
+        if output is not None:
+            temporary.replace(output)
+            out(f"predictions: {output}")
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
     return all_metrics

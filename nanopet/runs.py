@@ -31,7 +31,7 @@ import numpy as np
 from nanopet.data.splits import DATASET_KEYS, cutoff_of
 from nanopet.errors import InputError
 from nanopet.options import resolve_options
-from nanopet.train import SHOWN_UNITS  # how metrics are printed, as in the epoch lines
+from nanopet.loss import SHOWN_UNITS  # how metrics are printed, as in the epoch lines
 
 RUN_SETTINGS = ("log_interval", "checkpoint_interval", "log_mae", "atoms_per_pass", "distributed", "distributed_port")
 TARGETS = ("energy", "forces", "stress", "virial")  # order of tables
@@ -170,7 +170,8 @@ def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str
     from nanopet.checkpoints import load_checkpoint, model_from_checkpoint
     from nanopet.composition import composition_offsets, composition_weights
     from nanopet.runtime import select_device
-    from nanopet.train import Loss, evaluate
+    from nanopet.loss import Loss
+    from nanopet.train import evaluate
 
     options = resolve_options(load_checkpoint(path)["options"])
     training = options["architecture"]["training"]
@@ -179,9 +180,9 @@ def evaluate_checkpoint(path: str | Path, data, split: str = "test", device: str
     model.to(device)
     data = data.at_cutoff(model.cutoff)
     types = list(model.atomic_types)
-    composition = composition_weights(training, data.train.structures, types)  # the trainer's: the same offsets
+    composition = composition_weights(training, data.train, types)  # the trainer's: the same offsets
     dataset = getattr(data, split)
-    offsets = composition_offsets(composition, types, dataset.structures)
+    offsets = composition_offsets(composition, types, dataset)
     terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
     dtype = next(model.parameters()).dtype
     per_structure = "energy" in training["per_structure_targets"]
@@ -249,7 +250,7 @@ def mean_of(rows: list[dict], field: str) -> float:
 
 def metric_names(rows: list[dict]) -> list[str]:
     """The test metrics of ``rows`` in table order: each target's RMSE and MAE, then ``test_rmse_gmean`` (every
-    target's RMSE over its spread, geometric mean: nanopet.train.Accumulator.metrics)."""
+    target's RMSE over its spread, geometric mean: nanopet.loss.Accumulator.metrics)."""
     present = {k for row in rows for k in row if k.startswith("test_")}
     names = [f"test_{t}_{kind}" for t in TARGETS for kind in ("rmse", "mae")] + ["test_rmse_gmean"]
     return [name for name in names if name in present]

@@ -29,42 +29,39 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nanopet.checkpoints import CHECKPOINT_FORMAT, append_csv, forget_epochs, load_checkpoint, save_checkpoint
 from nanopet.composition import composition_offsets, composition_weights
-from nanopet.data.batch import Batch, GraphDataset
+from nanopet.data.batch import Batch
+from nanopet.data.dataset import Dataset
 from nanopet.data.splits import Data, load_data
 from nanopet.errors import InputError, NonFiniteLossError
+from nanopet.loss import Accumulator, Loss, loss_terms, metric_parts
 from nanopet.model import NanoPET
-from nanopet.options import loss_type, resolve_options
+from nanopet.options import resolve_options
+from nanopet.schedule import MIN_LEARNING_RATE, Schedule
 from nanopet.runtime import Distribution, keep_freed_memory, resolve_atoms_per_pass, select_device, start_distributed
 
-MIN_LEARNING_RATE = 1e-7
 GRADIENT_CLIP_NORM = 1.0
 BUCKET_BATCHES = 8  # batches per bucket when grouping structures by neighbour count
-EV_PER_A3_IN_GPA = 160.21766208
-# how metrics are printed (files keep eV/atom, eV/A, GPa): the unit and the factor from the file's value
-GMEAN_TERMS = ("energy", "forces", "stress")  # the targets of <split>_rmse_gmean (virial repeats stress)
-SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Baselines fitted on the training set (spec 2.11): the composition baseline is in nanopet.composition
 
 
-def energy_scale(structures, offsets: np.ndarray) -> float:
+def energy_scale(dataset: Dataset, offsets: np.ndarray) -> float:
     """Typical size of the learned signal: RMS force component, else RMS residual energy per atom."""
-    if all(s.forces is not None for s in structures):
-        forces = np.concatenate([s.forces.ravel() for s in structures])
-        scale = float(np.sqrt(np.mean(forces**2)))
+    if dataset.has_forces:
+        forces = dataset.atom_forces().ravel()  # a new array: squared in place, one array of the set's size, not two
+        scale = float(np.sqrt(np.mean(np.square(forces, out=forces))))
     else:
-        residual = np.array([(s.energy - o) / len(s) for s, o in zip(structures, offsets)])
+        residual = (dataset.energies - offsets) / dataset.n_atoms
         scale = float(np.sqrt(np.mean(residual**2)))
     return scale if scale > 1e-8 else 1.0
 
 
-def balance_geometry(model: NanoPET, dataset: GraphDataset, max_structures: int = 64) -> float:
+def balance_geometry(model: NanoPET, dataset: Dataset, max_structures: int = 64) -> float:
     """Initialisation fitted on the training set: the encoder's first linear layer (on the raw edge vector) scaled
     so that the geometric part of the edge tokens has the RMS of their species part over the training edges.
     At torch's default initialisation it is about 20x smaller on the built-in data (0.024 vs 0.44 on the xtb
@@ -92,87 +89,24 @@ def balance_geometry(model: NanoPET, dataset: GraphDataset, max_structures: int 
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss and metrics (spec 3.5, 3.7): energy and virial per atom unless per_structure_targets
+# A batch in passes
 
 
-@dataclass
-class Terms:
-    """Predictions and targets of each loss term, normalised as the loss sees them."""
-
-    pairs: dict  # term -> (prediction, target)
-    stress: tuple | None = None  # (prediction, target) in eV/A^3 for the stress metric
-
-
-def loss_terms(predictions: dict, batch: Batch, per_structure: bool) -> Terms:
-    atoms = batch.n_atoms.to(predictions["energy"].dtype)
-    norm = torch.ones_like(atoms) if per_structure else atoms
-    pairs = {"energy": (predictions["energy"] / norm, batch.energy / norm)}
-    if "forces" in predictions:
-        pairs["forces"] = (predictions["forces"], batch.forces)
-    stress = None
-    if "stress" in predictions:
-        mask = batch.stress_mask
-        scale = (batch.volume / norm)[mask][:, None, None]  # virial per atom = stress * V / N
-        pairs["virial"] = (predictions["stress"][mask] * scale, batch.stress[mask] * scale)
-        stress = (predictions["stress"][mask], batch.stress[mask])
-    return Terms(pairs, stress)
-
-
-class Loss:
-    """Sum over terms of weight * l(prediction, target), l = mse | mae | huber, reduced by mean | sum."""
-
-    def __init__(self, config: dict, terms: tuple[str, ...]):
-        self.kind, deltas = loss_type(config)
-        self.reduction = config["reduction"]
-        self.weights = {t: float(config["weights"].get(t, 1.0)) for t in terms}
-        self.deltas = {}
-        if self.kind == "huber":
-            missing = [t for t in terms if t not in deltas]
-            if missing:
-                raise InputError(
-                    f"architecture.training.loss.deltas: huber needs a delta for every loss term; missing {missing} "
-                    f"(e.g. deltas: {{energy: 0.01, forces: 0.1, virial: 0.01}})"
-                )
-            self.deltas = {t: float(deltas[t]) for t in terms}
-
-    def elementwise(self, term: str, prediction, target):
-        if self.kind == "mse":
-            return F.mse_loss(prediction, target, reduction="none")
-        if self.kind == "mae":
-            return F.l1_loss(prediction, target, reduction="none")
-        return F.huber_loss(prediction, target, reduction="none", delta=self.deltas[term])
-
-    def __call__(self, terms: Terms, counts: dict | None = None) -> torch.Tensor:
-        """The loss of ``terms``; with ``counts`` (elements per term of the whole batch) a "mean" divides
-        by those instead, so the losses of a batch's parts add up to the loss of the batch."""
-        total = 0.0
-        for term, (prediction, target) in terms.pairs.items():
-            if not self.weights.get(term) or prediction.numel() == 0:
-                continue
-            values = self.elementwise(term, prediction, target)
-            if self.reduction == "sum":
-                reduced = values.sum()
-            else:
-                reduced = values.sum() / counts[term] if counts is not None else values.mean()
-            total = total + self.weights[term] * reduced
-        return total
-
-
-def term_counts(dataset: GraphDataset, indices) -> dict:
+def term_counts(dataset: Dataset, indices) -> dict:
     """Elements of each loss term in a batch: energies, force components, virial components."""
-    structures = [dataset.structures[k] for k in indices]
+    indices = np.asarray(indices, dtype=np.int64)
     return {
-        "energy": len(structures),
-        "forces": 3 * sum(len(s) for s in structures),
-        "virial": 9 * sum(s.stress is not None and bool(s.pbc.all()) for s in structures),
+        "energy": len(indices),
+        "forces": 3 * int(dataset.n_atoms[indices].sum()),
+        "virial": 9 * int(dataset.stress_mask[indices].sum()),
     }
 
 
-def split_by_atoms(indices, dataset: GraphDataset, atoms_per_pass: int) -> list[list[int]]:
+def split_by_atoms(indices, dataset: Dataset, atoms_per_pass: int) -> list[list[int]]:
     """Consecutive parts of a batch with at most ``atoms_per_pass`` atoms each (at least one structure)."""
     parts, current, atoms = [], [], 0
     for k in indices:
-        n = len(dataset.structures[k])
+        n = int(dataset.n_atoms[k])
         if current and atoms + n > atoms_per_pass:
             parts.append(current)
             current, atoms = [], 0
@@ -181,89 +115,11 @@ def split_by_atoms(indices, dataset: GraphDataset, atoms_per_pass: int) -> list[
     return parts + [current] if current else parts
 
 
-class Accumulator:
-    """Epoch sums (loss, squared and absolute errors, counts) per term; all-reduced in DDP."""
-
-    def __init__(self, loss: Loss):
-        self.loss = loss
-        self.sums: dict[str, float] = {}
-
-    def add(self, terms: Terms) -> None:
-        with torch.no_grad():
-            pairs = dict(terms.pairs)
-            if terms.stress is not None:
-                pairs["stress"] = terms.stress
-            for term, (prediction, target) in pairs.items():
-                error = (prediction - target).double()
-                reference = target.double()
-                values = {"sse": (error**2).sum(), "sae": error.abs().sum(), "count": float(error.numel()),
-                          "target_sum": reference.sum(), "target_sq": (reference**2).sum()}
-                if term in self.loss.weights:
-                    values["loss"] = self.loss.elementwise(term, prediction, target).double().sum()
-                for name, value in values.items():
-                    key = f"{term}.{name}"
-                    self.sums[key] = self.sums.get(key, 0.0) + float(value)
-
-    def all_reduce(self) -> None:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        keys = sorted(self.sums)
-        values = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64)
-        torch.distributed.all_reduce(values)
-        self.sums = dict(zip(keys, values.tolist()))
-
-    def add_batch_loss(self, value: float) -> None:
-        self.sums["batch_loss.sum"] = self.sums.get("batch_loss.sum", 0.0) + value
-        self.sums["batch_loss.count"] = self.sums.get("batch_loss.count", 0.0) + 1
-
-    def mean_batch_loss(self) -> float:
-        count = self.sums.get("batch_loss.count", 0.0)
-        return self.sums["batch_loss.sum"] / count if count else math.nan
-
-    def whole_set_loss(self) -> float:
-        """The loss of the whole set as one batch: sum or mean over all elements of each term."""
-        total = 0.0
-        for term, weight in self.loss.weights.items():
-            count = self.sums.get(f"{term}.count", 0.0)
-            if weight and count:
-                value = self.sums[f"{term}.loss"]
-                total += weight * (value / count if self.loss.reduction == "mean" else value)
-        return total
-
-    def spread(self, term: str) -> float:
-        """The standard deviation of ``term``'s target values (as the loss sees them: energy per atom after the
-        composition baseline), over the elements accumulated."""
-        count = self.sums.get(f"{term}.count", 0.0)
-        if not count:
-            return math.nan
-        mean = self.sums[f"{term}.target_sum"] / count
-        return math.sqrt(max(0.0, self.sums[f"{term}.target_sq"] / count - mean * mean))
-
-    def metrics(self, prefix: str) -> dict:
-        """RMSE and MAE per target (stress in GPa), and ``<prefix>_rmse_gmean``: the geometric mean over the targets
-        (energy, forces, stress) of RMSE / the set's spread of that target (``spread``). It ranks like metatrain's
-        ``rmse_prod`` (the product of the RMSEs) and weighs every target alike whatever its unit."""
-        out, relative = {}, []
-        for term in ("energy", "forces", "virial", "stress"):
-            count = self.sums.get(f"{term}.count", 0.0)
-            if count:
-                scale = EV_PER_A3_IN_GPA if term == "stress" else 1.0  # stress metrics in GPa
-                rmse = math.sqrt(self.sums[f"{term}.sse"] / count)
-                out[f"{prefix}_{term}_rmse"] = rmse * scale
-                out[f"{prefix}_{term}_mae"] = self.sums[f"{term}.sae"] / count * scale
-                spread = self.spread(term)
-                if term in GMEAN_TERMS and spread > 0:
-                    relative.append(rmse / spread)
-        if relative:
-            out[f"{prefix}_rmse_gmean"] = math.exp(sum(math.log(max(r, 1e-300)) for r in relative) / len(relative))
-        return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Batches, augmentation, and each rank's share of them
 
 
-def epoch_batches(dataset: GraphDataset, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+def epoch_batches(dataset: Dataset, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
     """Index batches for one epoch. Shuffled (with ``generator``) in buckets of similar neighbour count,
     or, without a generator, in a fixed order sorted by neighbour count (validation)."""
     n = len(dataset)
@@ -327,7 +183,7 @@ class TrainResult:
     test_metrics: dict = field(default_factory=dict)
 
 
-def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
+def training_step(network, model: NanoPET, dataset: Dataset, indices, rotations: torch.Tensor | None, *, loss: Loss,
                   optimizer, offsets, per_structure: bool, device, dtype, atoms_per_pass: int, world_size: int = 1,
                   accumulator: Accumulator | None = None) -> float:
     """One optimizer step on the batch ``indices``: forward and double backward in parts of at most
@@ -362,7 +218,7 @@ def training_step(network, model: NanoPET, dataset: GraphDataset, indices, rotat
     return total
 
 
-def evaluate(model: NanoPET, dataset: GraphDataset, batch_size: int, loss: Loss, offsets: np.ndarray,
+def evaluate(model: NanoPET, dataset: Dataset, batch_size: int, loss: Loss, offsets: np.ndarray,
              per_structure: bool, device, dtype, distribution: Distribution = Distribution()) -> Accumulator:
     """Errors and loss over a whole set, without parameter gradients (forces still by autograd)."""
     accumulator = Accumulator(loss)
@@ -517,17 +373,17 @@ def start_run(options: dict) -> tuple[Distribution, torch.device]:
     return distribution, device
 
 
+
 def build_model(options: dict, data: Data, device, dtype) -> tuple[NanoPET, list[int], dict]:
     """3.3-3.4: the model with its composition baseline (fitted on the training set), energy scale and
     initialisation, on ``device``; its atomic types; each split's composition offsets."""
     hypers, training = options["architecture"]["model"], options["architecture"]["training"]
-    all_structures = data.train.structures + data.val.structures + data.test.structures
-    atomic_types = sorted({int(z) for s in all_structures for z in s.numbers})
+    atomic_types = data.atomic_types
     torch.manual_seed(options["seed"])
     model = NanoPET(hypers, atomic_types)
-    composition = composition_weights(training, data.train.structures, atomic_types)
-    offsets = {name: composition_offsets(composition, atomic_types, getattr(data, name).structures) for name in ("train", "val", "test")}
-    model.energy_scale.fill_(energy_scale(data.train.structures, offsets["train"]))
+    composition = composition_weights(training, data.train, atomic_types)
+    offsets = {name: composition_offsets(composition, atomic_types, getattr(data, name)) for name in ("train", "val", "test")}
+    model.energy_scale.fill_(energy_scale(data.train, offsets["train"]))
     if training["initialisation"] == "balanced":
         balance_geometry(model, data.train)
         # the network's energy starts at exactly 0: no random per-atom offset for the first steps to remove
@@ -543,83 +399,6 @@ def batches_per_epoch(structures: int, batch_size: int, world_size: int = 1) -> 
     full, rest = divmod(structures, bucket)
     count = full * BUCKET_BATCHES + math.ceil(rest / batch_size)
     return math.ceil(count / world_size) if count else 0
-
-
-def cosine_factor(step: int, warmup: int, total: int) -> float:
-    """The cosine schedule's multiplier of the peak rate at optimizer step ``step`` (0-based): a linear rise over
-    ``warmup`` steps, then half a cosine from 1 down to 0 at step ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class Schedule:
-    """The learning-rate schedule of ``training.scheduler``.
-
-    ``cosine`` (the default): a linear warm-up over ``warmup_fraction`` of the run's optimizer steps, then a cosine
-    decay to zero at ``num_epochs``, stepped after every optimizer step: the schedule ends where training ends, so
-    a run of any length finishes annealed. A resumed run with more ``num_epochs`` stretches it from where it is.
-    ``plateau`` (spec 3.6): ReduceLROnPlateau on the validation loss after every epoch; ``after_epoch`` says when the
-    rate dropped, and the trainer then restarts from the best state (the patience restarts too)."""
-
-    def __init__(self, optimizer, training: dict, steps_per_epoch: int):
-        self.optimizer, self.training, self.kind = optimizer, training, training["scheduler"]
-        total = max(1, training["num_epochs"] * steps_per_epoch)
-        self.warmup = math.ceil(training["warmup_fraction"] * total)
-        self.total = total
-        self.scheduler = self._new()
-        self.last_rate = self.rate
-
-    def _new(self):
-        if self.kind == "cosine":
-            warmup, total = self.warmup, self.total
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, warmup, total))
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=self.training["scheduler_factor"],
-                                                          patience=self.training["scheduler_patience"])
-
-    @property
-    def rate(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def describe(self) -> str:
-        if self.kind == "cosine":
-            return (f"learning rate {self.training['learning_rate']:.3g}: cosine over {self.total:,} steps "
-                    f"({self.warmup:,} of warm-up)")
-        return (f"learning rate {self.training['learning_rate']:.3g}: x{self.training['scheduler_factor']:g} after "
-                f"{self.training['scheduler_patience']} epochs without a better validation loss")
-
-    @property
-    def exhausted(self) -> bool:
-        """A plateau schedule whose rate fell below MIN_LEARNING_RATE has converged (spec 3.6: training stops)."""
-        return self.kind == "plateau" and self.rate < MIN_LEARNING_RATE
-
-    def after_step(self) -> None:
-        self.last_rate = self.rate  # the rate the step just taken used
-        if self.kind == "cosine":
-            self.scheduler.step()
-
-    def after_epoch(self, val_loss: float) -> bool:
-        """Step a plateau schedule; True when it lowered the rate (then the scheduler starts afresh)."""
-        if self.kind != "plateau":
-            return False
-        before = self.rate
-        self.scheduler.step(val_loss)
-        if self.rate < before:
-            self.scheduler = self._new()
-            return True
-        return False
-
-    def state_dict(self) -> dict:
-        return self.scheduler.state_dict()
-
-    def load_state_dict(self, state: dict, source) -> None:
-        plateau = "patience" in state
-        if plateau != (self.kind == "plateau"):
-            kind = "plateau" if plateau else "cosine"
-            raise InputError(f"{source}: trained with scheduler: {kind}; set architecture.training.scheduler: {kind} to resume it")
-        self.scheduler.load_state_dict(state)
-        self.last_rate = self.rate
 
 
 class BestState:
@@ -780,26 +559,3 @@ def progress_line(metrics: dict, num_epochs: int, log_mae: bool, per_structure: 
     parts += [f"val {part}" for part in metric_parts(metrics, "val", log_mae, per_structure)]
     parts.append(f"{metrics['epoch_time']:.1f} s")
     return ", ".join(parts)
-
-
-def shown_unit(term: str, per_structure: bool = False) -> tuple[str, float]:
-    """The printed unit of a target's metrics and the factor from the file's value (eV/atom -> meV/atom)."""
-    unit, factor = SHOWN_UNITS[term]
-    if per_structure and term in ("energy", "virial"):
-        unit = unit.replace("/atom", "/structure")
-    return unit, factor
-
-
-def metric_parts(metrics: dict, split: str, with_mae: bool, per_structure: bool = False) -> list[str]:
-    """``energy RMSE 12.3 MAE 9.8 meV/atom`` for each target of ``split`` in ``metrics``, in printed units."""
-    parts = []
-    for term in SHOWN_UNITS:
-        if f"{split}_{term}_rmse" in metrics:
-            unit, factor = shown_unit(term, per_structure)
-            text = f"{term} RMSE {metrics[f'{split}_{term}_rmse'] * factor:.4g}"
-            if with_mae and f"{split}_{term}_mae" in metrics:
-                text += f" MAE {metrics[f'{split}_{term}_mae'] * factor:.4g}"
-            parts.append(f"{text} {unit}")
-    return parts
-
-

@@ -23,7 +23,8 @@ from nanopet.data.batch import GraphDataset
 from nanopet.data.splits import Data
 from nanopet.model import NanoPET, composition_features
 from nanopet.runtime import start_distributed
-from nanopet.train import Loss, evaluate, loss_terms, shard, train
+from nanopet.loss import Loss, loss_terms
+from nanopet.train import evaluate, shard, train
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120

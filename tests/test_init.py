@@ -181,7 +181,7 @@ def test_the_search_says_its_time_against_the_budget_and_the_prediction(tmp_path
 
 def test_each_stage_gets_its_share_of_the_timeout_and_the_search_goes_on(tmp_path):
     from nanopet.tune.stages import run_stages, share_deadline
-    from nanopet.tune.study import plan
+    from nanopet.tune.plan import plan
 
     raw = tiny_space(tmp_path, budget={"n_trials": 6, "epochs": 1, "timeout": 100},
                      strategy={"type": "staged", "importance": ["learning_rate", "cutoff"], "split": [4, 2]})

@@ -90,9 +90,9 @@ def test_reduction_and_weights_variants_and_deltas_from_the_yaml(tmp_path):
 
 def test_bad_variants_are_one_line_errors(tmp_path):
     path = options_file(tmp_path)
-    with pytest.raises(InputError, match=r"--types: unknown value 'hubber' \(did you mean 'huber'\?\)"):
+    with pytest.raises(InputError, match=r"--types: must be mse, mae or huber, got 'hubber' \(did you mean 'huber'\?\)"):
         compare_losses(str(path), types=["hubber"], out=lambda m: None)
-    with pytest.raises(InputError, match=r"'force' is not a loss term \(did you mean 'forces'\?\)"):
+    with pytest.raises(InputError, match=r"--weights.force: unknown loss term \(did you mean 'forces'\?\)"):
         parse_weights("force=10")
     with pytest.raises(InputError, match=r"compare_losses.seed: unknown key \(did you mean 'seeds'\?\)"):
         compare_losses(str(options_file(tmp_path, compare_losses={"seed": 2})), out=lambda m: None)

@@ -26,7 +26,7 @@ from nanopet.report import report_after_search, write_page, write_report
 from nanopet.report.collect import collect
 from nanopet.report.importance import DOCUMENTED_ORDER, agreement, measure
 from nanopet.tune import load_search_space, run
-from nanopet.tune.lease import identity
+from nanopet.tune.optuna_driver.lease import identity
 from nanopet.tune.storage import open_storage
 
 ARTIFACTS = Path(os.environ.get("NANOPET_TEST_ARTIFACTS", REPO / "build" / "test-artifacts")) / "report"
@@ -175,7 +175,7 @@ def ranking_study(path: Path, crossing: bool) -> str:
 
 
 def test_pruning_advice_names_the_epoch_from_which_the_ranking_stays_formed():
-    from nanopet.report.figures import Ranking
+    from nanopet.report.ranking import Ranking
 
     def ranked(taus, typical):
         return Ranking(trials=6, epochs=len(taus) + 1, taus=taus, stopped=pd.Series([typical] * 3), typical=typical)
@@ -192,11 +192,11 @@ def test_pruning_advice_names_the_epoch_from_which_the_ranking_stays_formed():
 
 @pytest.mark.parametrize("crossing", [True, False])
 def test_early_ranking_says_whether_early_epochs_rank_the_trials(tmp_path, crossing):
-    from nanopet.report import figures
+    from nanopet.report import ranking
 
     data = collect("ranking", storage=ranking_study(tmp_path / "r.db", crossing))
-    caption, figure = figures.early_ranking(data)
-    check = figures.pruning_check(data)  # the line a search prints at its end
+    caption, figure = ranking.early_ranking(data)
+    check = ranking.pruning_check(data)  # the line a search prints at its end
     taus = figure.data[0].y  # value at epochs 1..3 vs the final value
     lr_taus = figure.data[2].y  # learning rate vs value at epochs 1..3
     assert list(figure.data[1].x) == [2] and list(figure.data[1].y) == [3]  # three trials pruned after epoch 2

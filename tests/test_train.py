@@ -25,7 +25,8 @@ from nanopet.data.batch import GraphDataset
 from nanopet.data.splits import Data
 from nanopet.errors import InputError, NanoPETError, NonFiniteLossError
 from nanopet.model import NanoPET
-from nanopet.train import Accumulator, Loss, Terms, epoch_batches, evaluate, loss_terms, random_rotations, rotate, train
+from nanopet.loss import Accumulator, Loss, Terms, loss_terms
+from nanopet.train import epoch_batches, evaluate, random_rotations, rotate, train
 
 train_module = importlib.import_module("nanopet.train")  # `import nanopet.train` gives the function
 

@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 from nanopet.data.splits import load_data
 from nanopet.errors import InputError
 from nanopet.report.collect import collect
-from nanopet.report.figures import early_ranking, learning_curves
+from nanopet.report.figures import learning_curves
+from nanopet.report.ranking import early_ranking
 from nanopet.train import train
 from nanopet.tune import load_search_space, run
 from nanopet.tune.trial import BestSoFar

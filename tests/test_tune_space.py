@@ -10,7 +10,7 @@ from nanopet.cli import main
 from nanopet.errors import InputError
 from nanopet.tune import load_search_space
 from nanopet.tune.space import Driver, Strategy, parameter_path
-from nanopet.tune.study import plan
+from nanopet.tune.plan import plan
 
 
 @pytest.mark.parametrize("name", ["default", "quick", "losses", "molecules"])
@@ -119,27 +119,29 @@ INVALID = [
     ({"parameters": {"d_pet": {"type": "categorical", "choices": []}}}, "parameters.d_pet.choices: empty"),
     ({"parameters": {"num_epochs": {"type": "int", "low": 1, "high": 4}}}, "parameters.num_epochs: num_epochs is not tuned"),
     ({"parameters": {"loss.weights.force": {"type": "float", "low": 0, "high": 1}}},
-     "parameters.loss.weights.force: weights has no key 'force' (did you mean 'forces'?)"),
+     "parameters.loss.weights.force: unknown hyperparameter (did you mean 'loss.weights.forces'?)"),
     ({"training_set": "missing.xyz"}, "training_set.systems: missing.xyz: file not found"),
-    ({"study": {"sampler": {"type": "tpee"}}}, "study.sampler.type: unknown sampler 'tpee' (did you mean 'tpe'?)"),
+    ({"study": {"sampler": {"type": "tpee"}}}, "study.sampler.type: must be tpe, random, gp or cmaes, got 'tpee' (did you mean 'tpe'?)"),
     ({"strategy": {"type": "joint", "enumerate": "yes"}}, "strategy.enumerate: expected true or false, got 'yes'"),
     ({"study": {"pruner": {"type": "median", "n_startup": 3}}}, "study.pruner.n_startup: unknown key"),
-    ({"objective": {"metric": "val_force_rmse"}}, "objective.metric: unknown metric 'val_force_rmse' (did you mean 'val_forces_rmse'?)"),
+    ({"objective": {"metric": "val_force_rmse"}}, "objective.metric: must be val_rmse_gmean, val_loss, val_energy_rmse, "
+     "val_energy_mae, val_forces_rmse, val_forces_mae, val_virial_rmse, val_virial_mae, val_stress_rmse or val_stress_mae, "
+     "got 'val_force_rmse' (did you mean 'val_forces_rmse'?)"),
     ({"objective": {"cost": "front"}, "study": {"pruner": {"type": "median"}}}, "study.pruner: Optuna cannot prune a two-objective study"),
     ({"strategy": {"type": "staged"}, "budget": {"n_trials": 3}}, "budget.n_trials: 3 is too few for 2 stages"),
     ({"strategy": {"type": "staged", "importance": ["cutoff", "batch_size"]}}, "strategy.importance[1]: 'batch_size' is not under parameters"),
     ({"budget": {"epochs": 0}}, "budget.epochs: must be positive"),
     ({"strategy": {"type": "staged", "learning_rate_scaling": "square"}},
-     "strategy.learning_rate_scaling: must be none, sqrt, linear, got 'square'"),
+     "strategy.learning_rate_scaling: must be none, sqrt or linear, got 'square' (did you mean 'sqrt'?)"),
     ({"strategy": {"type": "staged", "learning_rate_scaling": "sqrt"}},  # no batch_size under parameters
      "strategy.learning_rate_scaling: sqrt moves the learning rate with a later stage's batch size; it needs type: staged"),
     ({"strategy": {"type": "staged", "importance": [["learning_rate", "batch_size"], "cutoff"], "learning_rate_scaling": "sqrt"},
       "parameters": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2},
                      "batch_size": {"type": "categorical", "choices": [2, 6]}, "cutoff": {"type": "float", "low": 3.0, "high": 4.0}}},
      "strategy.learning_rate_scaling: batch_size and learning_rate are in the same stage (importance[0])"),
-    ({"budget": {"equal": "seconds"}}, "budget.equal: must be epochs, steps, time"),
+    ({"budget": {"equal": "seconds"}}, "budget.equal: must be epochs, steps or time, got 'seconds'"),
     ({"budget": {"equal": "time", "data_shares": [0.5, 1]}}, "budget.equal: time sizes each trial's epochs"),
-    ({"strategy": {"type": "joint", "min_improvement": 1.5}}, "strategy.min_improvement: must be a share in [0, 1)"),
+    ({"strategy": {"type": "joint", "min_improvement": 1.5}}, "strategy.min_improvement: must be in [0, 1), got 1.5"),
     ({"architecture": {"training": {"scheduler": "step"}}}, "architecture.training.scheduler: must be cosine or plateau"),
     ({"architecture": {"model": {"d_pett": 8}}}, "architecture.model.d_pett: unknown option (did you mean 'd_pet'?)"),
     ({"driver": "rey"}, "driver.type: must be optuna or ray, got 'rey' (did you mean 'ray'?)"),
@@ -214,7 +216,8 @@ def test_an_enumerated_stage_ends_when_every_configuration_is_taken_not_when_cop
     # two workers drew the same configuration at once: one copied the other; the third configuration is still due
     import optuna
 
-    from nanopet.tune.study import distribution, remaining
+    from nanopet.tune.params import distribution
+    from nanopet.tune.plan import remaining
 
     raw = tiny_space(tmp_path, parameters={"cutoff": {"type": "float", "low": 3.0, "high": 4.0, "step": 0.5}},
                      budget={"n_trials": 3})
@@ -236,7 +239,8 @@ def test_a_stage_keeps_its_starting_values_when_its_best_is_within_the_noise(tmp
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from nanopet.tune.study import chosen_trial, chosen_values, distribution
+    from nanopet.tune.studies import chosen_trial, chosen_values
+    from nanopet.tune.params import distribution
 
     space = load_search_space(tiny_space(tmp_path, strategy={"type": "joint", "min_improvement": 0.03}))
     stage = plan(space)[0]

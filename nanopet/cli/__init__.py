@@ -8,8 +8,9 @@ module adds its subcommands with ``add_parsers(commands)`` and names their handl
 - ``report``: ``report``;
 - ``retrain``: ``retrain``, ``compare-losses``;
 - ``export``: ``export``, ``eval``;
-- ``data``: ``make-data``, ``inspect``;
+- ``data``: ``make-data``, ``inspect``, ``prepare``;
 - ``init``: ``init`` (a search space fitted to a dataset and this machine);
+- ``schema``: ``schema`` (the JSON Schema of options and search-space files);
 - ``arguments``: the argument types and hidden aliases they share.
 
 The handlers import the work they do when they run, so ``--help`` and a bad flag answer at once.
@@ -22,13 +23,14 @@ import argparse
 import sys
 
 from nanopet import __version__
-from nanopet.cli import data, export, init, report, retrain, search, train
+from nanopet.cli import data, export, init, report, retrain, schema, search, train
 from nanopet.errors import NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "inspect", "init", "search", "dashboard", "studies", "report", "retrain", "compare-losses", "export", "eval")
+SUBCOMMANDS = ("train", "make-data", "inspect", "prepare", "init", "search", "dashboard", "studies", "report", "retrain", "compare-losses",
+               "export", "eval", "schema")
 # One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
 # command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
-GROUPS = (train, search, report, retrain, export, data, init)  # in the order of --help
+GROUPS = (train, search, report, retrain, export, data, init, schema)  # in the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,13 @@
 """Data commands: ``nanopet-tune make-data NAME OUTPUT`` writes a built-in dataset (EMT alloys, xtb molecules)
-as extended XYZ; ``nanopet-tune inspect DATA.xyz [MORE.xyz ...]`` says what structure files hold."""
+as extended XYZ; ``nanopet-tune inspect DATA.xyz [MORE.xyz ...]`` says what structure files hold; ``nanopet-tune
+prepare DATA`` prepares a dataset on disk (``nanopet.data.prepare``) ahead of training or a search."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from nanopet.cli.arguments import positive_int
 from nanopet.errors import InputError
 
 
@@ -16,6 +18,13 @@ def add_parsers(commands) -> None:
     data.add_argument("output", help="output .xyz file")
     data.add_argument("--n", type=int, default=1000, help="number of structures (default 1000)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    prepare = commands.add_parser("prepare", help="prepare a dataset on disk once (structures, labels, neighbour lists), "
+                                  "memory-mapped by every later train, search worker, retrain and eval")
+    prepare.add_argument("data", help="a structure file (default keys: energy, forces, stress) or an options.yaml "
+                         "(its training_set, validation_set and test_set datasets)")
+    prepare.add_argument("--cutoff", type=float, help="neighbour-list cutoff in A: the largest any run will use "
+                         "(default: the options' cutoff, else 5.0)")
+    prepare.add_argument("--jobs", type=positive_int, help="processes (default: every core)")
 
     inspect = commands.add_parser(
         "inspect", help="what structure files hold: sizes, species, label keys and units, neighbours per cutoff, "
@@ -70,4 +79,28 @@ def run_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"make-data": run_make_data, "inspect": run_inspect}
+def run_prepare(args) -> int:
+    from nanopet.data.prepare import prepare
+    from nanopet.data.read import dataset_specs
+    from nanopet.options import default_hypers, read_yaml, resolve_options
+
+    path = Path(args.data)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.suffix in (".yaml", ".yml"):
+        options = resolve_options(read_yaml(path))
+        cutoff = args.cutoff or float(options["architecture"]["model"]["cutoff"])
+        datasets = [(key, options[key], path.parent) for key in ("training_set", "validation_set", "test_set")
+                    if options.get(key) is not None and not isinstance(options[key], (int, float))]
+    else:
+        cutoff = args.cutoff or float(default_hypers()["model"]["cutoff"])
+        datasets = [(str(path), str(path), ".")]
+    if cutoff <= 0:
+        raise InputError(f"--cutoff: must be positive, got {cutoff:g}")
+    for name, dataset, base_dir in datasets:
+        folder = prepare(dataset_specs(dataset, base_dir, name), cutoff, jobs=args.jobs)
+        print(f"{name}: {folder}")
+    return 0
+
+
+COMMANDS = {"make-data": run_make_data, "inspect": run_inspect, "prepare": run_prepare}

@@ -7,7 +7,6 @@ import contextlib
 import sys
 
 from nanopet.cli.arguments import fraction, hidden_alias, positive_int
-from nanopet.errors import InputError
 
 
 def add_parsers(commands) -> None:
@@ -57,19 +56,6 @@ def add_parsers(commands) -> None:
                         "--write-space uses (default: search_spaces/losses.yaml)")
 
 
-def _pairs(text: str, where: str) -> dict:
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise InputError(f"{where} {text}: expected term=value pairs like energy=0.01,forces=0.1")
-    return out
-
-
 @contextlib.contextmanager
 def _resume_hint_on_interrupt():
     """On Ctrl-C, say how to resume, then let the interrupt through (the CLI exits 130)."""
@@ -92,7 +78,7 @@ def run_retrain(args) -> int:
 
 
 def run_compare_losses(args) -> int:
-    from nanopet.compare_losses import compare_losses, losses_space, parse_weights, write_losses_space
+    from nanopet.compare_losses import compare_losses, losses_space, parse_terms, write_losses_space
 
     if args.write_space:
         raw = losses_space(args.source, args.template, trial=args.trial, directory=args.directory, storage=args.storage)
@@ -100,8 +86,8 @@ def run_compare_losses(args) -> int:
         print(f"wrote {path}: the loss parameters of {args.template} with the other hypers of study {args.source}'s best; "
               f"run it with: nanopet-tune {path}")
         return 0
-    weights = [parse_weights(text) for text in args.weights] if args.weights else None
-    deltas = _pairs(args.deltas, "--deltas") if args.deltas else None
+    weights = [parse_terms(text, "--weights") for text in args.weights] if args.weights else None
+    deltas = parse_terms(args.deltas, "--deltas") if args.deltas else None
     with _resume_hint_on_interrupt():
         compare_losses(args.source, types=args.types, reductions=args.reductions, weights=weights, deltas=deltas,
                        seeds=args.seeds, epochs=args.epochs, device=args.device, trial=args.trial, directory=args.directory,

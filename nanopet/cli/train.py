@@ -32,7 +32,8 @@ def run_train(args) -> int:
     from nanopet.options import read_yaml, resolve_options
     from nanopet.data.splits import absolute_datasets
     from nanopet.options import write_options
-    from nanopet.train import metric_parts, train
+    from nanopet.loss import metric_parts
+    from nanopet.train import train
 
     path = Path(args.options)
     options = read_yaml(path)

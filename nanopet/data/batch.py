@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from nanopet.data.dataset import Dataset
 from nanopet.data.neighbors import EdgeGraph, HalfNeighborList, edge_graph, neighbor_list
 from nanopet.data.structure import Structure
 
@@ -103,8 +104,9 @@ def slot_groups(counts: np.ndarray, max_groups: int | None = None) -> tuple[tupl
     return tuple(groups), row
 
 
-class GraphDataset:
-    """Structures plus their neighbour lists at one cutoff, computed once and reused every epoch."""
+class GraphDataset(Dataset):
+    """Structures plus their neighbour lists at one cutoff, computed once and reused every epoch (in memory; a
+    ``PreparedDataset`` gives the same batches from a prepared folder)."""
 
     def __init__(self, structures: list[Structure], cutoff: float, half_lists: list[HalfNeighborList] | None = None):
         self.structures = list(structures)
@@ -116,13 +118,34 @@ class GraphDataset:
         self._summarise()
 
     def _summarise(self) -> None:
-        """What the trainer asks of the whole set: neighbour counts, whether forces and stress are labelled."""
+        """What the trainer asks of the whole set: per-structure arrays, whether forces and stress are labelled."""
+        structures = self.structures
         self.max_neighbors = np.array([g.max_neighbors for g in self.graphs], dtype=np.int64)
-        self.has_forces = bool(self.structures) and all(s.forces is not None for s in self.structures)
-        self.has_stress = any(s.stress is not None and s.pbc.all() for s in self.structures)
+        self.n_atoms = np.array([len(s) for s in structures], dtype=np.int64)
+        self.energies = np.array([np.nan if s.energy is None else s.energy for s in structures], dtype=np.float64)
+        self.stress_mask = np.array([s.stress is not None and bool(s.pbc.all()) for s in structures], dtype=bool)
+        self.has_forces = bool(structures) and all(s.forces is not None for s in structures)
+        self.has_stress = bool(self.stress_mask.any())
+        self.periodic = np.array([bool(s.pbc.all()) for s in structures], dtype=bool)
+        self._stresses = np.array([s.stress if m else np.zeros((3, 3)) for s, m in zip(structures, self.stress_mask)]).reshape(-1, 3, 3)
+        self._volumes = np.array([s.volume for s in structures], dtype=np.float64)
 
-    def __len__(self) -> int:
-        return len(self.structures)
+    def structure(self, k: int) -> Structure:
+        return self.structures[k]
+
+    def atom_numbers(self) -> np.ndarray:
+        return np.concatenate([s.numbers for s in self.structures]) if self.structures else np.zeros(0, dtype=np.int64)
+
+    def atom_forces(self) -> np.ndarray:
+        """(atoms, 3): every structure's forces, one after the other (all structures need forces)."""
+        return np.concatenate([s.forces for s in self.structures]).reshape(-1, 3)
+
+    def stresses(self) -> np.ndarray:
+        """(len, 3, 3) stress labels, zeros where ``stress_mask`` is False."""
+        return self._stresses
+
+    def volumes(self) -> np.ndarray:
+        return self._volumes
 
     def subset(self, indices) -> "GraphDataset":
         """These structures at ``indices``, with their neighbour lists and graphs as computed (nothing recomputed)."""
@@ -137,6 +160,9 @@ class GraphDataset:
         """The same structures at a smaller cutoff, filtering the stored lists by distance."""
         return GraphDataset(self.structures, cutoff, [h.restrict(cutoff) for h in self.half_lists])
 
+    def widened(self, cutoff: float) -> "GraphDataset":
+        return GraphDataset(self.structures, cutoff)
+
     def batch(self, indices, dtype=torch.float32, device="cpu", energy_offsets: np.ndarray | None = None) -> Batch:
         """Collate ``indices`` into one Batch; ``energy_offsets[k]`` is subtracted from structure k's energy."""
         structures = [self.structures[k] for k in indices]
@@ -145,42 +171,65 @@ class GraphDataset:
         n_edges = np.array([g.num_edges for g in graphs], dtype=np.int64)
         atom_offset = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
         edge_offset = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
-        n_total = int(n_atoms.sum())
-
-        centers = np.concatenate([g.centers + o for g, o in zip(graphs, atom_offset)])
-        neighbors = np.concatenate([g.neighbors + o for g, o in zip(graphs, atom_offset)])
-        shifts = np.concatenate([g.shifts for g in graphs]).reshape(-1, 3)
-        slot = np.concatenate([g.slot for g in graphs])
-        reverse = np.concatenate([g.reverse + o for g, o in zip(graphs, edge_offset)])
-        groups, row = slot_groups(np.bincount(centers, minlength=n_total))
-
-        def tensor(array, kind=dtype):
-            return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=kind)
-
-        batch = Batch(
-            positions=tensor(np.concatenate([s.positions for s in structures])),
-            numbers=tensor(np.concatenate([s.numbers for s in structures]), torch.long),
-            cells=tensor(np.stack([s.cell for s in structures])),
-            structure_index=tensor(np.repeat(np.arange(len(structures)), n_atoms), torch.long),
-            n_atoms=tensor(n_atoms, torch.long),
-            centers=tensor(centers, torch.long),
-            neighbors=tensor(neighbors, torch.long),
-            shifts=tensor(shifts),
-            slot_groups=groups,
-            edge_slot=tensor(row[centers] + slot, torch.long),
-            edge_reverse=tensor(reverse, torch.long),
+        edges = EdgeGraph(
+            centers=np.concatenate([g.centers + o for g, o in zip(graphs, atom_offset)]),
+            neighbors=np.concatenate([g.neighbors + o for g, o in zip(graphs, atom_offset)]),
+            shifts=np.concatenate([g.shifts for g in graphs]).reshape(-1, 3),
+            slot=np.concatenate([g.slot for g in graphs]),
+            reverse=np.concatenate([g.reverse + o for g, o in zip(graphs, edge_offset)]),
+            max_neighbors=0,
         )
-        if all(s.energy is not None for s in structures):
-            energy = np.array([s.energy for s in structures], dtype=np.float64)
-            if energy_offsets is not None:
-                energy = energy - np.asarray(energy_offsets, dtype=np.float64)[list(indices)]
-            batch.energy = tensor(energy)
-        if all(s.forces is not None for s in structures):
-            batch.forces = tensor(np.concatenate([s.forces for s in structures]).reshape(-1, 3))
-        stress_mask = np.array([s.stress is not None and bool(s.pbc.all()) for s in structures])
-        if stress_mask.any():
-            stress = np.stack([s.stress if m else np.zeros((3, 3)) for s, m in zip(structures, stress_mask)])
-            batch.stress = tensor(stress)
-            batch.stress_mask = tensor(stress_mask, torch.bool)
-        batch.volume = tensor([s.volume for s in structures])
-        return batch
+        chosen = np.asarray(indices, dtype=np.int64)
+        has_forces = all(s.forces is not None for s in structures)
+        return collate(
+            positions=np.concatenate([s.positions for s in structures]),
+            numbers=np.concatenate([s.numbers for s in structures]),
+            cells=np.stack([s.cell for s in structures]),
+            n_atoms=n_atoms,
+            edges=edges,
+            energies=self.energies[chosen],
+            forces=np.concatenate([s.forces for s in structures]).reshape(-1, 3) if has_forces else None,
+            stresses=self._stresses[chosen],
+            stress_mask=self.stress_mask[chosen],
+            volumes=self._volumes[chosen],
+            indices=indices, energy_offsets=energy_offsets, dtype=dtype, device=device,
+        )
+
+
+def collate(*, positions, numbers, cells, n_atoms, edges: EdgeGraph, energies, forces, stresses, stress_mask, volumes,
+            indices, energy_offsets, dtype, device) -> Batch:
+    """One Batch from the numpy arrays of its structures (one path for both kinds of dataset): atoms and cells, the
+    batch's full edge list (``edges``: centres, neighbours, shifts, slots, reverse edges, atom indices of the batch),
+    and per-structure labels (``energies`` NaN where unlabelled; ``forces`` None unless every structure has them;
+    ``stresses`` zero where ``stress_mask`` is False). ``energy_offsets[indices]`` is subtracted from the energies."""
+    n_total = int(np.sum(n_atoms))
+    groups, row = slot_groups(np.bincount(edges.centers, minlength=n_total))
+
+    def tensor(array, kind=dtype):
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=kind)
+
+    batch = Batch(
+        positions=tensor(positions),
+        numbers=tensor(numbers, torch.long),
+        cells=tensor(cells),
+        structure_index=tensor(np.repeat(np.arange(len(n_atoms)), n_atoms), torch.long),
+        n_atoms=tensor(n_atoms, torch.long),
+        centers=tensor(edges.centers, torch.long),
+        neighbors=tensor(edges.neighbors, torch.long),
+        shifts=tensor(edges.shifts),
+        slot_groups=groups,
+        edge_slot=tensor(row[edges.centers] + edges.slot, torch.long),
+        edge_reverse=tensor(edges.reverse, torch.long),
+    )
+    if not np.isnan(energies).any():
+        energy = np.asarray(energies, dtype=np.float64)
+        if energy_offsets is not None:
+            energy = energy - np.asarray(energy_offsets, dtype=np.float64)[list(indices)]
+        batch.energy = tensor(energy)
+    if forces is not None:
+        batch.forces = tensor(forces)
+    if stress_mask.any():
+        batch.stress = tensor(stresses)
+        batch.stress_mask = tensor(stress_mask, torch.bool)
+    batch.volume = tensor(volumes)
+    return batch

@@ -9,25 +9,29 @@ A dataset is a path, a list of datasets, or a dict::
       energy: {key: energy, unit: eV, forces: {key: forces}, stress: {key: stress}}
       # or `virial: {key: virial}` instead of stress; `forces: false` to ignore forces
 
-Any file ``ase.io.read`` understands works. Labels are looked up in ``atoms.info``,
-``atoms.arrays`` and then ``atoms.calc.results`` (where extxyz puts energy/forces/stress).
-Every problem is reported as a one-line ``InputError`` naming the file, the frame and the key. A dataset
-whose frames hold forces, a stress or a virial under a key that no target reads gets one ``note:`` line on
-stderr naming the key and the setting that would read it.
+The keys, types and values of a dataset config are checked against the schema (nanopet/schema/options.py);
+this module resolves its files. Any file ``ase.io.read`` understands works; frames are read one at a time
+(``nanopet.data.frames``), never as a whole file's list. Labels are looked up in ``atoms.info``, ``atoms.arrays``
+and then ``atoms.calc.results`` (where extxyz puts energy/forces/stress). Every problem is reported as a one-line
+``InputError`` naming the file, the frame and the key. A dataset whose frames hold forces, a stress or a virial
+under a key that no target reads gets one ``note:`` line on stderr naming the key and the setting that would read it.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, did_you_mean
+from ..schema import validate
+from ..schema.options import DEFAULT_BUILTIN_SIZE, DatasetEntry
 from .builtin import builtin_dataset_path
 from .extxyz import frame_from_atoms
-from .labels import dataset_label_keys
+from .frames import FrameRange, frame_count, frame_ranges, read_frames
+from .labels import LabelKeys, label_keys
 from .structure import Structure
 
 
@@ -50,12 +54,6 @@ def _length_units() -> dict:
     return {"angstrom": 1.0, "bohr": units.Bohr, "nm": units.nm}
 
 
-SYSTEMS_KEYS = ("read_from", "reader", "length_unit")
-BUILTIN_KEYS = ("builtin", "n", "seed")
-DATASET_KEYS = ("systems", "targets")
-ENERGY_KEYS = ("quantity", "read_from", "reader", "key", "unit", "forces", "stress", "virial")
-GRADIENT_KEYS = ("read_from", "reader", "key")
-DEFAULT_BUILTIN_SIZE = 1000
 
 
 @dataclass
@@ -78,6 +76,7 @@ class DatasetSpec:
     virial: LabelSpec | None
     energy_factor: float = 1.0
     length_factor: float = 1.0
+    name: str = ""  # the key path of the dataset in the options (training_set, test_set[1], ...) for messages
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,12 +89,16 @@ def read_structures(dataset, base_dir=".", name: str = "training_set") -> list[S
     Relative paths resolve against ``base_dir`` (the directory of the options file); ``name`` is
     the key path used in error messages (e.g. ``training_set``).
     """
+    return [s for spec in dataset_specs(dataset, base_dir, name) for s in spec_structures(spec)]
+
+
+def dataset_specs(dataset, base_dir=".", name: str = "training_set") -> list[DatasetSpec]:
+    """The files, keys and unit factors of one dataset config, one spec per part of a list."""
     if isinstance(dataset, list):
         if not dataset:
             raise InputError(f"{name}: empty list of datasets")
-        return [s for i, part in enumerate(dataset) for s in read_structures(part, base_dir, f"{name}[{i}]")]
-    spec = _parse_dataset(dataset, Path(base_dir), name)
-    return _read_dataset(spec, name)
+        return [spec for i, part in enumerate(dataset) for spec in dataset_specs(part, base_dir, f"{name}[{i}]")]
+    return [_parse_dataset(dataset, Path(base_dir), name)]
 
 
 def builtin_dataset(name: str, n: int, seed: int = 0) -> list[Structure]:
@@ -113,6 +116,15 @@ def load_splits(options: dict, base_dir=".", seed: int = 0):
     if not isinstance(options, dict) or options.get("training_set") is None:
         raise InputError("options: 'training_set' is required (a file path or a dataset dict)")
     train = read_structures(options["training_set"], base_dir, "training_set")
+    chosen = split_indices(options, len(train), seed)
+    splits = {key: read_structures(options[key], base_dir, key) if indices is None else [train[i] for i in indices]
+              for key, indices in chosen.items()}
+    return splits["training_set"], splits["validation_set"], splits["test_set"]
+
+
+def split_indices(options: dict, count: int, seed: int = 0) -> dict:
+    """Which of the training set's ``count`` structures each split takes: ``{"training_set": indices,
+    "validation_set": ..., "test_set": ...}``, sorted, or None for a split that is a dataset of its own."""
     defaults = {"validation_set": 0.1, "test_set": 0.0}
     # An absent key takes its default; an explicit null means no such split.
     configs = {key: options.get(key, default) for key, default in defaults.items()}
@@ -123,24 +135,21 @@ def load_splits(options: dict, base_dir=".", seed: int = 0):
             "validation_set + test_set fractions must sum to less than 1, got "
             + " + ".join(f"{fractions[k]:g}" for k in fractions)
         )
-    sizes = {key: _split_size(fraction, len(train)) for key, fraction in fractions.items()}
-    if sum(sizes.values()) >= len(train):
+    sizes = {key: _split_size(fraction, count) for key, fraction in fractions.items()}
+    if sum(sizes.values()) >= count:
         raise InputError(
-            f"training_set has {len(train)} structure(s): nothing is left for training after taking out "
+            f"training_set has {count} structure(s): nothing is left for training after taking out "
             + ", ".join(f"{sizes[k]} for {k}" for k in sizes)
         )
-    permutation = np.random.default_rng(seed).permutation(len(train))
-    splits, start = {}, 0
+    permutation = np.random.default_rng(seed).permutation(count)
+    chosen, start = {}, 0
     for key in defaults:
         if key in sizes:
-            chosen = np.sort(permutation[start : start + sizes[key]])
-            splits[key] = [train[i] for i in chosen]
+            chosen[key] = np.sort(permutation[start : start + sizes[key]])
             start += sizes[key]
         else:
-            splits[key] = read_structures(configs[key], base_dir, key)
-    remaining = np.sort(permutation[start:])
-    train = [train[i] for i in remaining]
-    return train, splits["validation_set"], splits["test_set"]
+            chosen[key] = None
+    return {"training_set": np.sort(permutation[start:]), **chosen}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,22 +175,14 @@ def _split_size(fraction: float, total: int) -> int:
 
 
 def _parse_dataset(dataset, base_dir: Path, name: str) -> DatasetSpec:
+    validate(DatasetEntry, dataset, name)  # keys, types and values (nanopet/schema/options.py); below, the files
     if isinstance(dataset, (str, Path)):
         dataset = {"systems": str(dataset)}
-    if not isinstance(dataset, dict):
-        raise InputError(
-            f"{name}: expected a file path or a dict with 'systems' and 'targets', got {dataset!r}"
-        )
-    _check_keys(dataset, DATASET_KEYS, name)
-    if "systems" not in dataset:
-        raise InputError(f"{name}: missing 'systems' (the structure file, e.g. systems: data.xyz)")
     systems_path, length_unit = _parse_systems(dataset["systems"], base_dir, f"{name}.systems")
     targets = dataset.get("targets") or {}
-    if not isinstance(targets, dict):
-        raise InputError(f"{name}.targets: expected a dict like {{energy: {{key: energy}}}}, got {targets!r}")
-    _check_keys(targets, ("energy",), f"{name}.targets")
     spec = _parse_energy(targets.get("energy") or {}, systems_path, base_dir, f"{name}.targets.energy")
     spec.length_factor = _unit_factor(length_unit, _length_units(), f"{name}.systems.length_unit")
+    spec.name = name
     return spec
 
 
@@ -189,34 +190,19 @@ def _parse_systems(systems, base_dir: Path, where: str) -> tuple[Path, str]:
     """The structure file (generating a built-in dataset if asked) and its length unit."""
     if isinstance(systems, (str, Path)):
         return _resolve(systems, base_dir, where), "angstrom"
-    if not isinstance(systems, dict):
-        raise InputError(f"{where}: expected a file path or a dict with 'read_from', got {systems!r}")
     if "builtin" in systems:
         return _builtin_path(systems, where), "angstrom"
-    _check_keys(systems, SYSTEMS_KEYS, where)
-    if not systems.get("read_from"):
-        raise InputError(f"{where}: missing 'read_from' (the structure file)")
-    _check_reader(systems, where)
     return _resolve(systems["read_from"], base_dir, f"{where}.read_from"), str(systems.get("length_unit") or "angstrom")
 
 
 def _builtin_path(systems: dict, where: str) -> Path:
-    _check_keys(systems, BUILTIN_KEYS, where)
-    n = _integer(systems.get("n", DEFAULT_BUILTIN_SIZE), f"{where}.n", minimum=1)
-    seed = _integer(systems.get("seed", 0), f"{where}.seed", minimum=0)
     try:
-        return builtin_dataset_path(str(systems["builtin"]), n, seed)
+        return builtin_dataset_path(str(systems["builtin"]), systems.get("n", DEFAULT_BUILTIN_SIZE), systems.get("seed", 0))
     except InputError as error:
         raise InputError(f"{where}.builtin: {error}") from None
 
 
-def _parse_energy(energy, systems_path: Path, base_dir: Path, where: str) -> DatasetSpec:
-    if not isinstance(energy, dict):
-        raise InputError(f"{where}: expected a dict like {{key: energy, unit: eV}}, got {energy!r}")
-    _check_keys(energy, ENERGY_KEYS, where)
-    if energy.get("quantity", "energy") != "energy":
-        raise InputError(f"{where}.quantity: only 'energy' is supported, got {energy['quantity']!r}")
-    _check_reader(energy, where)
+def _parse_energy(energy: dict, systems_path: Path, base_dir: Path, where: str) -> DatasetSpec:
     energy_path = _resolve(energy["read_from"], base_dir, f"{where}.read_from") if energy.get("read_from") else systems_path
     if energy.get("stress") and energy.get("virial"):
         raise InputError(f"{where}: give either 'stress' or 'virial', not both")
@@ -247,28 +233,8 @@ def _parse_gradient(value, default_key: str, energy_path: Path, base_dir: Path, 
         return LabelSpec(default_key, energy_path, explicit=default_key == "virial")
     if isinstance(value, str):
         return LabelSpec(value, energy_path, explicit=True)
-    if not isinstance(value, dict):
-        raise InputError(
-            f"{where}: expected true/false, a key, or a dict like {{key: {default_key}}}, got {value!r}"
-        )
-    _check_keys(value, GRADIENT_KEYS, where)
-    _check_reader(value, where)
     path = _resolve(value["read_from"], base_dir, f"{where}.read_from") if value.get("read_from") else energy_path
     return LabelSpec(str(value.get("key") or default_key), path, explicit=True)
-
-
-def _check_keys(config: dict, allowed, where: str) -> None:
-    for key in config:
-        if key not in allowed:
-            raise InputError(
-                f"{where}.{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
-            )
-
-
-def _check_reader(config: dict, where: str) -> None:
-    reader = config.get("reader")
-    if reader not in (None, "ase"):
-        raise InputError(f"{where}.reader: only the 'ase' reader is supported, got {reader!r}")
 
 
 def _unit_factor(unit: str, units: dict, where: str) -> float:
@@ -278,12 +244,6 @@ def _unit_factor(unit: str, units: dict, where: str) -> float:
             f"{where}: unknown unit '{unit}'{did_you_mean(unit, units)}; allowed: {', '.join(units)}"
         )
     return by_lowercase[unit.lower()]
-
-
-def _integer(value, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _resolve(path, base_dir: Path, where: str) -> Path:
@@ -297,79 +257,140 @@ def _resolve(path, base_dir: Path, where: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading files and labels
+# Reading files and labels, one frame at a time
 
 
-def _read_frames(path: Path) -> list:
-    """All frames of an ASE-readable file, with file-level problems as one-line InputErrors."""
-    import ase.io
+@dataclass
+class ImplicitLabels:
+    """Implicit (default-key) forces and stress over the frames of a dataset: read when any frame has them, and then
+    every frame must have them (stress: every fully periodic frame). Frames are read one at a time (and in ranges
+    side by side, ``merge``), so the rule is checked once all are read (``check``)."""
 
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file (no frames)")
-    try:
-        frames = ase.io.read(path, index=":")
-    except Exception as error:  # ase raises many types; all mean "cannot read"
-        message = " ".join(str(error).split()) or type(error).__name__
-        raise InputError(f"{path}: cannot read the file ({type(error).__name__}: {message})") from None
-    if not isinstance(frames, list):
-        frames = [frames]
-    if not frames:
-        raise InputError(f"{path}: empty file (no frames)")
-    return frames
+    seen: set = field(default_factory=set)  # labels some frame has
+    missing: dict = field(default_factory=dict)  # label -> (frame, error) of the first frame without it
+    found: LabelKeys = field(default_factory=LabelKeys)  # the label keys the frames hold (``nanopet.data.labels``)
+    looked: set = field(default_factory=set)  # the sets of key names already looked at (frames of a file share one)
+
+    def look(self, atoms) -> None:
+        """Add the label keys of a frame whose set of key names is new."""
+        results = getattr(atoms.calc, "results", None) or {}
+        names = (tuple(atoms.info), tuple(atoms.arrays), tuple(results))
+        if names not in self.looked:
+            self.looked.add(names)
+            self.found = self.found.union(label_keys(frame_from_atoms(atoms)))
+
+    def note_missing(self, what: str, index: int, message: str) -> None:
+        if what not in self.missing or index < self.missing[what][0]:
+            self.missing[what] = (index, message)
+
+    def merge(self, other: "ImplicitLabels") -> None:
+        self.seen |= other.seen
+        self.found, self.looked = self.found.union(other.found), self.looked | other.looked
+        for what, (index, message) in other.missing.items():
+            self.note_missing(what, index, message)
+
+    def check(self) -> None:
+        """The error of the first frame without a label that other frames have."""
+        for what, (index, message) in sorted(self.missing.items(), key=lambda item: item[1][0]):
+            if what in self.seen:
+                raise InputError(message)
+
+    def finish(self, spec: DatasetSpec) -> None:
+        """Once every frame of ``spec`` is read: ``check``, then the note on labels no target reads (stderr)."""
+        self.check()
+        note = unused_labels_note(spec, self)
+        if note:
+            print(note, file=sys.stderr, flush=True)
 
 
-def _read_dataset(spec: DatasetSpec, name: str) -> list[Structure]:
-    """Read the files of ``spec`` and turn every frame into a validated Structure in eV and A.
-
-    An implicit (default-key) forces/stress label is read when any frame of its file has it,
-    and then every frame must have it (except stress on structures that are not fully periodic).
-    A label that no target reads is named in one note on stderr (``unused_labels_note``).
-    """
-    frames = {spec.systems_path: _read_frames(spec.systems_path)}
+def spec_files(spec: DatasetSpec) -> list[Path]:
+    """The files of ``spec``: the structures first, then each other file a label is read from."""
+    paths = [spec.systems_path]
     for label in (spec.energy, spec.forces, spec.stress, spec.virial):
-        if label is not None and label.path not in frames:
-            frames[label.path] = _read_frames(label.path)
-            _check_same_length(frames, spec.systems_path, label.path)
-
-    systems = frames[spec.systems_path]
-    present = {
-        name: label is not None and (label.explicit or _present_anywhere(frames[label.path], label.key))
-        for name, label in (("forces", spec.forces), ("stress", spec.stress), ("virial", spec.virial))
-    }
-    structures = []
-    for index, atoms in enumerate(systems):
-        source = f"{spec.systems_path}:{index}"
-        if len(atoms) == 0:
-            raise InputError(f"{source}: structure has no atoms")
-        _check_finite(atoms.positions, source, "positions")
-        _check_finite(atoms.cell.array, source, "cell")
-        labels = {"energy": _energy(frames, spec, index)}
-        if present["forces"]:
-            labels["forces"] = _forces(frames, spec, index, len(atoms))
-        for what in ("stress", "virial"):
-            if present[what]:
-                labels["stress"] = _stress(frames, spec, index, what, atoms)
-        structures.append(_to_structure(atoms, labels, spec.length_factor, source))
-    note = unused_labels_note(frames[spec.energy.path], spec, present, name)
-    if note:
-        print(note, file=sys.stderr, flush=True)
-    return structures
+        if label is not None and label.path not in paths:
+            paths.append(label.path)
+    return paths
 
 
-def unused_labels_note(frames: list, spec: DatasetSpec, present: dict, name: str) -> str | None:
-    """One line when ``frames`` (ase.Atoms) hold forces, a stress or a virial that no target of ``spec`` reads
-    (``present``: which labels are read), naming the key and the setting that reads it; None otherwise.
-    A label switched off (``forces: false``, ``stress: false``) is not mentioned."""
-    found = dataset_label_keys(frame_from_atoms(atoms) for atoms in frames)
-    unused = []
-    if spec.forces is not None and not present["forces"] and found.forces:
+def spec_ranges(spec: DatasetSpec, size: int) -> list[dict]:
+    """The frames of ``spec`` in consecutive ranges of ``size``, as ``{file: FrameRange}`` with the same frames of
+    each file; one range of whole files where a file cannot be read from the middle."""
+    paths = spec_files(spec)
+    ranges = {path: frame_ranges(path, size) for path in paths}
+    if any(r[0].span is None for r in ranges.values()):
+        _check_same_length(spec, {path: frame_count(path) for path in paths})
+        return [{path: FrameRange(path) for path in paths}]
+    _check_same_length(spec, {path: r[-1].stop for path, r in ranges.items()})
+    return [dict(zip(paths, parts)) for parts in zip(*ranges.values())]
+
+
+def spec_structures(spec: DatasetSpec, frames: dict | None = None, labels: ImplicitLabels | None = None):
+    """Every frame of ``spec`` (or the range ``frames``, ``{file: FrameRange}`` from ``spec_ranges``) as a validated
+    Structure in eV and A, one at a time. The implicit-label rule (``ImplicitLabels``) is checked at the end, or
+    left to the caller who passes ``labels``."""
+    paths = spec_files(spec)
+    if frames is None:
+        if len(paths) > 1:
+            _check_same_length(spec, {path: frame_count(path) for path in paths})
+        frames = {path: path for path in paths}
+    start = frames[spec.systems_path].start if isinstance(frames[spec.systems_path], FrameRange) else 0
+    own = labels is None
+    labels = ImplicitLabels() if own else labels
+    for offset, atoms in enumerate(zip(*(read_frames(frames[path]) for path in paths))):
+        yield _structure(spec, dict(zip(paths, atoms)), start + offset, labels)
+    if own:
+        labels.finish(spec)
+
+
+def _structure(spec: DatasetSpec, frame: dict, index: int, labels: ImplicitLabels) -> Structure:
+    """Frame ``index`` (``frame``: its atoms in each file of ``spec``) as a validated Structure in eV and A."""
+    atoms = frame[spec.systems_path]
+    labels.look(frame[spec.energy.path])
+    source = f"{spec.systems_path}:{index}"
+    if len(atoms) == 0:
+        raise InputError(f"{source}: structure has no atoms")
+    _check_finite(atoms.positions, source, "positions")
+    _check_finite(atoms.cell.array, source, "cell")
+    values = {"energy": _energy(frame, spec, index)}
+    if _wanted(frame, spec.forces, index, "forces", labels, exempt=False):
+        values["forces"] = _forces(frame, spec, index, len(atoms))
+    for what in ("stress", "virial"):
+        if _wanted(frame, getattr(spec, what), index, what, labels, exempt=not atoms.pbc.all()):
+            values["stress"] = _stress(frame, spec, index, what, atoms)
+    return _to_structure(atoms, values, spec.length_factor, source)
+
+
+def _wanted(frame: dict, label: LabelSpec | None, index: int, what: str, labels: ImplicitLabels, exempt: bool) -> bool:
+    """Whether to read ``label`` in this frame: an explicit one always; an implicit one where the frame has it (its
+    absence is noted, unless ``exempt``: a structure that is not fully periodic needs no stress)."""
+    if label is None:
+        return False
+    if label.explicit:
+        return True
+    if _lookup(frame[label.path], label.key) is not None:
+        labels.seen.add(what)
+        return True
+    if not exempt:
+        labels.note_missing(what, index, _not_found(frame, label, index, what))
+    return False
+
+
+def unused_labels_note(spec: DatasetSpec, labels: ImplicitLabels) -> str | None:
+    """One line when the frames of ``spec`` hold forces, a stress or a virial that no target of ``spec`` reads
+    (``labels``: the keys found and the implicit labels read), naming the key and the setting that reads it; None
+    otherwise. A label switched off (``forces: false``, ``stress: false``) is not mentioned."""
+    def read(what: str) -> bool:
+        label = getattr(spec, what)
+        return label is not None and (label.explicit or what in labels.seen)
+
+    found, unused = labels.found, []
+    if spec.forces is not None and not read("forces") and found.forces:
         unused.append(("a per-atom 3-vector", "forces", found.forces[0]))
-    if spec.stress is not None and not (present["stress"] or present["virial"]):
+    if spec.stress is not None and not (read("stress") or read("virial")):
         unused += [(f"a {kind}", kind, getattr(found, kind)[0]) for kind in ("stress", "virial") if getattr(found, kind)][:1]
     if not unused:
         return None
+    name = spec.name or str(spec.systems_path)
     where = name if name == str(spec.systems_path) else f"{name} {spec.systems_path}"
     held = " and ".join(f"{what} '{key}'" for what, _, key in unused)
     purpose = "it as forces" if [kind for _, kind, _ in unused] == ["forces"] else ("it" if len(unused) == 1 else "them")
@@ -385,14 +406,11 @@ def _to_structure(atoms, labels: dict, length_factor: float, source: str) -> Str
     return structure
 
 
-def _check_same_length(frames: dict, systems_path: Path, labels_path: Path) -> None:
-    n_systems, n_labels = len(frames[systems_path]), len(frames[labels_path])
-    if n_systems != n_labels:
-        raise InputError(f"{labels_path}: has {n_labels} frames but {systems_path} has {n_systems}")
-
-
-def _present_anywhere(frames: list, key: str) -> bool:
-    return any(_lookup(atoms, key) is not None for atoms in frames)
+def _check_same_length(spec: DatasetSpec, counts: dict) -> None:
+    n_systems = counts[spec.systems_path]
+    for path, n_labels in counts.items():
+        if n_labels != n_systems:
+            raise InputError(f"{path}: has {n_labels} frames but {spec.systems_path} has {n_systems}")
 
 
 def _lookup(atoms, key: str):
@@ -411,28 +429,29 @@ def _available_keys(atoms) -> list[str]:
     return sorted(set(atoms.info) | set(arrays) | set(results))
 
 
-def _label(frames: dict, label: LabelSpec, index: int, what: str) -> np.ndarray:
+def _not_found(frame: dict, label: LabelSpec, index: int, what: str) -> str:
+    """The error of frame ``index`` without ``label``: the keys it has, and how to ignore an implicit label."""
+    keys = _available_keys(frame[label.path])
+    hint = "" if label.explicit else f" (other frames have it; set {what}: false to ignore it)"
+    return (f"{label.path}:{index}: {what} key '{label.key}' not found{did_you_mean(label.key, keys)}{hint}; "
+            f"available keys: {', '.join(keys) or 'none'}")
+
+
+def _label(frame: dict, label: LabelSpec, index: int, what: str) -> np.ndarray:
     """The value of ``label`` in frame ``index`` as a float array; a one-line error if absent."""
-    atoms = frames[label.path][index]
-    value = _lookup(atoms, label.key)
-    where = f"{label.path}:{index}: {what} key '{label.key}'"
+    value = _lookup(frame[label.path], label.key)
     if value is None:
-        keys = _available_keys(atoms)
-        hint = "" if label.explicit else f" (other frames have it; set {what}: false to ignore it)"
-        raise InputError(
-            f"{where} not found{did_you_mean(label.key, keys)}{hint}; "
-            f"available keys: {', '.join(keys) or 'none'}"
-        )
+        raise InputError(_not_found(frame, label, index, what))
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError(f"{where} is not numeric: {value!r}") from None
+        raise InputError(f"{label.path}:{index}: {what} key '{label.key}' is not numeric: {value!r}") from None
 
 
-def _energy(frames: dict, spec: DatasetSpec, index: int) -> float:
+def _energy(frame: dict, spec: DatasetSpec, index: int) -> float:
     """Energy in eV."""
     label = spec.energy
-    energy = _label(frames, label, index, "energy")
+    energy = _label(frame, label, index, "energy")
     if energy.size != 1:
         raise InputError(
             f"{label.path}:{index}: energy key '{label.key}' must be one number, got shape {energy.shape}"
@@ -441,10 +460,10 @@ def _energy(frames: dict, spec: DatasetSpec, index: int) -> float:
     return float(energy.reshape(())) * spec.energy_factor
 
 
-def _forces(frames: dict, spec: DatasetSpec, index: int, n_atoms: int) -> np.ndarray:
+def _forces(frame: dict, spec: DatasetSpec, index: int, n_atoms: int) -> np.ndarray:
     """Forces in eV/A."""
     label = spec.forces
-    forces = _label(frames, label, index, "forces")
+    forces = _label(frame, label, index, "forces")
     if forces.shape != (n_atoms, 3):
         raise InputError(
             f"{label.path}:{index}: forces key '{label.key}' has shape {forces.shape}, expected ({n_atoms}, 3)"
@@ -453,16 +472,11 @@ def _forces(frames: dict, spec: DatasetSpec, index: int, n_atoms: int) -> np.nda
     return forces * spec.energy_factor / spec.length_factor
 
 
-def _stress(frames: dict, spec: DatasetSpec, index: int, what: str, atoms):
-    """Stress in eV/A^3 (ASE sign) from the ``stress`` or the ``virial`` label, or None.
-
-    A structure that is not periodic in all directions may lack an implicit (default-key) stress.
-    """
+def _stress(frame: dict, spec: DatasetSpec, index: int, what: str, atoms):
+    """Stress in eV/A^3 (ASE sign) from the ``stress`` or the ``virial`` label."""
     label = spec.stress if what == "stress" else spec.virial
     where = f"{label.path}:{index}"
-    if not label.explicit and not atoms.pbc.all() and _lookup(frames[label.path][index], label.key) is None:
-        return None
-    tensor = _full_tensor(_label(frames, label, index, what), where, what, label.key)
+    tensor = _full_tensor(_label(frame, label, index, what), where, what, label.key)
     _check_finite(tensor, where, f"{what} key '{label.key}'")
     if what == "stress":
         return tensor * spec.energy_factor / spec.length_factor**3

@@ -1,7 +1,10 @@
 """The data splits as neighbour-listed datasets, and the rules that keep their neighbour lists built once.
 
-- ``load_data``: the splits named in an options file, read and neighbour-listed once.
-- ``Data``: train/val/test ``GraphDataset``s; ``at_cutoff`` restricts them to a smaller cutoff by distance
+- ``load_data``: the splits named in an options file, read and neighbour-listed once: in memory
+  (``GraphDataset``), or, for large sets, prepared on disk once and memory-mapped by every process that reads
+  them (``PreparedDataset``, ``nanopet.data.prepare``); ``prepare_data`` prepares them ahead (a search's launcher,
+  before its workers start).
+- ``Data``: train/val/test datasets; ``at_cutoff`` restricts them to a smaller cutoff by distance
   filtering (no new neighbour lists), so a search builds them once at the largest cutoff any trial uses;
   ``training_share`` cuts the training set to a nested share (a search's data-size fidelity).
 - ``largest_cutoff``: that cutoff, from the base options' cutoff and the tuned parameters, keyed by the
@@ -13,13 +16,14 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nanopet.data.batch import GraphDataset
+from nanopet.data.dataset import Dataset
+from nanopet.errors import InputError
 from nanopet.options import resolve_options
 
 CUTOFF = ("architecture", "model", "cutoff")  # where a trial's cutoff is in its options
@@ -30,17 +34,23 @@ DATASET_KEYS = ("training_set", "validation_set", "test_set")
 class Data:
     """The splits as neighbour-listed datasets; a search worker builds it once and passes it to every trial."""
 
-    train: GraphDataset
-    val: GraphDataset
-    test: GraphDataset
+    train: Dataset
+    val: Dataset
+    test: Dataset
 
     def at_cutoff(self, cutoff: float) -> "Data":
-        def restricted(dataset):
-            if cutoff > dataset.cutoff + 1e-9:
-                return GraphDataset(dataset.structures, cutoff)
-            return dataset if math.isclose(dataset.cutoff, cutoff) else dataset.restrict(cutoff)
+        return Data(self.train.at_cutoff(cutoff), self.val.at_cutoff(cutoff), self.test.at_cutoff(cutoff))
 
-        return Data(restricted(self.train), restricted(self.val), restricted(self.test))
+    @property
+    def atomic_types(self) -> list[int]:
+        """The atomic numbers of all three splits, sorted."""
+        return sorted(set(self.train.atomic_types) | set(self.val.atomic_types) | set(self.test.atomic_types))
+
+    @property
+    def prepared_folders(self) -> list[str]:
+        """The prepared folders the splits are mapped from (none: read into memory)."""
+        stores = {getattr(d, "store", None) for d in (self.train, self.val, self.test)} - {None}
+        return sorted(str(store.folder) for store in stores)
 
     def training_share(self, share: float, seed: int = 0) -> "Data":
         """The training set cut to its first ``share`` in a permutation drawn from ``seed`` (so a smaller share's
@@ -52,18 +62,51 @@ class Data:
         return Data(self.train.subset(keep), self.val, self.test)
 
 
-def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None) -> Data:
-    """Read the splits named in ``options`` and compute neighbour lists once, at ``cutoff``."""
+def load_data(options: dict, base_dir: str | Path = ".", cutoff: float | None = None, prepared: bool | None = None) -> Data:
+    """Read the splits named in ``options`` and compute neighbour lists once, at ``cutoff``. ``prepared``: read each
+    dataset prepared on disk (True), in memory (False), or as ``nanopet.data.prepare.prepared_folder`` decides."""
     options = resolve_options(options)
-    return read_data(options, base_dir, cutoff or cutoff_of(options))
+    return read_data(options, base_dir, cutoff or cutoff_of(options), prepared)
 
 
-def read_data(options: dict, base_dir: str | Path, cutoff: float) -> Data:
+def read_data(options: dict, base_dir: str | Path, cutoff: float, prepared: bool | None = None) -> Data:
     """Read the splits named in resolved ``options`` and compute neighbour lists once, at ``cutoff``."""
-    from nanopet.data.read import load_splits
+    from nanopet.data.read import split_indices
 
-    train_set, val_set, test_set = load_splits(options, base_dir=base_dir, seed=options["seed"])
-    return Data(GraphDataset(train_set, cutoff), GraphDataset(val_set, cutoff), GraphDataset(test_set, cutoff))
+    if not isinstance(options, dict) or options.get("training_set") is None:
+        raise InputError("options: 'training_set' is required (a file path or a dataset dict)")
+    train = open_dataset(options["training_set"], base_dir, cutoff, "training_set", prepared)
+    chosen = split_indices(options, len(train), options["seed"])
+    sets = {key: open_dataset(options[key], base_dir, cutoff, key, prepared) if indices is None else train.subset(indices)
+            for key, indices in chosen.items()}
+    return Data(sets["training_set"], sets["validation_set"], sets["test_set"])
+
+
+def open_dataset(dataset, base_dir: str | Path, cutoff: float, name: str = "training_set", prepared: bool | None = None) -> Dataset:
+    """One dataset config (a path, a dict, or a list of them) neighbour-listed at ``cutoff``: prepared on disk and
+    memory-mapped, or read into memory (``prepared`` as in ``load_data``)."""
+    from nanopet.data.prepare import prepared_folder
+    from nanopet.data.prepared import PreparedDataset, open_store
+    from nanopet.data.read import dataset_specs, spec_structures
+
+    specs = dataset_specs(dataset, base_dir, name)
+    folder = prepared_folder(specs, cutoff, prepared)
+    if folder is None:
+        return GraphDataset([s for spec in specs for s in spec_structures(spec)], cutoff)
+    return PreparedDataset(open_store(folder), cutoff=cutoff, specs=specs)
+
+
+def prepare_data(options: dict, base_dir: str | Path, cutoff: float, prepared: bool | None = None) -> None:
+    """Prepare on disk now, once, the datasets of ``options`` that ``load_data`` would read prepared at ``cutoff``
+    (so that the processes started next open them instead of each preparing or reading them)."""
+    from nanopet.data.prepare import prepared_folder
+    from nanopet.data.read import dataset_specs
+
+    options = resolve_options(options)
+    for key in DATASET_KEYS:
+        dataset = options.get(key)
+        if dataset is not None and not isinstance(dataset, (int, float)):
+            prepared_folder(dataset_specs(dataset, base_dir, key), cutoff, prepared)
 
 
 def cutoff_of(options: dict) -> float:

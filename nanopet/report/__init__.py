@@ -43,7 +43,7 @@ def report_after_search(study: str, directory: str | Path = "studies", storage: 
                         out: Callable[[str], None] = print) -> Path | None:
     """Write the report of a search that just ended; a failure is reported through ``out``, not raised,
     so it never turns a finished search into an error."""
-    from nanopet.report.figures import pruning_check
+    from nanopet.report.ranking import pruning_check
     from nanopet.report.study import write_study_report
 
     try:

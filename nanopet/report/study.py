@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nanopet.report import figures
+from nanopet.report import figures, ranking
 from nanopet.report.collect import StudyData, collect
 from nanopet.report.importance import DOCUMENTED_ORDER, Importances, measure
 from nanopet.report.page import write_page
@@ -34,7 +34,7 @@ def report_sections(data: StudyData, measured: Importances) -> list[tuple[str, o
     if data.n_objectives > 1:
         sections.append(figures.front(data))
     sections += [figures.importances(data, measured), figures.parallel(data), figures.slices(data),
-                 figures.contour(data, measured), figures.learning_curves(data), figures.early_ranking(data),
+                 figures.contour(data, measured), figures.learning_curves(data), ranking.early_ranking(data),
                  figures.compute(data),
                  figures.top_trials(data)]
     failed = figures.failures(data)

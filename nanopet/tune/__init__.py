@@ -8,9 +8,18 @@ Public API (everything else is internal):
 - ``list_studies(directory)``: studies with trial counts by state and best value
 - ``serve_dashboard(study, host, port)``: optuna-dashboard on a study's storage
 
-Modules: ``space`` (the file), ``storage`` (storages, studies, a chosen trial), ``study`` (sampler, pruner, stages), ``sampling`` (TPE ranking trials at their common rung), ``trial`` (one trial, either
-driver: its record, epochs, repeats, cost), ``stages`` (the loop over stages, the closing lines), ``objective``
-(an Optuna trial), ``lease`` (stale trials), ``workers`` (the trial loop, processes), ``results``, ``dashboard``.
+Two doors onto one core. The core, shared by both drivers:
+
+- ``space``: the search-space file, validated (``nanopet.schema``); ``plan``: the stages and their budgets;
+- ``trial``: one trial whichever driver runs it: its record, its epochs (``budget.equal``), what it reports, the stop
+  rules, repeats, cost; ``progress``: the lines a search prints; ``text``: words and numbers in those lines;
+- ``studies``: the Optuna studies a search records into (sampler, pruner, a stage's first trial, a stage's choice);
+  ``params``: parameters as Optuna distributions; ``pruning``: the ranking rule; ``sampling``: TPE at a common rung;
+- ``stages``: the loop over stages; ``results``: what a search found and ``best.yaml``; ``storage``: storages, studies
+  on disk, a chosen trial's options; ``dashboard``: optuna-dashboard on a study.
+
+The drivers: ``optuna_driver`` (worker processes sharing the storage: ``workers``, ``runner``, ``lease``) and
+``ray_driver`` (Ray Tune experiments: ``driver``, ``search``, ``trainable``, ``records``, ``cluster``, ``names``).
 """
 
 from __future__ import annotations
@@ -36,8 +45,9 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     """
     from nanopet.tune.stages import finish
     from nanopet.tune.storage import record_storage
-    from nanopet.tune.study import check_resumable, plan_line
-    from nanopet.tune.workers import launch
+    from nanopet.tune.studies import check_resumable
+    from nanopet.tune.plan import plan_line
+    from nanopet.tune.optuna_driver.workers import launch
 
     started = time.time() if started is None else started
     space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)

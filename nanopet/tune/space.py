@@ -12,7 +12,9 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
     driver:     optuna | ray | {type: ray, address: auto, cpus_per_trial: 1, gpus_per_trial: 0.5}
 
-Every problem is one ``InputError`` naming the key path, raised before anything is written.
+Every key, type and value is checked against the schema (nanopet/schema/space.py, which also gives the file's
+JSON Schema); this module checks the relations between them. Every problem is one ``InputError`` naming the key
+path, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -26,58 +28,22 @@ from pathlib import Path
 
 from nanopet.data.splits import cutoff_of, largest_cutoff
 from nanopet.errors import InputError, did_you_mean
-from nanopet.options import FREE_FORM, LOSS_TERMS, TOP_LEVEL_KEYS, default_hypers, read_yaml, resolve_options
+from nanopet.options import TOP_LEVEL_KEYS, read_yaml, resolve_options
+from nanopet.schema import SearchSpaceFile, validate
+from nanopet.schema import space as schema
+from nanopet.schema.space import (COST_MEASURES, COSTS, DEFAULT_DATASET, DRIVERS, EQUAL_BUDGETS,  # noqa: F401
+                                  GRACE_PERIOD, LEARNING_RATE_SCALINGS, METRICS, MIN_IMPROVEMENT, NOT_TUNABLE, SECTIONS,
+                                  STRATEGIES, TUNABLE, ParameterNames)
 
-SECTIONS = ("study", "objective", "budget", "strategy", "parameters", "driver")
-STUDY_KEYS = ("name", "storage", "directory", "sampler", "pruner", "keep_checkpoints", "max_retries",
-              "heartbeat_interval", "grace_period")
 # per type: the settings each accepts besides `type` (all driver-neutral names, mapped by each driver)
-SAMPLERS = {
-    "tpe": ("seed", "n_startup_trials", "multivariate", "constant_liar", "n_ei_candidates", "rank_at", "rung_trials"),
-    "random": ("seed",),
-    "gp": ("seed", "n_startup_trials", "deterministic_objective"),
-    "cmaes": ("seed", "n_startup_trials", "sigma0", "popsize", "restart_strategy", "use_separable_cma", "with_margin",
-              "lr_adapt", "consider_pruned_trials"),
-}
-PRUNERS = {
-    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
-    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
-    "ranking": ("min_tau", "n_startup_trials", "percentile", "n_warmup_steps"),  # nanopet/tune/pruning.py
-    "none": (),
-}
-METRICS = tuple(f"val_{term}_{kind}" for term in ("energy", "forces", "virial", "stress") for kind in ("rmse", "mae"))
-METRICS = ("val_rmse_gmean", "val_loss") + METRICS  # val_rmse_gmean: nanopet.train.Accumulator.metrics
-OBJECTIVE_KEYS = ("metric", "cost", "cost_measure", "cost_weight")
-COSTS = ("none", "penalty", "front")
-COST_MEASURES = ("inference_time", "parameters")
-BUDGET_KEYS = ("n_trials", "timeout", "epochs", "equal", "data_shares", "predicted_seconds")
-# budget.equal: what every trial gets as much of as the base hypers get in budget.epochs epochs (nanopet/tune/trial.py
-# trial_epochs): the same epochs, the same optimizer steps, or the same training time
-EQUAL_BUDGETS = ("epochs", "steps", "time")
+SAMPLERS = {section.model_fields["type"].default: tuple(section.model_fields)[1:] for section in schema.SAMPLER_SECTIONS}
+PRUNERS = {section.model_fields["type"].default: tuple(section.model_fields)[1:] for section in schema.PRUNER_SECTIONS}
 # budget.data_shares (a data-size fidelity): the pruners that decide on the rungs' steps
 DATA_SHARE_PRUNERS = ("successive_halving", "hyperband", "median", "none")
-STRATEGY_KEYS = ("type", "importance", "split", "enumerate", "learning_rate_scaling", "min_improvement")
-# strategy.min_improvement: a stage's best replaces the stage's starting values only if it is better by this share of
-# the starting trial's value; less is within the noise of a trial's value (nanopet/tune/study.py chosen_values)
-MIN_IMPROVEMENT = 0.03
-# strategy.learning_rate_scaling: a stage that tries batch sizes moves the learning rate chosen before it by
-# (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; README "Hyperparameter search")
-LEARNING_RATE_SCALINGS = {"none": None, "sqrt": 0.5, "linear": 1.0}
-STRATEGIES = ("joint", "staged")  # the first is the default
-DRIVERS = ("optuna", "ray")
-DRIVER_KEYS = ("type", "address", "cpus_per_trial", "gpus_per_trial")  # all but type: ray only
-PARAMETER_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
-                  "categorical": ("type", "choices")}
-# training keys that are run settings, not hyperparameters
-NOT_TUNABLE = {"distributed": "a run setting", "distributed_port": "a run setting", "log_interval": "a run setting",
-               "checkpoint_interval": "a run setting", "log_mae": "a run setting",
-               "atoms_per_pass": "a speed/memory setting (the same steps either way)",
-               "num_epochs": "set budget.epochs (the epochs of every trial) instead"}
-DEFAULT_DATASET = {"systems": {"builtin": "emt-alloy", "n": 1000, "seed": 0}}
 DEFAULT_SAMPLER = {"type": "tpe", "seed": 0}
 DEFAULT_PRUNER = {"type": "median", "n_startup_trials": 5}
 DEFAULT_WARM_UP_SHARE = 0.2  # of budget.epochs, at least 2: README "Pruning" (the trials' first epochs rank them by chance)
+MIN_TRIALS_PER_STAGE = 2
 
 
 def default_pruner(epochs: int) -> dict:
@@ -94,10 +60,6 @@ def data_share_pruner(steps: tuple) -> dict:
 def share_steps(shares) -> list[int]:
     """The step each data share reports at: the share over the first (1, 2, 4, 8 for 1/8, 1/4, 1/2, 1)."""
     return [round(share / shares[0]) for share in shares]
-
-
-MIN_TRIALS_PER_STAGE = 2
-GRACE_PERIOD = 300.0  # s without a lease renewal (other machines) before a RUNNING trial counts as stale
 
 
 @dataclass(frozen=True)
@@ -395,25 +357,19 @@ def load_search_space(source: str | Path | dict, base_dir: str | Path | None = N
 
 def parse(raw: dict, base_dir: Path, source: Path | None = None, default_name: str = "search") -> SearchSpace:
     raw = copy.deepcopy(raw)
-    known = set(SECTIONS) | TOP_LEVEL_KEYS
-    for key in raw:
-        if key not in known:
-            raise InputError(f"{key}: unknown key{did_you_mean(key, known)}; known: {', '.join(sorted(known))}")
+    file = validate(SearchSpaceFile, raw)  # every key, type and value; below, the relations between them
     options = {k: copy.deepcopy(v) for k, v in raw.items() if k in TOP_LEVEL_KEYS}
     options.setdefault("training_set", copy.deepcopy(DEFAULT_DATASET))
-    budget = _budget(_section(raw, "budget"), options)
-    options.setdefault("architecture", {})
-    options["architecture"] = dict(options["architecture"] or {})
-    training = dict(options["architecture"].get("training") or {})
-    training["num_epochs"] = budget.epochs
-    options["architecture"]["training"] = training
-    if resolve_options(options)["architecture"]["training"]["distributed"]:  # also checks every base hyper
+    budget = _budget(file.budget or schema.Budget(), options)
+    options["architecture"] = dict(options.get("architecture") or {})
+    options["architecture"]["training"] = {**(options["architecture"].get("training") or {}), "num_epochs": budget.epochs}
+    if resolve_options(options)["architecture"]["training"]["distributed"]:
         raise InputError("architecture.training.distributed: a search trains one trial per worker process; "
                          "set it to false and use --workers / --gpus")
-    parameters = _parameters(raw.get("parameters"), options)
-    strategy = _strategy(raw.get("strategy"), parameters)
-    objective = _objective(_section(raw, "objective"))
-    study = _study(_section(raw, "study"), default_name, objective, budget)
+    parameters = _parameters(raw.get("parameters") or {}, file.parameters, options)
+    strategy = _strategy(file.strategy or schema.Strategy(), parameters)
+    objective = Objective(**(file.objective or schema.Objective()).model_dump())
+    study = _study(file.study or schema.Study(), default_name, objective, budget)
     if objective.metric == "val_loss" and any(p.path[2:3] == ("loss",) for p in parameters.values()):
         raise InputError("objective.metric: val_loss is not comparable between trials that tune loss.*; "
                          "use a physical metric such as val_forces_rmse or val_energy_rmse")
@@ -425,157 +381,52 @@ def parse(raw: dict, base_dir: Path, source: Path | None = None, default_name: s
         needed = MIN_TRIALS_PER_STAGE * len(strategy.stages)
         if budget.n_trials < needed:
             raise InputError(f"budget.n_trials: {budget.n_trials} is too few for {len(strategy.stages)} stages; give at least {needed}")
-    driver = _driver(raw.get("driver"))
+    driver = _driver(file.driver or schema.Driver())
     return SearchSpace(options, parameters, strategy, budget, objective, study, driver, Path(base_dir), source, raw)
 
 
-def _section(raw: dict, key: str) -> dict:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InputError(f"{key}: expected a mapping, got {value!r}")
-    return value
-
-
-def _check_keys(mapping: dict, allowed, where: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise InputError(f"{where}.{key}: unknown key{did_you_mean(key, allowed)}; known: {', '.join(allowed)}")
-
-
-def _number(value, where: str, integer: bool = False, positive: bool = False, allow_none: bool = False):
-    """A number from YAML (also "1e-4", which YAML 1.1 reads as a string)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
-        raise InputError(f"{where}: expected a {'whole ' if integer else ''}number, got {value!r}")
-    if integer:
-        if not float(value).is_integer():
-            raise InputError(f"{where}: expected a whole number, got {value!r}")
-        value = int(value)
-    if positive and value <= 0:
-        raise InputError(f"{where}: must be positive, got {value!r}")
-    return value
-
-
-def _budget(raw: dict, options: dict) -> Budget:
-    _check_keys(raw, BUDGET_KEYS, "budget")
-    n_trials = _number(raw.get("n_trials"), "budget.n_trials", integer=True, positive=True, allow_none=True)
-    timeout = _number(raw.get("timeout"), "budget.timeout", positive=True, allow_none=True)
-    given_epochs = ((options.get("architecture") or {}).get("training") or {}).get("num_epochs")
-    epochs = raw.get("epochs", given_epochs)
+def _budget(section: schema.Budget, options: dict) -> Budget:
+    given = ((options.get("architecture") or {}).get("training") or {}).get("num_epochs")
+    epochs = section.epochs if section.epochs is not None else given
     if epochs is None:
         raise InputError("budget.epochs: missing; give the epochs every trial trains (e.g. budget: {epochs: 100})")
-    epochs = _number(epochs, "budget.epochs", integer=True, positive=True)
-    equal = raw.get("equal", "epochs")
-    if equal not in EQUAL_BUDGETS:
-        raise InputError(f"budget.equal: must be {', '.join(EQUAL_BUDGETS)} (what every trial gets as much of as the base "
-                         f"hypers in budget.epochs epochs), got {equal!r}{did_you_mean(str(equal), EQUAL_BUDGETS)}")
-    shares = _data_shares(raw.get("data_shares"))
-    if shares and equal != "epochs":
-        raise InputError(f"budget.equal: {equal} sizes each trial's epochs; budget.data_shares trains every share for "
+    shares = _data_shares(section.data_shares)
+    if shares and section.equal != "epochs":
+        raise InputError(f"budget.equal: {section.equal} sizes each trial's epochs; budget.data_shares trains every share for "
                          "budget.epochs epochs: use one of them")
-    predicted = _number(raw.get("predicted_seconds"), "budget.predicted_seconds", positive=True, allow_none=True)
-    return Budget(n_trials, timeout, epochs, shares, equal, predicted)
+    return Budget(section.n_trials, section.timeout, epochs, shares, section.equal, section.predicted_seconds)
 
 
-def _data_shares(raw) -> tuple | None:
+def _data_shares(given: list | None) -> tuple | None:
     """budget.data_shares: increasing shares of the training set in (0, 1], ending at 1."""
-    if raw is None:
+    if given is None:
         return None
-    where = "budget.data_shares"
-    if not isinstance(raw, (list, tuple)) or len(raw) < 2:
-        raise InputError(f"{where}: expected a list of at least two increasing shares of the training set ending at 1, "
-                         f"e.g. [0.125, 0.25, 0.5, 1]; got {raw!r}")
-    shares = tuple(float(_number(value, f"{where}[{k}]", positive=True)) for k, value in enumerate(raw))
+    where, shares = "budget.data_shares", tuple(float(share) for share in given)
     if any(b <= a for a, b in zip(shares, shares[1:])) or shares[-1] != 1.0:
-        raise InputError(f"{where}: the shares must increase and end at 1 (all the training set), got {list(raw)}")
+        raise InputError(f"{where}: the shares must increase and end at 1 (all the training set), got {list(given)}")
     steps = share_steps(shares)
     if len(set(steps)) < len(steps) or any(abs(step * shares[0] - share) > 0.05 * share for step, share in zip(steps, shares)):
         raise InputError(f"{where}: each share must be a whole multiple of the first ({shares[0]:g}), as in "
-                         f"[0.125, 0.25, 0.5, 1]; got {list(raw)}")
+                         f"[0.125, 0.25, 0.5, 1]; got {list(given)}")
     return shares
 
 
-def _objective(raw: dict) -> Objective:
-    _check_keys(raw, OBJECTIVE_KEYS, "objective")
-    metric = raw.get("metric", Objective.metric)
-    if metric not in METRICS:
-        raise InputError(f"objective.metric: unknown metric {metric!r}{did_you_mean(metric, METRICS)}; known: {', '.join(METRICS)}")
-    cost = raw.get("cost", "none")
-    cost = "none" if cost in (None, False) else cost
-    if cost not in COSTS:
-        raise InputError(f"objective.cost: must be one of {', '.join(COSTS)}, got {cost!r}")
-    measure = raw.get("cost_measure", Objective.cost_measure)
-    if measure not in COST_MEASURES:
-        raise InputError(f"objective.cost_measure: must be one of {', '.join(COST_MEASURES)}, got {measure!r}")
-    weight = _number(raw.get("cost_weight", Objective.cost_weight), "objective.cost_weight", positive=True)
-    return Objective(metric, cost, measure, float(weight))
-
-
-def _settings(raw, kinds: dict, default: dict, where: str) -> dict:
-    if raw is None:
+def _settings(section, default: dict) -> dict:
+    """A sampler's or pruner's settings as given (the rest take Optuna's defaults), or ``default``."""
+    if section is None:
         return dict(default)
-    if isinstance(raw, str):
-        raw = {"type": raw}
-    if not isinstance(raw, dict):
-        raise InputError(f"{where}: expected a mapping like {{type: {next(iter(kinds))}}}, got {raw!r}")
-    kind = raw.get("type", default["type"])
-    if kind not in kinds:
-        raise InputError(f"{where}.type: unknown {where.split('.')[-1]} {kind!r}{did_you_mean(kind, kinds)}; known: {', '.join(kinds)}")
-    _check_keys(raw, ("type",) + kinds[kind], where)
-    settings = {"type": kind}
-    for key, value in raw.items():
-        if key == "type":
-            continue
-        if key in ("multivariate", "constant_liar", "deterministic_objective", "use_separable_cma", "with_margin", "lr_adapt",
-                   "consider_pruned_trials"):
-            if not isinstance(value, bool):
-                raise InputError(f"{where}.{key}: expected true or false, got {value!r}")
-        elif key == "rank_at":
-            if value not in ("final", "rung"):
-                raise InputError(f"{where}.{key}: must be final (Optuna's: completed trials ahead of pruned ones) or rung "
-                                 f"(every trial at the deepest epoch most reached), got {value!r}")
-        elif key == "restart_strategy":
-            if value not in (None, "ipop", "bipop"):
-                raise InputError(f"{where}.{key}: must be ipop or bipop, got {value!r}")
-        elif key == "max_resource" and value == "auto":
-            pass
-        elif key == "sigma0":
-            value = _number(value, f"{where}.{key}", positive=True)
-        elif key in ("min_tau", "percentile"):
-            value = float(_number(value, f"{where}.{key}"))
-            low, high = (-1.0, 1.0) if key == "min_tau" else (0.0, 100.0)
-            if not low <= value <= high:
-                raise InputError(f"{where}.{key}: must be between {low:g} and {high:g}, got {value:g}")
-        elif key == "seed":
-            value = _number(value, f"{where}.{key}", integer=True, allow_none=True)
-        else:
-            value = _number(value, f"{where}.{key}", integer=True)
-            least = (0 if key in ("n_startup_trials", "n_warmup_steps", "bootstrap_count", "min_early_stopping_rate") else
-                     2 if key == "reduction_factor" else 1)
-            if value < least:
-                raise InputError(f"{where}.{key}: must be >= {least}, got {value}")
-        settings[key] = value
-    return settings
+    return {"type": section.type, **section.model_dump(exclude_unset=True, exclude={"type"})}
 
 
-def _study(raw: dict, default_name: str, objective: Objective, budget: Budget) -> StudySettings:
-    _check_keys(raw, STUDY_KEYS, "study")
-    name = str(raw.get("name") or default_name)
+def _study(section: schema.Study, default_name: str, objective: Objective, budget: Budget) -> StudySettings:
+    name = str(section.name or default_name)
     if not name or any(c in name for c in "/\\:") or name.startswith("."):
         raise InputError(f"study.name: {name!r} cannot name a folder; use letters, digits, - and _")
-    sampler = _settings(raw.get("sampler"), SAMPLERS, DEFAULT_SAMPLER, "study.sampler")
+    sampler = _settings(section.sampler, DEFAULT_SAMPLER)
     sampler.setdefault("seed", 0)
     no_pruner = ({"type": "none"} if objective.cost == "front" else data_share_pruner(budget.rung_steps) if budget.data_shares
                  else default_pruner(budget.epochs))
-    pruner = _settings(raw.get("pruner"), PRUNERS, no_pruner, "study.pruner")
+    pruner = _settings(section.pruner, no_pruner)
     if objective.cost == "front" and pruner["type"] != "none":
         raise InputError("study.pruner: Optuna cannot prune a two-objective study (objective.cost: front); "
                          "use pruner: {type: none}, or objective.cost: penalty to keep pruning")
@@ -585,53 +436,24 @@ def _study(raw: dict, default_name: str, objective: Objective, budget: Budget) -
                              f"{', '.join(DATA_SHARE_PRUNERS)} (they decide after each share)")
         if pruner["type"] in ("successive_halving", "hyperband"):
             pruner.setdefault("min_resource", 1)  # the first share's step: decide after it
-    if pruner.get("max_resource", "auto") not in ("auto",) and pruner["max_resource"] > budget.max_resource:
+    if pruner.get("max_resource", "auto") != "auto" and pruner["max_resource"] > budget.max_resource:
         limit = "the last share's step" if budget.data_shares else "budget.epochs"
         raise InputError(f"study.pruner.max_resource: {pruner['max_resource']} exceeds {limit} ({budget.max_resource})")
-    keep = raw.get("keep_checkpoints", "all")
-    keep = None if keep in ("all", None) else _number(keep, "study.keep_checkpoints", integer=True, positive=True)
-    storage = raw.get("storage")
-    if storage is not None and not isinstance(storage, str):
-        raise InputError(f"study.storage: expected a URL or a file path, got {storage!r}")
-    return StudySettings(
-        name=name, storage=storage, directory=Path(str(raw.get("directory") or "studies")), sampler=sampler, pruner=pruner,
-        keep_checkpoints=keep,
-        max_retries=_number(raw.get("max_retries", 2), "study.max_retries", integer=True),
-        heartbeat_interval=float(_number(raw.get("heartbeat_interval", 30), "study.heartbeat_interval", positive=True)),
-        grace_period=float(_number(raw.get("grace_period", GRACE_PERIOD), "study.grace_period", positive=True)),
-    )
+    keep = None if section.keep_checkpoints in ("all", None) else section.keep_checkpoints
+    return StudySettings(name=name, storage=section.storage, directory=Path(section.directory), sampler=sampler, pruner=pruner,
+                         keep_checkpoints=keep, max_retries=section.max_retries,
+                         heartbeat_interval=float(section.heartbeat_interval), grace_period=float(section.grace_period))
 
 
-def _typed(raw, where: str, kinds: tuple, keys: tuple) -> tuple[dict, str]:
-    """A section given as a type name or a mapping ``{type, ...}`` (type defaulting to the first of ``kinds``):
-    (the mapping, its type), keys and type checked."""
-    if isinstance(raw, str):
-        raw = {"type": raw}
-    if not isinstance(raw, dict):
-        raise InputError(f"{where}: expected {', '.join(kinds)} or a mapping {{{', '.join(keys)}}}, got {raw!r}")
-    _check_keys(raw, keys, where)
-    kind = raw.get("type", kinds[0])
-    if kind not in kinds:
-        raise InputError(f"{where}.type: must be {' or '.join(kinds)}, got {kind!r}{did_you_mean(str(kind), kinds)}")
-    return raw, kind
-
-
-def _driver(raw) -> Driver:
-    raw, kind = _typed({} if raw is None else raw, "driver", DRIVERS, DRIVER_KEYS)
-    if kind != "ray":
-        for key in DRIVER_KEYS[1:]:
-            if raw.get(key) is not None:
+def _driver(section: schema.Driver) -> Driver:
+    if section.type != "ray":
+        for key in ("address", "cpus_per_trial", "gpus_per_trial"):
+            if key in section.model_fields_set and getattr(section, key) is not None:
                 raise InputError(f"driver.{key}: only with driver type ray (the Optuna driver uses --workers / --gpus)")
-    address = raw.get("address")
-    if address is not None and not isinstance(address, str):
-        raise InputError(f"driver.address: expected auto or HOST:PORT, got {address!r}")
-    cpus = float(_number(raw.get("cpus_per_trial", 1), "driver.cpus_per_trial", positive=True))
-    gpus = raw.get("gpus_per_trial")
-    if gpus is not None:
-        gpus = float(_number(gpus, "driver.gpus_per_trial"))
-        if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
-            raise InputError(f"driver.gpus_per_trial: expected 0, a fraction of one GPU (e.g. 0.5) or a whole number, got {gpus:g}")
-    return Driver(kind, address, cpus, gpus)
+    gpus = section.gpus_per_trial
+    if gpus is not None and gpus > 1 and not float(gpus).is_integer():
+        raise InputError(f"driver.gpus_per_trial: expected 0, a fraction of one GPU (e.g. 0.5) or a whole number, got {gpus:g}")
+    return Driver(section.type, section.address, float(section.cpus_per_trial), None if gpus is None else float(gpus))
 
 
 def tuned_name(parameters: dict, key: str) -> str | None:
@@ -639,19 +461,14 @@ def tuned_name(parameters: dict, key: str) -> str | None:
     return next((name for name, p in parameters.items() if p.path == ("architecture", "training", key)), None)
 
 
-def _strategy(raw, parameters: dict) -> Strategy:
-    raw, kind = _typed({} if raw is None else raw, "strategy", STRATEGIES, STRATEGY_KEYS)
-    importance = raw.get("importance")
-    if importance is None:
+def _strategy(section: schema.Strategy, parameters: dict) -> Strategy:
+    kind = section.type
+    if section.importance is None:
         stages = tuple((name,) for name in parameters)
     else:
-        if not isinstance(importance, list) or not importance:
-            raise InputError("strategy.importance: expected a list of parameter names (or lists of names), most important first")
-        stages = tuple(tuple(entry) if isinstance(entry, list) else (entry,) for entry in importance)
+        stages = tuple(tuple(entry) if isinstance(entry, list) else (entry,) for entry in section.importance)
     seen = set()
     for k, stage in enumerate(stages):
-        if not stage:
-            raise InputError(f"strategy.importance[{k}]: empty group")
         for name in stage:
             if name not in parameters:
                 raise InputError(f"strategy.importance[{k}]: {name!r} is not under parameters{did_you_mean(name, parameters)}; "
@@ -664,19 +481,12 @@ def _strategy(raw, parameters: dict) -> Strategy:
         raise InputError(f"strategy.importance: staged search must place every parameter in a stage; missing {missing}")
     if not parameters:
         raise InputError("parameters: nothing to tune; add at least one, e.g. learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
-    split = raw.get("split", "importance")
+    split = section.split
     if isinstance(split, list):
         if len(split) != len(stages):
             raise InputError(f"strategy.split: {len(split)} weights for {len(stages)} stages")
-        split = tuple(_number(w, f"strategy.split[{k}]", positive=True) for k, w in enumerate(split))
-    elif split not in ("importance", "equal"):
-        raise InputError(f"strategy.split: must be importance, equal or a list of weights per stage, got {split!r}")
-    enumerate_ = raw.get("enumerate", True)
-    if not isinstance(enumerate_, bool):
-        raise InputError(f"strategy.enumerate: expected true or false, got {enumerate_!r}")
-    scaling = raw.get("learning_rate_scaling", "none")
-    if scaling not in LEARNING_RATE_SCALINGS:
-        raise InputError(f"strategy.learning_rate_scaling: must be {', '.join(LEARNING_RATE_SCALINGS)}, got {scaling!r}")
+        split = tuple(split)
+    scaling = section.learning_rate_scaling
     if scaling != "none":
         where = {name: k for k, stage in enumerate(stages) for name in stage}
         batch, rate = tuned_name(parameters, "batch_size"), tuned_name(parameters, "learning_rate")
@@ -686,12 +496,9 @@ def _strategy(raw, parameters: dict) -> Strategy:
         if where[batch] == where[rate]:
             raise InputError(f"strategy.learning_rate_scaling: batch_size and learning_rate are in the same stage "
                              f"(importance[{where[batch]}]), where they are searched together; put them in separate stages or drop it")
-    improvement = float(_number(raw.get("min_improvement", MIN_IMPROVEMENT), "strategy.min_improvement"))
-    if not 0 <= improvement < 1:
-        raise InputError(f"strategy.min_improvement: must be a share in [0, 1), e.g. 0.03, got {improvement:g}")
     if kind == "joint":
         stages = (tuple(parameters),)
-    return Strategy(kind, stages, split, enumerate_, scaling, improvement)
+    return Strategy(kind, stages, split, section.enumerate, scaling, float(section.min_improvement))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,91 +509,24 @@ def parameter_path(name: str) -> tuple:
     """``cutoff`` -> ("architecture", "model", "cutoff"); ``loss.weights.forces`` -> (.., "training", "loss", ..).
 
     Names are paths relative to ``architecture.model`` or ``architecture.training`` (their keys never
-    clash), or full ``architecture.*`` paths. Unknown names get a did-you-mean.
+    clash), or full ``architecture.*`` paths (nanopet/schema/space.py ``TUNABLE``). Unknown names get a did-you-mean.
     """
-    hypers = default_hypers()
-    parts = str(name).split(".")
-    if parts[0] == "architecture":
-        parts = parts[1:]
-        if not parts or parts[0] not in hypers:
-            raise InputError(f"parameters.{name}: expected architecture.model.* or architecture.training.*")
-        section, parts = parts[0], parts[1:]
-    else:
-        section = "model" if parts[0] in hypers["model"] else "training"
-    if not parts:
-        raise InputError(f"parameters.{name}: name a hyperparameter inside architecture.{section}")
-    known = hypers[section]
-    if parts[0] not in known:
-        everything = list(hypers["model"]) + [k for k in hypers["training"] if k not in NOT_TUNABLE]
-        raise InputError(f"parameters.{name}: unknown hyperparameter{did_you_mean(parts[0], everything)}; "
-                         f"known: {', '.join(everything)} (and dotted paths such as loss.weights.forces)")
-    if section == "training" and parts[0] in NOT_TUNABLE:
-        raise InputError(f"parameters.{name}: {parts[0]} is not tuned: {NOT_TUNABLE[parts[0]]}")
-    node = known[parts[0]]
-    for depth, part in enumerate(parts[1:], start=1):
-        parent = parts[depth - 1]
-        if parent in FREE_FORM:
-            allowed = LOSS_TERMS if parent in ("weights", "deltas") else ("energy",)
-            if part not in allowed:
-                raise InputError(f"parameters.{name}: {parent} has no key {part!r}{did_you_mean(part, allowed)}; known: {', '.join(allowed)}")
-            if depth != len(parts) - 1:
-                raise InputError(f"parameters.{name}: {parent}.{part} is a single value")
-            break
-        if not isinstance(node, dict) or part not in node:
-            allowed = list(node) if isinstance(node, dict) else []
-            raise InputError(f"parameters.{name}: {parent} has no key {part!r}{did_you_mean(part, allowed)}"
-                             + (f"; known: {', '.join(allowed)}" if allowed else ""))
-        node = node[part]
-    return ("architecture", section, *parts)
+    if name not in TUNABLE:
+        raise InputError(f"parameters.{name}: {ParameterNames.key_problem(name)}")
+    return TUNABLE[name]
 
 
-def _parameters(raw, options: dict) -> dict:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError(f"parameters: expected a mapping of name -> {{type, low, high}} or {{type, choices}}, got {raw!r}")
+def _parameters(raw: dict, section, options: dict) -> dict:
+    """name -> Parameter, in file order; ``section``: the validated ``parameters`` section."""
     parameters = {}
-    for name, spec in raw.items():
-        where = f"parameters.{name}"
-        path = parameter_path(name)
-        if not isinstance(spec, dict):
-            raise InputError(f"{where}: expected a mapping like {{type: float, low: .., high: ..}} or {{type: categorical, choices: [..]}}, got {spec!r}")
-        kind = spec.get("type")
-        if kind is None:
-            kind = "categorical" if "choices" in spec else None
-        if kind not in PARAMETER_KEYS:
-            raise InputError(f"{where}.type: must be float, int or categorical, got {kind!r}{did_you_mean(kind, PARAMETER_KEYS)}")
-        _check_keys(spec, PARAMETER_KEYS[kind], where)
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list):
-                raise InputError(f"{where}.choices: expected a list of values, got {choices!r}")
-            if not choices:
-                raise InputError(f"{where}.choices: empty; give at least one value")
-            parameter = Parameter(name, path, kind, choices=tuple(choices))
+    for name in raw:
+        path, spec = parameter_path(name), getattr(section, name.replace(".", "__"))
+        if spec.type == "categorical":
+            parameter = Parameter(name, path, spec.type, choices=tuple(spec.choices))
         else:
-            for key in ("low", "high"):
-                if key not in spec:
-                    raise InputError(f"{where}.{key}: missing; a {kind} parameter needs low and high")
-            integer = kind == "int"
-            low = _number(spec["low"], f"{where}.low", integer=integer)
-            high = _number(spec["high"], f"{where}.high", integer=integer)
-            if low > high:
-                raise InputError(f"{where}: low ({low}) > high ({high})")
-            log = spec.get("log", False)
-            if not isinstance(log, bool):
-                raise InputError(f"{where}.log: expected true or false, got {log!r}")
-            if log and low <= 0:
-                raise InputError(f"{where}.log: a log scale needs low > 0, got low {low}")
-            step = _number(spec["step"], f"{where}.step", integer=integer, positive=True) if spec.get("step") is not None else None
-            if log and step is not None and not (integer and step == 1):
-                raise InputError(f"{where}: log and step cannot be combined; drop one")
-            if step is not None and not math.isclose((high - low) / step, round((high - low) / step), abs_tol=1e-9):
-                raise InputError(f"{where}.step: high - low ({high - low:g}) must be a multiple of step ({step:g})")
-            if integer and step == 1:
-                step = None
-            parameter = Parameter(name, path, kind, float(low) if not integer else low, float(high) if not integer else high,
-                                  log, step)
+            integer = spec.type == "int"
+            low, high = (spec.low, spec.high) if integer else (float(spec.low), float(spec.high))
+            parameter = Parameter(name, path, spec.type, low, high, spec.log, None if integer and spec.step == 1 else spec.step)
         _check_values(parameter, options)
         parameters[name] = parameter
     return parameters
@@ -816,13 +556,8 @@ def check_datasets(space: SearchSpace) -> None:
         config = space.options.get(key)
         if config is None or (isinstance(config, (int, float)) and not isinstance(config, bool)):
             continue
-        for k, part in enumerate(config if isinstance(config, list) else [config]):
-            where = key if not isinstance(config, list) else f"{key}[{k}]"
-            spec = _parse_dataset(part, space.base_dir, where)
-            labels = (spec.energy, spec.forces, spec.stress, spec.virial)
-            for path in [spec.systems_path] + [label.path for label in labels if label is not None]:
-                if not Path(path).is_file():
-                    raise InputError(f"{where}: dataset file {path} not found")
+        for k, part in enumerate(config if isinstance(config, list) else [config]):  # each file is resolved, or an error
+            _parse_dataset(part, space.base_dir, key if not isinstance(config, list) else f"{key}[{k}]")
 
 
 # ---------------------------------------------------------------------------------------------

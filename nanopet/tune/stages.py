@@ -11,7 +11,9 @@ import time
 from typing import Callable
 
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, chosen_values, plan
+from nanopet.tune.plan import plan, Stage
+from nanopet.tune.studies import chosen_values
+from nanopet.tune.text import minutes
 
 RESUME = "the same search again"  # what to run again when the caller did not say its command
 
@@ -74,11 +76,6 @@ def time_line(space: SearchSpace, seconds: float) -> str:
     elif budget.predicted_seconds:
         text += f" (predicted {minutes(budget.predicted_seconds)})"
     return text
-
-
-def minutes(seconds: float) -> str:
-    """45 s, 5.4 min, 2.3 h."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def finish(space: SearchSpace, status: str, out: Callable[[str], None], resume: str | None = None, also: str = "",

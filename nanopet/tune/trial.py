@@ -35,6 +35,7 @@ from nanopet.data.splits import cutoff_of
 from nanopet.errors import NonFiniteLossError
 from nanopet.train import train
 from nanopet.tune.space import SearchSpace
+from nanopet.tune.text import share_text
 
 STOPPED_FILE = "stopped.txt"  # in a trial's folder: why the trial layer stopped it (read when a Ray trial is recorded)
 TRIALS_FOLDER = "trials"  # <study dir>/trials/<label>/: model.ckpt, metrics.csv, train.log, trial.json
@@ -156,13 +157,6 @@ def finished_twin(study, number: int, params: dict, among=None):
              if t.number != number and t.params == params and (among is None or t.number in among)
              and (t.values or t.intermediate_values)]
     return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
-
-
-def copied_line(trial, twin: str, values_text: str | None) -> str:
-    """The end line of a repeat: PRUNED (``values_text`` None) or COMPLETE with its twin's result."""
-    if values_text is None:
-        return f"trial {trial} PRUNED: same parameters as {twin}, stopped there: not trained again"
-    return f"trial {trial} COMPLETE {values_text}: same parameters as {twin}, result copied (training is deterministic)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +292,7 @@ class TrialData:
 
     def __init__(self, data, keep: int = 2):
         self.data, self.keep = data, keep
-        structures = data.train.structures + data.val.structures + data.test.structures
-        self.atomic_types = sorted({int(z) for s in structures for z in s.numbers})
+        self.atomic_types = data.atomic_types
         self._at_cutoff: dict = {}
         self.filter_seconds = 0.0  # the last restriction's cost (0 when cached)
 
@@ -314,12 +307,6 @@ class TrialData:
             self._at_cutoff[key] = self.data.at_cutoff(cutoff)
             self.filter_seconds = time.perf_counter() - started
         return self._at_cutoff[key]
-
-
-def share_text(share: float) -> str:
-    """1/8, 1/4, 0.3, 1: a share of the training set for the progress lines."""
-    inverse = 1.0 / share
-    return "1" if share == 1.0 else f"1/{round(inverse)}" if math.isclose(inverse, round(inverse)) else f"{share:g}"
 
 
 def train_trial(space: SearchSpace, options: dict, data, epochs: TrialEpochs, folder: Path, log: Callable[[str], None]):
@@ -450,66 +437,4 @@ def same_hypers(options: dict, base: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Progress lines (both drivers)
 
-
-def span(seconds: float) -> str:
-    """45 s, 12 min, 3.4 h, 2.1 days."""
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
-    """What the budget costs at the pace of a first epoch, e.g. ``pace: 48 s an epoch, 80 min a trial of 100
-    epochs; 60 trials: about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
-    sizes and cutoffs change their pace, so this is an order of magnitude, said early."""
-    from nanopet.tune.study import plural
-
-    budget = space.budget
-    trial = epoch_seconds * budget.epochs
-    text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {plural(budget.epochs, 'epoch')}"
-    if budget.n_trials:
-        text += (f"; {plural(budget.n_trials, 'trial')}: about {span(trial * budget.n_trials / workers)} on "
-                 f"{plural(workers, 'worker')} (less with pruning and repeats)")
-    if budget.timeout:
-        text += f"; budget.timeout ends the search after {span(budget.timeout)}"
-    return text
-
-
-class PaceLine:
-    """Says ``pace_line`` once, at the first epoch trained (either driver)."""
-
-    def __init__(self, space: SearchSpace, workers: int, out: Callable[[str], None]):
-        self.space, self.workers, self.out, self.told = space, workers, out, False
-
-    def __call__(self, epoch_seconds: float) -> None:
-        if not self.told:
-            self.told = True
-            self.out(pace_line(self.space, epoch_seconds, self.workers))
-
-
-def progress_due(done: int, epochs: int) -> bool:
-    """Whether a progress line follows epoch ``done`` (1-based): the first, about every fifth, and the last."""
-    return (done - 1) % max(1, epochs // 5) == 0 or done == epochs
-
-
-def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float, share: float = 1.0) -> str:
-    """A trial's progress line: this epoch's metric, and the metric at its best validation loss so far (what the
-    trial would deliver if it stopped now); ``share``: of the training set, named where below 1."""
-    where = f"share {share_text(share)} epoch" if share < 1.0 else "epoch"
-    return f"trial {trial} {where} {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
-
-
-def describe_values(space: SearchSpace, values) -> str:
-    """A finished trial's values for its end line: ``val_forces_rmse 0.123`` or ``..., cost 4.5e-05``."""
-    objective = space.objective
-    if values is None:
-        return ""
-    if objective.cost == "front":
-        return f"{objective.metric} {values[0]:.4g}, cost {values[1]:.4g}"
-    name = objective.metric if objective.cost == "none" else f"{objective.metric} x cost^{objective.cost_weight:g}"
-    return f"{name} {values[0]:.4g}"
 

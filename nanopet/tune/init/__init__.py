@@ -28,7 +28,8 @@ from typing import Callable
 from nanopet.errors import InputError
 from nanopet.tune.init import rules
 from nanopet.tune.init.plan import STAGE_SETS, Fitter, Plan, Timing, estimate_epoch, measure, predict
-from nanopet.tune.init.render import minutes, render, summary_lines
+from nanopet.tune.init.render import render, summary_lines
+from nanopet.tune.text import minutes
 from nanopet.tune.init.rules import MODEL_SIZES, ModelSize
 
 LARGER_MODEL_SHARE = 1 / 3  # a larger model is timed only where the tiny model's plan uses less of the budget
@@ -121,7 +122,7 @@ def init_search(paths, budget: float = 3600.0, workers: int | None = None, energ
     written; every problem is a one-line ``InputError`` naming the flag to give."""
     from nanopet.data.inspection import inspect_data
     from nanopet.tune.space import load_search_space
-    from nanopet.tune.workers import detect_gpus, threads_per_worker
+    from nanopet.tune.optuna_driver.workers import detect_gpus, threads_per_worker
 
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:

@@ -73,7 +73,7 @@ def measure(space, threads: int, workers: int = 1) -> tuple[Timing, int]:
     processes forked side by side, as the search forks its workers (one, in this process, on a GPU or where a fork
     cannot be used), each loading the splits and timing an epoch (``measure_here``). Returns their mean timing and
     the training structures."""
-    from nanopet.tune.workers import forkable
+    from nanopet.tune.optuna_driver.workers import forkable
 
     if workers > 1 and space.resolved["device"] == "cpu" and forkable([]):
         import multiprocessing

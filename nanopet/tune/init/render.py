@@ -10,14 +10,10 @@ import yaml
 from nanopet.tune.init import rules
 from nanopet.tune.init.plan import FILL, MAX_TRIAL_SHARE, STAGE_SETS, TUNED_LEARNING_RATES, Plan, Timing
 from nanopet.tune.init.rules import MODEL_SIZES
+from nanopet.tune.text import minutes
 
 WIDTH = 118
 SHOWN_FRAMES = 10
-
-
-def minutes(seconds: float) -> str:
-    """45 s, 5.4 min, 2.3 h."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _flow(value) -> str:

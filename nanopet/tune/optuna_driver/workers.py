@@ -1,13 +1,14 @@
 """Workers: the trial loop of one process, and launching one process per GPU (or N on a CPU).
 
-Each worker loads the data once, neighbour-listed at the search space's largest cutoff, then
+Each worker loads the data once, neighbour-listed at the search space's largest cutoff (a large dataset is
+prepared on disk by the launcher before the workers start, and each worker maps that one copy), then
 loops: recover stale trials, ask for a trial while the stage's budget is not used up, train it.
 Staged search waits at the end of each stage until every trial of it has finished (the next
 stage needs its best), then carries the best values forward.
 
 ``launch`` starts ``workers`` processes, each with ``CUDA_VISIBLE_DEVICES`` set to one GPU and
 ``torch.set_num_threads(cores // workers)``, all sharing the study's storage: GPU workers as new
-interpreters (``python -m nanopet.tune.workers``), CPU workers forked from the launcher, which has
+interpreters (``python -m nanopet.tune.optuna_driver.workers``), CPU workers forked from the launcher, which has
 paid the imports already (``forkable``). A worker killed mid-trial leaves a RUNNING trial behind; the other
 workers (or the next run) see its process is gone, mark the trial FAIL and re-queue it, and the
 launcher starts a replacement worker (up to ``MAX_RESTARTS`` per slot).
@@ -90,12 +91,13 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     import optuna
 
     from nanopet.data.splits import load_data
-    from nanopet.tune.lease import recover
-    from nanopet.tune.objective import TrialInterrupted, TrialRunner
+    from nanopet.tune.optuna_driver.lease import recover
+    from nanopet.tune.optuna_driver.runner import TrialInterrupted, TrialRunner
     from nanopet.tune.stages import run_stages
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import counted, open_stage, remaining
-    from nanopet.tune.trial import PaceLine
+    from nanopet.tune.studies import open_stage
+    from nanopet.tune.plan import counted, remaining
+    from nanopet.tune.progress import PaceLine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop = stop or StopFlag()
@@ -108,7 +110,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     data_seconds = time.perf_counter() - started
     check_metric(space, data)
     warm_up()
-    write_worker_record(space, index, launched, data_seconds)
+    write_worker_record(space, index, launched, data_seconds, data.prepared_folders)
     pace = PaceLine(space, count, lambda message: out(prefix + message)) if index == 0 else None
     runner = TrialRunner(space, data, stop, out, prefix, pace)
     settings = space.study
@@ -157,15 +159,17 @@ def warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def write_worker_record(space, index: int, launched: float, data_seconds: float) -> None:
-    """``studies/<name>/workers/<host>-<pid>.json``: start-up costs, for the overhead benchmark."""
-    from nanopet.tune.lease import HOST
+def write_worker_record(space, index: int, launched: float, data_seconds: float, prepared: list[str] = ()) -> None:
+    """``studies/<name>/workers/<host>-<pid>.json``: start-up costs, for the overhead benchmark, and the prepared
+    data folders the worker maps (none: data in its memory)."""
+    from nanopet.tune.optuna_driver.lease import HOST
 
     folder = space.study.path / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     record = {"index": index, "pid": os.getpid(), "host": HOST, "launched": launched, "ready": time.time(),
               "startup_s": time.time() - launched, "data_s": data_seconds, "threads": _torch_threads(),
-              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": os.environ.get(START_VARIABLE, "in process")}
+              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": os.environ.get(START_VARIABLE, "in process"),
+              "prepared": list(prepared)}
     (folder / f"{HOST}-{os.getpid()}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -207,6 +211,9 @@ def launch(space, workers: int | None = None, gpus: list[int] | None = None, thr
     threads = threads or threads_per_worker(count)
     if count == 1 and not gpus:
         return Launch(in_process(space, deadline, threads, out, launched=time.time()), 1)
+    from nanopet.data.splits import prepare_data
+
+    prepare_data(space.options, space.base_dir, space.max_cutoff)  # here, once: the workers then map one copy
     return processes(space, count, gpus or [], threads, deadline, out)
 
 
@@ -309,7 +316,7 @@ def processes(space, count: int, gpus: list[int], threads: int, deadline, out, s
         if fork:
             children[k] = _Forked(arguments, env, quiet=stdout == subprocess.DEVNULL)
         else:
-            children[k] = subprocess.Popen([sys.executable, "-m", "nanopet.tune.workers", arguments], env={**os.environ, **env},
+            children[k] = subprocess.Popen([sys.executable, "-m", "nanopet.tune.optuna_driver.workers", arguments], env={**os.environ, **env},
                                            stdout=stdout)
 
     stop = StopFlag()
@@ -374,9 +381,9 @@ def _signal(child: subprocess.Popen | _Forked, signum) -> None:
 
 def _recover_all(space, out) -> None:
     """After killing the workers: mark their trials interrupted and re-queue them now."""
-    from nanopet.tune.lease import recover
+    from nanopet.tune.optuna_driver.lease import recover
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import created_stages
+    from nanopet.tune.studies import created_stages
 
     for _, study in created_stages(space, open_storage(storage_url(space))):
         recover(study, space.study.grace_period, space.study.max_retries, log=out)
