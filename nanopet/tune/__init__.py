@@ -24,6 +24,7 @@ The drivers: ``optuna_driver`` (worker processes sharing the storage: ``workers`
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,12 +35,13 @@ from nanopet.tune.space import Parameter, SearchSpace, load_search_space
 def run(search_space: str | Path | dict | SearchSpace, workers: int | None = None, gpus: list[int] | None = None,
         storage: str | None = None, n_trials: int | None = None, timeout: float | None = None,
         study_name: str | None = None, directory: str | Path | None = None, threads: int | None = None,
-        out: Callable[[str], None] = print, resume_command: str | None = None):
+        out: Callable[[str], None] = print, resume_command: str | None = None, started: float | None = None):
     """Run a search to its budget (``n_trials`` / ``timeout``), resuming the study if it exists.
 
     ``workers`` processes share the study (default: one per visible GPU, else one, in this
     process); ``gpus`` picks the GPUs. A space with ``driver: ray`` runs as a Ray Tune experiment
-    instead (``workers``: trials at once). Returns a ``SearchResult`` (also printed through ``out``).
+    instead (``workers``: trials at once). Returns a ``SearchResult`` (also printed through ``out``), whose last
+    line is the time taken since ``started`` (``time.time()``; default: this call).
     """
     from nanopet.tune.stages import finish
     from nanopet.tune.storage import record_storage
@@ -47,6 +49,7 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
     from nanopet.tune.plan import plan_line
     from nanopet.tune.optuna_driver.workers import launch
 
+    started = time.time() if started is None else started
     space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)
     if any(v is not None for v in (storage, n_trials, timeout, study_name, directory)):
         space = space.replace(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, directory=directory)
@@ -57,11 +60,11 @@ def run(search_space: str | Path | dict | SearchSpace, workers: int | None = Non
                              "CUDA_VISIBLE_DEVICES limits what a node offers)")
         from nanopet.tune import ray_driver
 
-        return ray_driver.run(space, workers=workers, out=out, resume_command=resume_command)
+        return ray_driver.run(space, workers=workers, out=out, resume_command=resume_command, started=started)
     check_resumable(space)
     record_storage(space)
     outcome = launch(space, workers=workers, gpus=gpus, threads=threads, out=out)
-    return finish(space, outcome.status, out, resume_command)
+    return finish(space, outcome.status, out, resume_command, started=started)
 
 
 def list_studies(directory: str | Path = "studies", storage: str | None = None) -> list[dict]:

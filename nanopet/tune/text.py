@@ -1,4 +1,5 @@
 """Words and numbers in a search's lines: ``plural``, ``short`` (a parameter value), ``span`` (a duration),
+``minutes`` (a duration to one decimal),
 ``share_text`` (a share of the training set)."""
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def span(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def minutes(seconds: float) -> str:
+    """45 s, 5.4 min, 2.3 h: a budget or a time taken."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def share_text(share: float) -> str:

@@ -23,6 +23,7 @@ its scheduler ends the trainable).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -368,20 +369,21 @@ MAX_EPOCH_FACTOR = 10  # budget.equal: steps | time gives a trial at most this m
 class EpochBudget:
     """The epochs of each trial under ``budget.equal``: ``epochs``, every trial ``budget.epochs``; ``steps``, as many
     optimizer steps as the base hypers take in ``budget.epochs`` epochs; ``time``, as much training time, measured
-    before the trial (the median of a few optimizer steps of each, in the same process: their ratio is what counts,
-    so a busy machine slows both alike). Between 1 and ``MAX_EPOCH_FACTOR`` x ``budget.epochs``; the base hypers
-    themselves (the defaults trial) always get ``budget.epochs``. ``measure``: seconds of an epoch of resolved
-    options on the data (``nanopet.train.epoch_seconds``)."""
+    before the trial: a step of each in turn, a few times, in the same process (``nanopet.train.epoch_seconds_pair``:
+    their ratio is what counts, so a busy machine slows both alike), once per step cost (``step_cost``) in a process,
+    so the trials of a stage that share it (e.g. its learning rates) train the same epochs. A trial whose steps cost
+    the base hypers' (``same_step_cost``) trains ``budget.epochs`` unmeasured. Between 1 and ``MAX_EPOCH_FACTOR`` x
+    ``budget.epochs``; the base hypers themselves (the defaults trial) always get ``budget.epochs``. ``measure``:
+    seconds of an epoch of resolved options on the data, instead of the paired measurement."""
 
     def __init__(self, space: SearchSpace, measure: Callable | None = None):
-        from nanopet.train import epoch_seconds
-
-        self.space, self.measure = space, measure or epoch_seconds
+        self.space, self.measure = space, measure
         self.base = space.resolved
+        self.measured: dict[str, tuple] = {}  # step cost -> (base, trial) seconds per epoch
 
     def __call__(self, options: dict, data) -> tuple[int, float | None, str]:
         """(the trial's epochs, its seconds per epoch where measured, a note for its start line or "")."""
-        from nanopet.train import batches_per_epoch
+        from nanopet.train import batches_per_epoch, epoch_seconds_pair
 
         budget = self.space.budget
         if budget.equal == "epochs" or same_hypers(options, self.base):
@@ -391,13 +393,36 @@ class EpochBudget:
             per_epoch = batches_per_epoch(len(data.train), options["architecture"]["training"]["batch_size"])
             epochs = self._clamp(round(steps / per_epoch))
             return epochs, None, f"{epochs} epochs: the base hypers' {steps} optimizer steps"
-        base, trial = self.measure(self.base, data), self.measure(options, data)
+        if same_step_cost(options, self.base):  # e.g. another learning rate: its steps cost the base hypers' own
+            return budget.epochs, None, f"{budget.epochs} epochs: the base hypers' steps, at their cost"
+        key = f"{step_cost(options)}|{len(data.train)}"
+        if key not in self.measured:
+            self.measured[key] = ((self.measure(self.base, data), self.measure(options, data)) if self.measure else
+                                  epoch_seconds_pair(self.base, options, data))
+        base, trial = self.measured[key]
         epochs = self._clamp(round(budget.epochs * base / trial))
         return epochs, trial, (f"{epochs} epochs: the base hypers' training time ({base:.3g} s an epoch x {budget.epochs}) "
                                f"at {trial:.3g} s an epoch")
 
     def _clamp(self, epochs: int) -> int:
         return int(min(max(1, epochs), MAX_EPOCH_FACTOR * self.space.budget.epochs))
+
+
+STEP_COST_SETTINGS = ("batch_size", "atoms_per_pass", "rotational_augmentation")  # training hypers a step's cost depends on
+
+
+def step_cost(options: dict) -> str:
+    """What an optimizer step's cost depends on, of resolved ``options``: the model (cutoff included), the precision
+    and ``STEP_COST_SETTINGS``; not the learning rate, loss, schedule or initialisation."""
+    training = options["architecture"]["training"]
+    return json.dumps([options["architecture"]["model"], options["base_precision"],
+                       [training[key] for key in STEP_COST_SETTINGS]], sort_keys=True, default=str)
+
+
+def same_step_cost(options: dict, base: dict) -> bool:
+    """Whether resolved ``options`` take optimizer steps at the base hypers' cost: then equal steps are equal time,
+    with none of the noise of timing a few steps."""
+    return step_cost(options) == step_cost(base)
 
 
 def same_hypers(options: dict, base: dict) -> bool:

@@ -96,7 +96,7 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     from nanopet.tune.stages import run_stages
     from nanopet.tune.storage import open_storage, storage_url
     from nanopet.tune.studies import open_stage
-    from nanopet.tune.plan import remaining
+    from nanopet.tune.plan import counted, remaining
     from nanopet.tune.progress import PaceLine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -115,7 +115,9 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     runner = TrialRunner(space, data, stop, out, prefix, pace)
     settings = space.study
 
-    def run_stage(stage, fixed: dict, previous) -> tuple[str, object]:
+    def run_stage(stage, fixed: dict, previous, until: float | None) -> tuple[str, object]:
+        """``until``: the stage's share of the timeout (run_stages); after it, once the stage has a trial of its own,
+        no trial starts, the running ones finish, and the stage ends with "timeout"."""
         with study_lock(space):
             study = open_stage(storage, space, stage, fixed, previous, index)
         while True:
@@ -128,7 +130,8 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
             with study_lock(space):
                 trials = study.get_trials(deepcopy=False)
                 left = remaining(stage, trials)
-                if left is None or left > 0:
+                share_over = until is not None and time.time() >= until and bool(counted(trials))
+                if (left is None or left > 0) and not share_over:
                     trial = study.ask()
                 else:
                     busy = any(t.state.name == "RUNNING" for t in trials)
@@ -139,12 +142,14 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
                     return "interrupted", study
             elif busy and stage.index < stage.count:
                 time.sleep(POLL_SECONDS)  # the next stage starts from this one's best: wait for its last trials
+            elif share_over and (left is None or left > 0):
+                return "timeout", study
             else:
                 if stage.enumerated and index == 0:
                     out(f"{prefix}{stage.label}: {stage.used_up}")
                 return "completed", study
 
-    return run_stages(space, run_stage, (lambda message: out(prefix + message)) if index == 0 else None)
+    return run_stages(space, run_stage, (lambda message: out(prefix + message)) if index == 0 else None, deadline)
 
 
 def warm_up() -> None:

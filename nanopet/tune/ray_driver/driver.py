@@ -49,12 +49,13 @@ from nanopet.tune.progress import PaceLine
 
 
 def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], None] = print, points: list[dict] | None = None,
-        resume_command: str | None = None):
+        resume_command: str | None = None, started: float | None = None):
     """Run (or resume) the Ray experiments of ``space`` (one per stage), recording their trials in the Optuna storage.
 
     ``workers``: trials at once (default: as many as the cluster's CPUs, or GPUs, allow). ``points``: configs
     (parameter name -> value) tried right after the defaults in the first stage. Cluster and resources come
-    from ``space.driver`` (address, cpus_per_trial, gpus_per_trial). Returns a ``SearchResult``.
+    from ``space.driver`` (address, cpus_per_trial, gpus_per_trial). Returns a ``SearchResult``; ``started``: when the
+    search began (``time.time()``), for its last line, the time taken.
     """
     import ray
 
@@ -85,19 +86,26 @@ def run(space: SearchSpace, workers: int | None = None, out: Callable[[str], Non
             + " each" + (f", timeout {space.budget.timeout:g} s" if space.budget.timeout else ""))
         pace = PaceLine(space, workers, out)
 
-        def one_stage(stage, fixed: dict, previous) -> tuple[str, optuna.Study]:
+        deadline = _DEADLINE[0]
+
+        def one_stage(stage, fixed: dict, previous, until: float | None) -> tuple[str, optuna.Study]:
             study = open_stage(storage, space, stage, fixed, previous, enqueue_defaults=False)
             study.set_user_attr("driver", "ray")
-            return run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out, pace), study
+            _DEADLINE[0] = until  # the stage's share of the timeout: the searcher stops proposing after it
+            try:
+                return run_stage(space, stage, study, fixed, request, workers, points if stage.index == 1 else None, out,
+                                 pace), study
+            finally:
+                _DEADLINE[0] = deadline
 
-        status = run_stages(space, one_stage, out)
+        status = run_stages(space, one_stage, out, deadline)
     finally:
         _DEADLINE[0] = None
         if started_ray:
             ray.shutdown()
     return finish(space, status, out, resume_command,
                   f" (run it again to resume the Ray experiment in {space.study.path / 'ray'}: running trials continue from their "
-                  "last epoch checkpoint)")
+                  "last epoch checkpoint)", started)
 
 def resources(space: SearchSpace, workers: int | None) -> tuple[dict, int]:
     """What one trial asks of the cluster, and how many run at once; a cluster that cannot hold one trial
