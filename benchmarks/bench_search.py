@@ -122,8 +122,8 @@ def run_search(raw: dict, threads: int, workers: int = 0, fork: bool | None = No
     """Run a search; workers = 0: in this process, else that many worker processes (``fork``: how they start,
     None: as the launcher decides). Returns wall seconds."""
     from nanopet.tune import load_search_space
-    from nanopet.tune.study import check_resumable
-    from nanopet.tune.workers import in_process, processes
+    from nanopet.tune.studies import check_resumable
+    from nanopet.tune.optuna_driver.workers import in_process, processes
 
     space = load_search_space(raw)
     check_resumable(space)
@@ -275,7 +275,7 @@ def replay(curves: list, settings: dict, epochs: int) -> tuple[list, list]:
     it would have completed. Isolates the pruner from the sampler (which, live, reacts to what was pruned)."""
     import optuna
 
-    from nanopet.tune.study import make_pruner
+    from nanopet.tune.studies import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="replay", pruner=make_pruner(settings, epochs))  # a fixed name: hyperband's brackets

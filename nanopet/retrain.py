@@ -96,7 +96,7 @@ def search_epoch_seconds(trial) -> float | None:
 
 def expected_time_line(epochs: int, seeds: int, seconds: dict) -> str:
     """What the retrain will cost, from the seconds per epoch of the search's trials (``seconds``: name -> s or None)."""
-    from nanopet.tune.trial import span
+    from nanopet.tune.text import span
 
     known = {name: s for name, s in seconds.items() if s}
     if not known:

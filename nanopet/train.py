@@ -483,42 +483,66 @@ def callback_stops(on_epoch, epoch: int, metrics: dict, distribution: Distributi
 # The cost of an epoch
 
 
+class StepTimer:
+    """Times optimizer steps of resolved ``options`` on batches of ``data``'s training set, as the training loop takes
+    them (augmentation, forward and double backward, clipping, Adam): each call takes one step and returns its
+    seconds: on a GPU wall-clock, on a CPU this process's CPU time, which other processes on a busy machine do not
+    inflate (with one thread a step's CPU time is its time on an idle machine). One untimed step first. ``data`` at
+    the options' cutoff (or larger: restricted here)."""
+
+    def __init__(self, options: dict, data: Data):
+        training = options["architecture"]["training"]
+        self.dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
+        self.device = select_device(str(options["device"]))
+        self.data = data.at_cutoff(options["architecture"]["model"]["cutoff"])
+        self.model, _, offsets = build_model(options, self.data, self.device, self.dtype)
+        terms = ("energy",) + (("forces",) if self.data.train.has_forces else ()) + (("virial",) if self.data.train.has_stress else ())
+        self.step_settings = {"loss": Loss(training["loss"], terms), "offsets": offsets["train"],
+                              "optimizer": torch.optim.Adam(self.model.parameters(), lr=training["learning_rate"]),
+                              "per_structure": "energy" in training["per_structure_targets"], "device": self.device,
+                              "dtype": self.dtype, "atoms_per_pass": resolve_atoms_per_pass(training["atoms_per_pass"], self.device)}
+        self.generator = torch.Generator().manual_seed(options["seed"])
+        self.batches = epoch_batches(self.data.train, training["batch_size"], self.generator)
+        self.rotate, self.taken = training["rotational_augmentation"], 0
+        self()
+
+    def __call__(self) -> float:
+        indices = self.batches[self.taken % len(self.batches)]
+        self.taken += 1
+        rotations = random_rotations(len(indices), self.generator, self.dtype) if self.rotate else None
+        clock = time.perf_counter if self.device.type == "cuda" else time.process_time
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        started = clock()
+        training_step(self.model, self.model, self.data.train, indices, rotations, **self.step_settings)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return clock() - started
+
+
 def training_step_seconds(options: dict, data: Data, steps: int = 3) -> float:
-    """Median wall-clock seconds of one optimizer step of ``options`` on batches of ``data``'s training set, as the
-    training loop takes it (augmentation, forward and double backward, clipping, Adam), after one untimed step.
-    ``options`` resolved; ``data`` at the options' cutoff (or larger: restricted here)."""
-    training = options["architecture"]["training"]
-    dtype = torch.float64 if options["base_precision"] == 64 else torch.float32
-    device = select_device(str(options["device"]))
-    data = data.at_cutoff(options["architecture"]["model"]["cutoff"])
-    model, _, offsets = build_model(options, data, device, dtype)
-    terms = ("energy",) + (("forces",) if data.train.has_forces else ()) + (("virial",) if data.train.has_stress else ())
-    loss = Loss(training["loss"], terms)
-    optimizer = torch.optim.Adam(model.parameters(), lr=training["learning_rate"])
-    generator = torch.Generator().manual_seed(options["seed"])
-    batches = epoch_batches(data.train, training["batch_size"], generator)
-    atoms_per_pass = resolve_atoms_per_pass(training["atoms_per_pass"], device)
-    times = []
-    for number in range(steps + 1):
-        indices = batches[number % len(batches)]
-        rotations = random_rotations(len(indices), generator, dtype) if training["rotational_augmentation"] else None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        training_step(model, model, data.train, indices, rotations, loss=loss, optimizer=optimizer, offsets=offsets["train"],
-                      per_structure="energy" in training["per_structure_targets"], device=device, dtype=dtype,
-                      atoms_per_pass=atoms_per_pass)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if number:
-            times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of one optimizer step of ``options`` on batches of ``data``'s training set, after one untimed
+    step (``StepTimer``: CPU time on a CPU). ``options`` resolved; ``data`` at the options' cutoff (or larger)."""
+    timer = StepTimer(options, data)
+    return float(np.median([timer() for _ in range(steps)]))
 
 
 def epoch_seconds(options: dict, data: Data, steps: int = 3) -> float:
     """The training time of one epoch of ``options``: ``training_step_seconds`` times the steps of an epoch."""
     training = options["architecture"]["training"]
     return training_step_seconds(options, data, steps) * batches_per_epoch(len(data.train), training["batch_size"])
+
+
+def epoch_seconds_pair(options: dict, other: dict, data: Data, steps: int = 4) -> tuple[float, float]:
+    """``epoch_seconds`` of two resolved options, their steps timed in turn (one of each, ``steps`` times), so that a
+    machine whose load changes while they are timed slows both alike."""
+    timers = [StepTimer(options, data), StepTimer(other, data)]
+    times = [[], []]
+    for _ in range(steps):
+        for timer, taken in zip(timers, times):
+            taken.append(timer())
+    return tuple(float(np.median(taken)) * batches_per_epoch(len(data.train), o["architecture"]["training"]["batch_size"])
+                 for taken, o in zip(times, (options, other)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,3 +62,37 @@ def test_imports_flow_one_way():
             if RANK[part_of(module)] > RANK[own]:
                 upward.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
     assert not upward, "imports back up the layers:\n" + "\n".join(upward)
+
+
+def module_name(path: Path) -> str:
+    parts = ["nanopet", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_itself_back_through_others():
+    """No import circle between the package's modules, counting imports inside functions (which would tie one)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py") if path.name != "__main__.py"}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for module in imported(path):
+            while module and module not in modules:  # nanopet.tune.space.SearchSpace -> nanopet.tune.space
+                module = module.rpartition(".")[0]
+            if module and module != name and not name.startswith(module + "."):  # a package's own submodules
+                targets.add(module)
+        graph[name] = targets - {"nanopet"}
+    circles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for child in sorted(graph[node]):
+            if state.get(child) == "open":
+                circles.append(" -> ".join(stack[stack.index(child):] + [child]))
+            elif child not in state:
+                visit(child, stack + [child])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not circles, "import circles:\n" + "\n".join(circles)

@@ -291,7 +291,7 @@ def test_search_workers_map_one_prepared_copy(builtin_file, tmp_path, monkeypatc
     from tune_support import tiny_space
 
     from nanopet.tune import load_search_space
-    from nanopet.tune.workers import forkable, launch
+    from nanopet.tune.optuna_driver.workers import forkable, launch
 
     if not forkable([]):
         pytest.skip("forked CPU workers only")

@@ -26,7 +26,7 @@ from nanopet.report import report_after_search, write_page, write_report
 from nanopet.report.collect import collect
 from nanopet.report.importance import DOCUMENTED_ORDER, agreement, measure
 from nanopet.tune import load_search_space, run
-from nanopet.tune.lease import identity
+from nanopet.tune.optuna_driver.lease import identity
 from nanopet.tune.storage import open_storage
 
 ARTIFACTS = Path(os.environ.get("NANOPET_TEST_ARTIFACTS", REPO / "build" / "test-artifacts")) / "report"

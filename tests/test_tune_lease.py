@@ -10,9 +10,9 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from nanopet.tune.lease import HOST, alive, fail_and_retry, identity, recover, stale_reason
+from nanopet.tune.optuna_driver.lease import alive, fail_and_retry, HOST, identity, recover, stale_reason
 from nanopet.tune.storage import open_storage
-from nanopet.tune.study import counted
+from nanopet.tune.plan import counted
 
 
 def study_with_running_trial(tmp_path, owner, heartbeat=None):

@@ -12,7 +12,9 @@ from nanopet.errors import InputError
 from nanopet.tune import load_search_space, run
 from nanopet.tune.pruning import RankingRule, kendall_tau
 from nanopet.tune.storage import open_storage, storage_url
-from nanopet.tune.study import distribution, open_stage, plan
+from nanopet.tune.params import distribution
+from nanopet.tune.studies import open_stage
+from nanopet.tune.plan import plan
 
 PLATEAU = [[1.2, 1.2, 0.9 - 0.1 * k, 0.8 - 0.1 * k] for k in range(5)]  # tied after epoch 1, ranked from epoch 2
 
@@ -83,15 +85,15 @@ def test_ray_scheduler_takes_the_same_decision_and_says_why(tmp_path):
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from nanopet.tune import ray_driver
+    from nanopet.tune.ray_driver import names, search
 
     space = load_search_space(tiny_space(tmp_path, study={"pruner": {"type": "ranking", "n_startup_trials": 5}},
                                          budget={"n_trials": 8, "epochs": 4}, driver={"type": "ray"}))
     defaults = {"learning_rate": 3.0e-3}
-    scheduler = ray_driver.ranking_scheduler(space, defaults, PLATEAU[:4])  # four recorded before this experiment
+    scheduler = search.ranking_scheduler(space, defaults, PLATEAU[:4])  # four recorded before this experiment
 
     def report(trial, epoch, value):
-        return scheduler.on_trial_result(None, trial, {ray_driver.TIME_ATTR: epoch, ray_driver.OBJECTIVE: value})
+        return scheduler.on_trial_result(None, trial, {names.TIME_ATTR: epoch, names.OBJECTIVE: value})
 
     fifth, bad, default = (Trial("nanopet", config=c, stub=True) for c in
                            ({"learning_rate": 5e-3}, {"learning_rate": 1e-6}, defaults))

@@ -26,6 +26,7 @@ from tune_support import cli, cli_env, merge, tiny_space, trials, write_space  #
 
 from nanopet.tune import load_search_space  # noqa: E402
 from nanopet.tune import ray_driver  # noqa: E402
+from nanopet.tune.ray_driver import driver, names, search  # noqa: E402
 
 GOOD, BAD = 3.0e-3, 1.0e-6  # learning rates: the bad one hardly moves in 3 epochs
 GOOD2, BAD2 = 4.0e-3, 2.0e-6
@@ -268,7 +269,8 @@ def test_an_enumerating_searcher_skips_what_earlier_experiments_tried_failures_i
     # a later experiment of an enumerated stage (after a timeout) is told every finished trial, a failed one too
     import optuna
 
-    from nanopet.tune.study import Enumerate, Stage
+    from nanopet.tune.studies import Enumerate
+    from nanopet.tune.plan import Stage
 
     choices = [GOOD, BAD, 1.0e3]
     distributions = {"learning_rate": optuna.distributions.CategoricalDistribution(choices)}
@@ -277,10 +279,10 @@ def test_an_enumerating_searcher_skips_what_earlier_experiments_tried_failures_i
                                               intermediate_values={0: 0.6, 1: 0.5}))
     study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1.0e3}, distributions=distributions,
                                               state=TrialState.FAIL))
-    told = ray_driver.history(study, Stage(1, 1, ("learning_rate",), None, "tiny", 3))
+    told = search.history(study, Stage(1, 1, ("learning_rate",), None, "tiny", 3))
     assert [state for _, _, state, _, _ in told] == [TrialState.COMPLETE, TrialState.FAIL]
     for seed in range(6):
-        searcher = ray_driver.StudySearch(space=distributions, metric=ray_driver.OBJECTIVE, mode="min",
+        searcher = search.StudySearch(space=distributions, metric=names.OBJECTIVE, mode="min",
                                           sampler=Enumerate(seed), history=told)
         assert searcher.suggest(f"t{seed}")["learning_rate"] == BAD  # the one configuration not tried
 
@@ -290,17 +292,17 @@ def test_asha_never_stops_the_defaults_trial():
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    scheduler = ray_driver.asha({"learning_rate": BAD}, time_attr=ray_driver.TIME_ATTR, metric=ray_driver.OBJECTIVE,
+    scheduler = search.asha({"learning_rate": BAD}, time_attr=names.TIME_ATTR, metric=names.OBJECTIVE,
                                 mode="min", max_t=3, grace_period=1, reduction_factor=2)
     good = [Trial("nanopet", config={"learning_rate": GOOD}, stub=True) for _ in range(3)]
     defaults, other = Trial("nanopet", config={"learning_rate": BAD}, stub=True), Trial("nanopet", config={"learning_rate": BAD2}, stub=True)
     for trial in good + [defaults, other]:
         scheduler.on_trial_add(None, trial)
     for trial in good:
-        assert scheduler.on_trial_result(None, trial, {ray_driver.TIME_ATTR: 1, ray_driver.OBJECTIVE: 0.1}) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, other, {ray_driver.TIME_ATTR: 1, ray_driver.OBJECTIVE: 5.0}) == TrialScheduler.STOP
-    assert scheduler.on_trial_result(None, defaults, {ray_driver.TIME_ATTR: 1, ray_driver.OBJECTIVE: 5.0}) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, defaults, {ray_driver.TIME_ATTR: 3, ray_driver.OBJECTIVE: 5.0}) == TrialScheduler.STOP  # done
+        assert scheduler.on_trial_result(None, trial, {names.TIME_ATTR: 1, names.OBJECTIVE: 0.1}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, other, {names.TIME_ATTR: 1, names.OBJECTIVE: 5.0}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, defaults, {names.TIME_ATTR: 1, names.OBJECTIVE: 5.0}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, defaults, {names.TIME_ATTR: 3, names.OBJECTIVE: 5.0}) == TrialScheduler.STOP  # done
 
 
 def test_two_objective_front(ray_runtime, tmp_path):
@@ -348,11 +350,11 @@ def test_a_killed_worker_trial_resumes_from_its_last_checkpoint(ray_runtime, tmp
 
 def test_an_iteration_reported_again_after_a_restart_is_told_to_the_sampler_once(recwarn):
     """A trial Ray restarts from its checkpoint reports the iterations after it again (the same values)."""
-    searcher = ray_driver.StudySearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
-                                      metric=ray_driver.OBJECTIVE, mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = search.StudySearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+                                      metric=names.OBJECTIVE, mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
     searcher.suggest("a")
     for iteration in (1, 2, 2, 3):  # killed after reporting iteration 2, restarted from the checkpoint of 1
-        searcher.on_trial_result("a", {ray_driver.OBJECTIVE: 1.0 / iteration, "training_iteration": iteration})
+        searcher.on_trial_result("a", {names.OBJECTIVE: 1.0 / iteration, "training_iteration": iteration})
     assert searcher._ot_study.trials[0].intermediate_values == {1: 1.0, 2: 0.5, 3: 1.0 / 3}
     assert not [w for w in recwarn if "already reported" in str(w.message)], [str(w.message) for w in recwarn]
 
@@ -419,7 +421,7 @@ def test_search_on_a_two_node_cluster(tmp_path):
 def test_ctrl_c_raises_while_the_experiment_runs_even_if_sigint_was_ignored():
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a script
     try:
-        with pytest.raises(KeyboardInterrupt), ray_driver.ctrl_c_raises():
+        with pytest.raises(KeyboardInterrupt), driver.ctrl_c_raises():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # the handler raises here at the latest
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # restored after the experiment

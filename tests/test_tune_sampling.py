@@ -14,7 +14,7 @@ from tune_support import tiny_space, trials
 
 from nanopet.tune import load_search_space, run
 from nanopet.tune.sampling import RungTPESampler, rung_step
-from nanopet.tune.study import make_sampler
+from nanopet.tune.studies import make_sampler
 
 X = FloatDistribution(0.0, 1.0)
 
@@ -107,12 +107,12 @@ def test_rank_at_settings_are_checked(tmp_path, settings, message):
 def test_the_ray_searcher_ranks_its_history_at_the_rung_too():
     """The Ray driver's searcher (an OptunaSearch) uses the same sampler of ``study.sampler``; its history (the
     trials of earlier experiments, pruned ones with their epochs) is ranked at the rung."""
-    from nanopet.tune import ray_driver
+    from nanopet.tune.ray_driver import names, search
 
     history = [(t.params, t.values, t.state, t.intermediate_values, t.number) for t in plateau_study().trials]
     medians = {}
     for rank in ("final", "rung"):
-        searcher = ray_driver.StudySearch(space={"x": X}, metric=ray_driver.OBJECTIVE, mode="min", history=history,
+        searcher = search.StudySearch(space={"x": X}, metric=names.OBJECTIVE, mode="min", history=history,
                                           sampler=make_sampler({"type": "tpe", "seed": 0, "n_startup_trials": 3, "rank_at": rank}))
         medians[rank] = statistics.median(searcher.suggest(f"t{k}")["x"] for k in range(15))
     assert medians["final"] > 0.6 and medians["rung"] < 0.3, medians

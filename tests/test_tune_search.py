@@ -13,8 +13,8 @@ from tune_support import tiny_space, trials
 import nanopet.data.batch as batch_module
 from nanopet.options import read_yaml, resolve_options
 from nanopet.tune import load_search_space, run
-from nanopet.tune.objective import pace_line
-from nanopet.tune.study import counted
+from nanopet.tune.optuna_driver.runner import pace_line
+from nanopet.tune.plan import counted
 
 
 def search(raw, lines=None, **kwargs):
@@ -165,7 +165,7 @@ def test_keep_only_the_best_checkpoints(tmp_path):
 
 
 def test_interrupt_finishes_the_epoch_marks_the_trial_and_resume_completes(tmp_path):
-    from nanopet.tune.workers import StopFlag, work
+    from nanopet.tune.optuna_driver.workers import StopFlag, work
 
     space = load_search_space(tiny_space(tmp_path, budget={"n_trials": 3, "epochs": 3}))
     stop = StopFlag()
@@ -246,7 +246,9 @@ def test_the_defaults_trial_is_never_pruned(tmp_path):
     import optuna
 
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import distribution, open_stage, plan
+    from nanopet.tune.params import distribution
+    from nanopet.tune.studies import open_stage
+    from nanopet.tune.plan import plan
 
     raw = tiny_space(tmp_path, study={"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
                      parameters={"learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},

@@ -10,7 +10,7 @@ from nanopet.cli import main
 from nanopet.errors import InputError
 from nanopet.tune import load_search_space
 from nanopet.tune.space import Driver, Strategy, parameter_path
-from nanopet.tune.study import plan
+from nanopet.tune.plan import plan
 
 
 @pytest.mark.parametrize("name", ["default", "quick", "losses", "molecules"])
@@ -216,7 +216,8 @@ def test_an_enumerated_stage_ends_when_every_configuration_is_taken_not_when_cop
     # two workers drew the same configuration at once: one copied the other; the third configuration is still due
     import optuna
 
-    from nanopet.tune.study import distribution, remaining
+    from nanopet.tune.params import distribution
+    from nanopet.tune.plan import remaining
 
     raw = tiny_space(tmp_path, parameters={"cutoff": {"type": "float", "low": 3.0, "high": 4.0, "step": 0.5}},
                      budget={"n_trials": 3})
@@ -238,7 +239,8 @@ def test_a_stage_keeps_its_starting_values_when_its_best_is_within_the_noise(tmp
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from nanopet.tune.study import chosen_trial, chosen_values, distribution
+    from nanopet.tune.studies import chosen_trial, chosen_values
+    from nanopet.tune.params import distribution
 
     space = load_search_space(tiny_space(tmp_path, strategy={"type": "joint", "min_improvement": 0.03}))
     stage = plan(space)[0]

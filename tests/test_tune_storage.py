@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from tune_support import cli, cli_env, tiny_space, write_space
 
 from nanopet.tune.storage import open_storage
-from nanopet.tune.study import counted
+from nanopet.tune.plan import counted
 
 
 def free_port() -> int:

@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from tune_support import cli, cli_env, tiny_space, trials, write_space
 
 from nanopet.tune import load_search_space
-from nanopet.tune.study import counted
-from nanopet.tune.workers import forkable, processes
+from nanopet.tune.plan import counted
+from nanopet.tune.optuna_driver.workers import forkable, processes
 
 
 def start(path, *args, cwd):
@@ -98,7 +98,7 @@ def test_a_trial_waits_for_an_earlier_trial_still_suggesting_its_parameters(tmp_
 
     from nanopet.data.splits import load_data
     from nanopet.tune import load_search_space
-    from nanopet.tune.objective import TrialRunner
+    from nanopet.tune.optuna_driver.runner import TrialRunner
 
     space = load_search_space(tiny_space(tmp_path))
     runner = TrialRunner(space, load_data(space.options, space.base_dir, cutoff=space.max_cutoff), out=lambda m: None)

@@ -9,6 +9,7 @@ module adds its subcommands with ``add_parsers(commands)`` and names their handl
 - ``retrain``: ``retrain``, ``compare-losses``;
 - ``export``: ``export``, ``eval``;
 - ``data``: ``make-data``, ``inspect``, ``prepare``;
+- ``init``: ``init`` (a search space fitted to a dataset and this machine);
 - ``schema``: ``schema`` (the JSON Schema of options and search-space files);
 - ``arguments``: the argument types and hidden aliases they share.
 
@@ -22,14 +23,14 @@ import argparse
 import sys
 
 from nanopet import __version__
-from nanopet.cli import data, export, report, retrain, schema, search, train
+from nanopet.cli import data, export, init, report, retrain, schema, search, train
 from nanopet.errors import NanoPETError
 
-SUBCOMMANDS = ("train", "make-data", "inspect", "prepare", "search", "dashboard", "studies", "report", "retrain", "compare-losses",
+SUBCOMMANDS = ("train", "make-data", "inspect", "prepare", "init", "search", "dashboard", "studies", "report", "retrain", "compare-losses",
                "export", "eval", "schema")
 # One spelling per meaning in every command: --directory (where studies live), -o/--output-dir (where this
 # command's models go), --reports-dir (where reports go). Older spellings stay as hidden aliases.
-GROUPS = (train, search, report, retrain, export, data, schema)  # in the order of --help
+GROUPS = (train, search, report, retrain, export, data, init, schema)  # in the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:

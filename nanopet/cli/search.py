@@ -4,6 +4,7 @@ a search, watching it, and listing the studies."""
 from __future__ import annotations
 
 import shlex
+import time
 
 from nanopet.cli.arguments import duration, gpu_list
 from nanopet.errors import InputError
@@ -45,6 +46,7 @@ def add_parsers(commands) -> None:
 
 
 def run_search(args, argv: list[str]) -> int:
+    started = time.time()  # the search's last line says the time taken since
     from nanopet.options import read_yaml
     from nanopet.report import report_after_search
     from nanopet.tune import load_search_space, run
@@ -66,7 +68,8 @@ def run_search(args, argv: list[str]) -> int:
                           driver={"type": driver, "address": args.address, "cpus_per_trial": args.cpus_per_trial,
                                   "gpus_per_trial": args.gpus_per_trial})
     result = run(space, workers=args.workers, gpus=args.gpus, n_trials=args.n_trials, timeout=args.timeout,
-                 out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv))
+                 out=lambda message: print(message, flush=True), resume_command="nanopet-tune " + shlex.join(argv),
+                 started=started)
     report_after_search(space.study.name, space.study.directory, space.study.storage, out=lambda m: print(m, flush=True))
     return 130 if result.status == "interrupted" else 0
 

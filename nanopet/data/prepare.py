@@ -37,7 +37,6 @@ import numpy as np
 
 from nanopet.data.builtin import cache_dir
 from nanopet.data.neighbors import neighbor_list
-from nanopet.data.prepared import ARRAYS, FORMAT, META
 from nanopet.data.read import DatasetSpec, ImplicitLabels, spec_files, spec_ranges, spec_structures
 from nanopet.errors import InputError
 
@@ -45,6 +44,30 @@ PREPARED_FROM = 8 << 20  # bytes of dataset files from which load_data prepares 
 RANGE_FRAMES = 1000  # frames per task
 HASHED_EVERY_TIME = 64 << 20  # files up to this size are hashed at every open; larger ones once per change
 NPY_HEADER = 128  # bytes of each .npy header (written first, completed when the length is known)
+
+# the format on disk (read by nanopet.data.prepared; its docstring describes the arrays)
+FORMAT = 1  # meta.json "format": a folder of another format is prepared anew, never read
+# name -> (dtype, shape after the first axis, what the first axis counts)
+ARRAYS = {
+    "atom_offsets": ("<i8", (), "structures+1"),
+    "pair_offsets": ("<i8", (), "structures+1"),
+    "cells": ("<f8", (3, 3), "structures"),
+    "pbc": ("|b1", (3,), "structures"),
+    "energies": ("<f8", (), "structures"),
+    "has_forces": ("|b1", (), "structures"),
+    "stresses": ("<f8", (3, 3), "structures"),
+    "stress_mask": ("|b1", (), "structures"),
+    "volumes": ("<f8", (), "structures"),
+    "max_neighbors": ("<i4", (), "structures"),
+    "numbers": ("|u1", (), "atoms"),
+    "positions": ("<f8", (3,), "atoms"),
+    "forces": ("<f8", (3,), "atoms"),
+    "pair_i": ("<i4", (), "pairs"),
+    "pair_j": ("<i4", (), "pairs"),
+    "pair_shifts": ("<i2", (3,), "pairs"),
+    "pair_distances": ("<f8", (), "pairs"),
+}
+META = "meta.json"
 
 
 def prepared_root() -> Path:

@@ -42,31 +42,10 @@ import torch
 from nanopet.data.batch import Batch, collate
 from nanopet.data.dataset import Dataset, atom_ranges
 from nanopet.data.neighbors import EdgeGraph
+from nanopet.data.prepare import ARRAYS, FORMAT, META, prepare
 from nanopet.data.structure import Structure
 from nanopet.errors import InputError
 
-FORMAT = 1  # meta.json "format": a folder of another format is prepared anew, never read
-# name -> (dtype, shape after the first axis, what the first axis counts)
-ARRAYS = {
-    "atom_offsets": ("<i8", (), "structures+1"),
-    "pair_offsets": ("<i8", (), "structures+1"),
-    "cells": ("<f8", (3, 3), "structures"),
-    "pbc": ("|b1", (3,), "structures"),
-    "energies": ("<f8", (), "structures"),
-    "has_forces": ("|b1", (), "structures"),
-    "stresses": ("<f8", (3, 3), "structures"),
-    "stress_mask": ("|b1", (), "structures"),
-    "volumes": ("<f8", (), "structures"),
-    "max_neighbors": ("<i4", (), "structures"),
-    "numbers": ("|u1", (), "atoms"),
-    "positions": ("<f8", (3,), "atoms"),
-    "forces": ("<f8", (3,), "atoms"),
-    "pair_i": ("<i4", (), "pairs"),
-    "pair_j": ("<i4", (), "pairs"),
-    "pair_shifts": ("<i2", (3,), "pairs"),
-    "pair_distances": ("<f8", (), "pairs"),
-}
-META = "meta.json"
 KEPT_CUTOFFS = 4  # neighbour counts kept per store for this many smaller cutoffs
 COUNTING_CHUNK = 1 << 22  # pairs per step when counting neighbours at a smaller cutoff
 
@@ -180,8 +159,6 @@ class PreparedDataset(Dataset):
         return self._view(self.rows, cutoff)
 
     def widened(self, cutoff: float) -> "PreparedDataset":
-        from nanopet.data.prepare import prepare
-
         if self.specs is None:
             raise InputError(f"{self.store.folder}: prepared at {self.store.cutoff} A, cannot serve cutoff {cutoff}; "
                              f"prepare the data at {cutoff} A or more")

@@ -19,10 +19,10 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from nanopet.errors import InputError, did_you_mean
-from nanopet.tune.lease import stale_reason
+from nanopet.tune.optuna_driver.lease import stale_reason
 from nanopet.tune.space import GRACE_PERIOD
 from nanopet.tune.storage import find_storage, is_stage_study, masked, open_storage, search_name, search_studies
-from nanopet.tune.study import decode
+from nanopet.tune.params import decode
 from nanopet.tune.trial import CARRIED, DEFAULTS, record_of
 
 STATES = ("complete", "pruned", "fail", "running", "waiting")

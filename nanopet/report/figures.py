@@ -23,8 +23,8 @@ from nanopet.report.importance import (
     FEW_TRIALS,
     Importances,
 )
-from nanopet.tune.study import decode
-from nanopet.tune.trial import share_text
+from nanopet.tune.params import decode
+from nanopet.tune.text import share_text
 
 STATE_COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728", "running": "#2ca02c", "waiting": "#7f7f7f"}
 STATE_NAMES = {"complete": "complete", "pruned": "pruned", "fail": "failed", "running": "running", "waiting": "waiting"}

@@ -26,7 +26,7 @@ COST_MEASURES = ("inference_time", "parameters")
 EQUAL_BUDGETS = ("epochs", "steps", "time")
 STRATEGIES = ("joint", "staged")  # the first is the default
 # strategy.min_improvement: a stage's best replaces the stage's starting values only if it is better by this share of
-# the starting trial's value; less is within the noise of a trial's value (nanopet/tune/study.py chosen_values)
+# the starting trial's value; less is within the noise of a trial's value (nanopet/tune/studies.py chosen_values)
 MIN_IMPROVEMENT = 0.03
 # strategy.learning_rate_scaling: a stage that tries batch sizes moves the learning rate chosen before it by
 # (batch / batch it was chosen at) ** exponent (sqrt: Adam's square-root rule; docs/explanation/search.md)
@@ -199,6 +199,8 @@ class Budget(Section):
     data_shares: Optional[Annotated[list[Positive], Field(min_length=2), Expect(
         "a list of at least two increasing shares of the training set ending at 1, e.g. [0.125, 0.25, 0.5, 1]")]] = Field(
         None, description="a data-size fidelity: each trial trains on these shares of the training set in turn")
+    predicted_seconds: Optional[Positive] = Field(
+        None, description="what `nanopet-tune init` predicted the search takes; said beside the time taken")
 
 
 Stage = Annotated[Union[str, Annotated[list[str], Field(min_length=1)]], Expect("a parameter name or a list of names")]

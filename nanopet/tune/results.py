@@ -12,7 +12,9 @@ from optuna.trial import TrialState
 from nanopet.tune.space import SearchSpace, _set
 from nanopet.data.splits import absolute_datasets
 from nanopet.tune.storage import masked, open_storage, storage_url
-from nanopet.tune.study import best_trial, chosen_trial, created_stages, decode, short
+from nanopet.tune.studies import best_trial, chosen_trial, created_stages
+from nanopet.tune.params import decode
+from nanopet.tune.text import short
 
 
 @dataclass

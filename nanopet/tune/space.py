@@ -6,7 +6,7 @@ search space is an ``options.yaml`` (dataset, splits, seed, device, base hypers 
 
     study:      {name, storage, directory, sampler: {type, seed, ..}, pruner: {type, ..}, keep_checkpoints}
     objective:  {metric: val_rmse_gmean, cost: none | penalty | front, cost_measure, cost_weight}
-    budget:     {n_trials, timeout, epochs, equal: epochs | steps | time, data_shares: [0.125, 0.25, 0.5, 1]}
+    budget:     {n_trials, timeout, epochs, equal: epochs | steps | time, data_shares: [0.125, 0.25, 0.5, 1], predicted_seconds}
     strategy:   {type: staged | joint, importance: [cutoff, learning_rate, ...], split: importance, enumerate: true,
                  learning_rate_scaling: none | sqrt | linear}
     parameters: {cutoff: {type: float, low: 3.5, high: 6.0, step: 0.5}, d_pet: {type: categorical, choices: [..]}}
@@ -152,6 +152,7 @@ class Budget:
     # subsets, from scratch each time), and the pruner decides after each; None: every trial trains on all of it
     data_shares: tuple | None = None
     equal: str = "epochs"  # epochs | steps | time: EQUAL_BUDGETS
+    predicted_seconds: float | None = None  # what `nanopet-tune init` predicted the search takes; said beside the time taken
 
     @property
     def rung_steps(self) -> tuple:
@@ -393,7 +394,7 @@ def _budget(section: schema.Budget, options: dict) -> Budget:
     if shares and section.equal != "epochs":
         raise InputError(f"budget.equal: {section.equal} sizes each trial's epochs; budget.data_shares trains every share for "
                          "budget.epochs epochs: use one of them")
-    return Budget(section.n_trials, section.timeout, epochs, shares, section.equal)
+    return Budget(section.n_trials, section.timeout, epochs, shares, section.equal, section.predicted_seconds)
 
 
 def _data_shares(given: list | None) -> tuple | None:

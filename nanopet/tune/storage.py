@@ -298,7 +298,7 @@ def choose_trial(found: FoundStudy, spec: str | int | None = None) -> ChosenTria
         if not complete:
             raise InputError(f"study {found.name}: no completed trial yet; run (or resume) its search first")
         # the search's choice once its last stage chose (a stage keeps its starting values when its best is within
-        # the noise, nanopet.tune.study.chosen_values), else the lowest first value; on a tie the trial that trained
+        # the noise, nanopet.tune.studies.chosen_values), else the lowest first value; on a tie the trial that trained
         # (not a stage's carried-in copy of it)
         last, stages = found.studies[-1], found.studies[0].user_attrs.get("stages", 1)
         number = (last.user_attrs.get("chosen") or {}).get("trial") if len(found.studies) == stages else None
@@ -334,7 +334,7 @@ def choose_trial(found: FoundStudy, spec: str | int | None = None) -> ChosenTria
 def trial_options(found: FoundStudy, study, trial) -> tuple[dict, str]:
     """A trial's full options, resolved, dataset paths absolute (see the module docstring for the order)."""
     from nanopet.checkpoints import load_checkpoint
-    from nanopet.tune.study import decode  # the parameters' encoding lives with the studies' distributions
+    from nanopet.tune.params import decode
 
     attrs = trial.user_attrs
     source = recorded_path(found, study.user_attrs.get("source"))

@@ -23,6 +23,7 @@ its scheduler ends the trainable).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -34,6 +35,7 @@ from nanopet.data.splits import cutoff_of
 from nanopet.errors import NonFiniteLossError
 from nanopet.train import train
 from nanopet.tune.space import SearchSpace
+from nanopet.tune.text import share_text
 
 STOPPED_FILE = "stopped.txt"  # in a trial's folder: why the trial layer stopped it (read when a Ray trial is recorded)
 TRIALS_FOLDER = "trials"  # <study dir>/trials/<label>/: model.ckpt, metrics.csv, train.log, trial.json
@@ -155,13 +157,6 @@ def finished_twin(study, number: int, params: dict, among=None):
              if t.number != number and t.params == params and (among is None or t.number in among)
              and (t.values or t.intermediate_values)]
     return min(twins, key=lambda t: t.state != TrialState.COMPLETE, default=None)
-
-
-def copied_line(trial, twin: str, values_text: str | None) -> str:
-    """The end line of a repeat: PRUNED (``values_text`` None) or COMPLETE with its twin's result."""
-    if values_text is None:
-        return f"trial {trial} PRUNED: same parameters as {twin}, stopped there: not trained again"
-    return f"trial {trial} COMPLETE {values_text}: same parameters as {twin}, result copied (training is deterministic)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,12 +309,6 @@ class TrialData:
         return self._at_cutoff[key]
 
 
-def share_text(share: float) -> str:
-    """1/8, 1/4, 0.3, 1: a share of the training set for the progress lines."""
-    inverse = 1.0 / share
-    return "1" if share == 1.0 else f"1/{round(inverse)}" if math.isclose(inverse, round(inverse)) else f"{share:g}"
-
-
 def train_trial(space: SearchSpace, options: dict, data, epochs: TrialEpochs, folder: Path, log: Callable[[str], None]):
     """Train one trial with ``epochs`` as its ``on_epoch``; returns the trainer's result on all the training set.
 
@@ -380,20 +369,21 @@ MAX_EPOCH_FACTOR = 10  # budget.equal: steps | time gives a trial at most this m
 class EpochBudget:
     """The epochs of each trial under ``budget.equal``: ``epochs``, every trial ``budget.epochs``; ``steps``, as many
     optimizer steps as the base hypers take in ``budget.epochs`` epochs; ``time``, as much training time, measured
-    before the trial (the median of a few optimizer steps of each, in the same process: their ratio is what counts,
-    so a busy machine slows both alike). Between 1 and ``MAX_EPOCH_FACTOR`` x ``budget.epochs``; the base hypers
-    themselves (the defaults trial) always get ``budget.epochs``. ``measure``: seconds of an epoch of resolved
-    options on the data (``nanopet.train.epoch_seconds``)."""
+    before the trial: a step of each in turn, a few times, in the same process (``nanopet.train.epoch_seconds_pair``:
+    their ratio is what counts, so a busy machine slows both alike), once per step cost (``step_cost``) in a process,
+    so the trials of a stage that share it (e.g. its learning rates) train the same epochs. A trial whose steps cost
+    the base hypers' (``same_step_cost``) trains ``budget.epochs`` unmeasured. Between 1 and ``MAX_EPOCH_FACTOR`` x
+    ``budget.epochs``; the base hypers themselves (the defaults trial) always get ``budget.epochs``. ``measure``:
+    seconds of an epoch of resolved options on the data, instead of the paired measurement."""
 
     def __init__(self, space: SearchSpace, measure: Callable | None = None):
-        from nanopet.train import epoch_seconds
-
-        self.space, self.measure = space, measure or epoch_seconds
+        self.space, self.measure = space, measure
         self.base = space.resolved
+        self.measured: dict[str, tuple] = {}  # step cost -> (base, trial) seconds per epoch
 
     def __call__(self, options: dict, data) -> tuple[int, float | None, str]:
         """(the trial's epochs, its seconds per epoch where measured, a note for its start line or "")."""
-        from nanopet.train import batches_per_epoch
+        from nanopet.train import batches_per_epoch, epoch_seconds_pair
 
         budget = self.space.budget
         if budget.equal == "epochs" or same_hypers(options, self.base):
@@ -403,13 +393,36 @@ class EpochBudget:
             per_epoch = batches_per_epoch(len(data.train), options["architecture"]["training"]["batch_size"])
             epochs = self._clamp(round(steps / per_epoch))
             return epochs, None, f"{epochs} epochs: the base hypers' {steps} optimizer steps"
-        base, trial = self.measure(self.base, data), self.measure(options, data)
+        if same_step_cost(options, self.base):  # e.g. another learning rate: its steps cost the base hypers' own
+            return budget.epochs, None, f"{budget.epochs} epochs: the base hypers' steps, at their cost"
+        key = f"{step_cost(options)}|{len(data.train)}"
+        if key not in self.measured:
+            self.measured[key] = ((self.measure(self.base, data), self.measure(options, data)) if self.measure else
+                                  epoch_seconds_pair(self.base, options, data))
+        base, trial = self.measured[key]
         epochs = self._clamp(round(budget.epochs * base / trial))
         return epochs, trial, (f"{epochs} epochs: the base hypers' training time ({base:.3g} s an epoch x {budget.epochs}) "
                                f"at {trial:.3g} s an epoch")
 
     def _clamp(self, epochs: int) -> int:
         return int(min(max(1, epochs), MAX_EPOCH_FACTOR * self.space.budget.epochs))
+
+
+STEP_COST_SETTINGS = ("batch_size", "atoms_per_pass", "rotational_augmentation")  # training hypers a step's cost depends on
+
+
+def step_cost(options: dict) -> str:
+    """What an optimizer step's cost depends on, of resolved ``options``: the model (cutoff included), the precision
+    and ``STEP_COST_SETTINGS``; not the learning rate, loss, schedule or initialisation."""
+    training = options["architecture"]["training"]
+    return json.dumps([options["architecture"]["model"], options["base_precision"],
+                       [training[key] for key in STEP_COST_SETTINGS]], sort_keys=True, default=str)
+
+
+def same_step_cost(options: dict, base: dict) -> bool:
+    """Whether resolved ``options`` take optimizer steps at the base hypers' cost: then equal steps are equal time,
+    with none of the noise of timing a few steps."""
+    return step_cost(options) == step_cost(base)
 
 
 def same_hypers(options: dict, base: dict) -> bool:
@@ -424,66 +437,4 @@ def same_hypers(options: dict, base: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Progress lines (both drivers)
 
-
-def span(seconds: float) -> str:
-    """45 s, 12 min, 3.4 h, 2.1 days."""
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def pace_line(space: SearchSpace, epoch_seconds: float, workers: int) -> str:
-    """What the budget costs at the pace of a first epoch, e.g. ``pace: 48 s an epoch, 80 min a trial of 100
-    epochs; 60 trials: about 3.3 days on 1 worker (less with pruning and repeats)``. Other trials'
-    sizes and cutoffs change their pace, so this is an order of magnitude, said early."""
-    from nanopet.tune.study import plural
-
-    budget = space.budget
-    trial = epoch_seconds * budget.epochs
-    text = f"pace: {epoch_seconds:.3g} s an epoch, {span(trial)} a trial of {plural(budget.epochs, 'epoch')}"
-    if budget.n_trials:
-        text += (f"; {plural(budget.n_trials, 'trial')}: about {span(trial * budget.n_trials / workers)} on "
-                 f"{plural(workers, 'worker')} (less with pruning and repeats)")
-    if budget.timeout:
-        text += f"; budget.timeout ends the search after {span(budget.timeout)}"
-    return text
-
-
-class PaceLine:
-    """Says ``pace_line`` once, at the first epoch trained (either driver)."""
-
-    def __init__(self, space: SearchSpace, workers: int, out: Callable[[str], None]):
-        self.space, self.workers, self.out, self.told = space, workers, out, False
-
-    def __call__(self, epoch_seconds: float) -> None:
-        if not self.told:
-            self.told = True
-            self.out(pace_line(self.space, epoch_seconds, self.workers))
-
-
-def progress_due(done: int, epochs: int) -> bool:
-    """Whether a progress line follows epoch ``done`` (1-based): the first, about every fifth, and the last."""
-    return (done - 1) % max(1, epochs // 5) == 0 or done == epochs
-
-
-def epoch_line(trial, epoch: int, epochs: int, metric: str, value: float, at_best: float, share: float = 1.0) -> str:
-    """A trial's progress line: this epoch's metric, and the metric at its best validation loss so far (what the
-    trial would deliver if it stopped now); ``share``: of the training set, named where below 1."""
-    where = f"share {share_text(share)} epoch" if share < 1.0 else "epoch"
-    return f"trial {trial} {where} {epoch}/{epochs}: {metric} {value:.4g}, {at_best:.4g} at the best val_loss so far"
-
-
-def describe_values(space: SearchSpace, values) -> str:
-    """A finished trial's values for its end line: ``val_forces_rmse 0.123`` or ``..., cost 4.5e-05``."""
-    objective = space.objective
-    if values is None:
-        return ""
-    if objective.cost == "front":
-        return f"{objective.metric} {values[0]:.4g}, cost {values[1]:.4g}"
-    name = objective.metric if objective.cost == "none" else f"{objective.metric} x cost^{objective.cost_weight:g}"
-    return f"{name} {values[0]:.4g}"
 

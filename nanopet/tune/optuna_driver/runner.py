@@ -34,12 +34,13 @@ from optuna.trial import TrialState
 
 from nanopet.data.splits import Data
 from nanopet.errors import InputError, NonFiniteLossError
-from nanopet.tune.lease import Lease, claim, fail_and_retry, recover
+from nanopet.tune.optuna_driver.lease import claim, fail_and_retry, Lease, recover
 from nanopet.tune.space import SearchSpace
-from nanopet.tune.study import Stage, short, suggest
-from nanopet.tune.trial import (EpochBudget, PaceLine, Stopped, TrialData, TrialEpochs, TrialRecord, best_metrics, copied_line,
-                                describe_values, epoch_line, finished_twin, measure_cost, pace_line, progress_due, repeat_of,
-                                timing, train_trial, trial_folder, user_attrs)
+from nanopet.tune.plan import Stage
+from nanopet.tune.text import short
+from nanopet.tune.params import suggest
+from nanopet.tune.trial import best_metrics, EpochBudget, finished_twin, measure_cost, repeat_of, Stopped, timing, train_trial, trial_folder, TrialData, TrialEpochs, TrialRecord, user_attrs
+from nanopet.tune.progress import copied_line, describe_values, epoch_line, pace_line, PaceLine, progress_due
 
 PRUNE_REASONS = {
     "median": "worse than the median of earlier trials at this epoch",

@@ -8,7 +8,7 @@ stage needs its best), then carries the best values forward.
 
 ``launch`` starts ``workers`` processes, each with ``CUDA_VISIBLE_DEVICES`` set to one GPU and
 ``torch.set_num_threads(cores // workers)``, all sharing the study's storage: GPU workers as new
-interpreters (``python -m nanopet.tune.workers``), CPU workers forked from the launcher, which has
+interpreters (``python -m nanopet.tune.optuna_driver.workers``), CPU workers forked from the launcher, which has
 paid the imports already (``forkable``). A worker killed mid-trial leaves a RUNNING trial behind; the other
 workers (or the next run) see its process is gone, mark the trial FAIL and re-queue it, and the
 launcher starts a replacement worker (up to ``MAX_RESTARTS`` per slot).
@@ -91,12 +91,13 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     import optuna
 
     from nanopet.data.splits import load_data
-    from nanopet.tune.lease import recover
-    from nanopet.tune.objective import TrialInterrupted, TrialRunner
+    from nanopet.tune.optuna_driver.lease import recover
+    from nanopet.tune.optuna_driver.runner import TrialInterrupted, TrialRunner
     from nanopet.tune.stages import run_stages
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import open_stage, remaining
-    from nanopet.tune.trial import PaceLine
+    from nanopet.tune.studies import open_stage
+    from nanopet.tune.plan import counted, remaining
+    from nanopet.tune.progress import PaceLine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop = stop or StopFlag()
@@ -114,7 +115,9 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
     runner = TrialRunner(space, data, stop, out, prefix, pace)
     settings = space.study
 
-    def run_stage(stage, fixed: dict, previous) -> tuple[str, object]:
+    def run_stage(stage, fixed: dict, previous, until: float | None) -> tuple[str, object]:
+        """``until``: the stage's share of the timeout (run_stages); after it, once the stage has a trial of its own,
+        no trial starts, the running ones finish, and the stage ends with "timeout"."""
         with study_lock(space):
             study = open_stage(storage, space, stage, fixed, previous, index)
         while True:
@@ -127,7 +130,8 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
             with study_lock(space):
                 trials = study.get_trials(deepcopy=False)
                 left = remaining(stage, trials)
-                if left is None or left > 0:
+                share_over = until is not None and time.time() >= until and bool(counted(trials))
+                if (left is None or left > 0) and not share_over:
                     trial = study.ask()
                 else:
                     busy = any(t.state.name == "RUNNING" for t in trials)
@@ -138,12 +142,14 @@ def work(space, index: int = 0, count: int = 1, deadline: float | None = None, s
                     return "interrupted", study
             elif busy and stage.index < stage.count:
                 time.sleep(POLL_SECONDS)  # the next stage starts from this one's best: wait for its last trials
+            elif share_over and (left is None or left > 0):
+                return "timeout", study
             else:
                 if stage.enumerated and index == 0:
                     out(f"{prefix}{stage.label}: {stage.used_up}")
                 return "completed", study
 
-    return run_stages(space, run_stage, (lambda message: out(prefix + message)) if index == 0 else None)
+    return run_stages(space, run_stage, (lambda message: out(prefix + message)) if index == 0 else None, deadline)
 
 
 def warm_up() -> None:
@@ -156,7 +162,7 @@ def warm_up() -> None:
 def write_worker_record(space, index: int, launched: float, data_seconds: float, prepared: list[str] = ()) -> None:
     """``studies/<name>/workers/<host>-<pid>.json``: start-up costs, for the overhead benchmark, and the prepared
     data folders the worker maps (none: data in its memory)."""
-    from nanopet.tune.lease import HOST
+    from nanopet.tune.optuna_driver.lease import HOST
 
     folder = space.study.path / "workers"
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,7 +316,7 @@ def processes(space, count: int, gpus: list[int], threads: int, deadline, out, s
         if fork:
             children[k] = _Forked(arguments, env, quiet=stdout == subprocess.DEVNULL)
         else:
-            children[k] = subprocess.Popen([sys.executable, "-m", "nanopet.tune.workers", arguments], env={**os.environ, **env},
+            children[k] = subprocess.Popen([sys.executable, "-m", "nanopet.tune.optuna_driver.workers", arguments], env={**os.environ, **env},
                                            stdout=stdout)
 
     stop = StopFlag()
@@ -375,9 +381,9 @@ def _signal(child: subprocess.Popen | _Forked, signum) -> None:
 
 def _recover_all(space, out) -> None:
     """After killing the workers: mark their trials interrupted and re-queue them now."""
-    from nanopet.tune.lease import recover
+    from nanopet.tune.optuna_driver.lease import recover
     from nanopet.tune.storage import open_storage, storage_url
-    from nanopet.tune.study import created_stages
+    from nanopet.tune.studies import created_stages
 
     for _, study in created_stages(space, open_storage(storage_url(space))):
         recover(study, space.study.grace_period, space.study.max_retries, log=out)
