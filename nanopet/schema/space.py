@@ -38,7 +38,8 @@ DEFAULT_DATASET = {"systems": {"builtin": "emt-alloy", "n": 1000, "seed": 0}}
 NOT_TUNABLE = {"distributed": "a run setting", "distributed_port": "a run setting", "log_interval": "a run setting",
                "checkpoint_interval": "a run setting", "log_mae": "a run setting",
                "atoms_per_pass": "a speed/memory setting (the same steps either way)",
-               "num_epochs": "set budget.epochs (the epochs of every trial) instead"}
+               "num_epochs": "set budget.epochs (the epochs of every trial) instead",
+               "scheduler_epochs": "the search sets it to retrain's epochs (a trial is the start of that run)"}
 
 Count = Annotated[int, Number(ge=0)]
 AtLeastOne = Annotated[int, Number(ge=1)]
