@@ -360,9 +360,12 @@ def test_scheduler_epochs_makes_a_short_run_the_start_of_a_longer_one(emt_option
         monkeypatch.undo()
         return steps
 
-    long, short = rates_of(num_epochs=4), rates_of(num_epochs=1, scheduler_epochs=4)
-    assert len(long) == 16 and short == pytest.approx(long[:4], rel=1e-12)  # the warm-up spans the 4 epochs too
-    assert short[-1] == pytest.approx(1e-2) and long[-1] < 0.02 * 1e-2
+    long, short = rates_of(num_epochs=4), rates_of(num_epochs=2, scheduler_epochs=4)
+    # 4 steps an epoch: the short run follows the long one's first 6 steps (its warm-up spans the 4 epochs too), then
+    # anneals over its last fifth (2 steps) towards zero
+    assert len(long) == 16 and len(short) == 8 and short[:6] == pytest.approx(long[:6], rel=1e-12)
+    assert short[6:] == pytest.approx([long[6] * 2 / 3, long[7] / 3], rel=1e-12)
+    assert short[5] > 0.8 * 1e-2 and long[-1] < 0.02 * 1e-2
     # fewer scheduler_epochs than num_epochs: the run's own schedule, annealed where it ends
     assert rates_of(num_epochs=2, scheduler_epochs=1) == pytest.approx(rates_of(num_epochs=2), rel=1e-12)
 
