@@ -9,14 +9,16 @@ Configurations: the base hypers of the set's search space (``search_spaces/molec
 
 - as a search trial under each budget: ``epochs`` (``--epochs`` epochs), ``steps`` (the base hypers' optimizer steps
   in those epochs) and ``time`` (their training time, measured as the search measures it); its value is the
-  objective (``val_rmse_gmean``) at its best validation loss;
+  objective (``val_rmse_gmean``) at its best validation loss; and once more as ``start``: ``--epochs`` epochs as the
+  start of the converged run's schedule (``scheduler_epochs``: ``--factor`` x ``--epochs``, annealed over its last
+  fifth);
 - as a converged run, twice: ``--factor`` x ``--epochs`` epochs (equal epochs), and the base hypers' time for those
   epochs (equal time: the epochs scaled by the ratio of the two's seconds per epoch, measured in the same process
   as the search measures them); its values are the test metrics of its best-validation weights.
 
 Printed: Kendall's tau between each budget's ranking and each converged ranking (test gmean, forces, energy), and
 one row per configuration. Configurations are split over ``--processes`` processes of one thread each, so timings
-are taken under the same load. Not a test: configs x (3 short + 2 long) trainings, an hour or more on a 2-core CPU.
+are taken under the same load. Not a test: configs x (4 short + 2 long) trainings, an hour or more on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 BUDGETS = ("epochs", "steps", "time")
+# trials, each as a row of the tables: every budget.equal, and "start": budget.epochs epochs as the start of the
+# converged run's schedule (architecture.training.scheduler_epochs = --factor x --epochs, annealed over its last fifth)
+TRIALS = BUDGETS + ("start",)
 TARGETS = ("rmse_gmean", "forces_rmse", "energy_rmse")
 
 
@@ -83,6 +88,7 @@ def run_config(job: dict) -> dict:
 
     from nanopet.data.splits import load_data
     from nanopet.runs import median_epoch_seconds
+    from nanopet.runs import with_epochs as own_run
     from nanopet.train import epoch_seconds, train
     from nanopet.tune.space import Budget
     from nanopet.tune.trial import EpochBudget
@@ -108,13 +114,17 @@ def run_config(job: dict) -> dict:
         epochs, _, _ = EpochBudget(spaced)(options, data)
         values, _, seconds = trained(with_epochs(options, epochs), test=False)
         row[budget] = {"epochs": epochs, "seconds": seconds, **values}
+    start = with_epochs(options, space.budget.epochs)
+    start["architecture"]["training"]["scheduler_epochs"] = job["epochs"] * job["factor"]
+    values, _, seconds = trained(start, test=False)
+    row["start"] = {"epochs": space.budget.epochs, "seconds": seconds, **values}
     long = job["epochs"] * job["factor"]
-    values, per_epoch, seconds = trained(with_epochs(options, long), test=True)
+    values, per_epoch, seconds = trained(own_run(options, long), test=True)  # annealed over its own epochs
     row["equal_epochs"] = {"epochs": long, "seconds": seconds, "epoch_seconds": per_epoch, **values}
     if job["values"] != space.defaults():  # the base hypers' time: the ratio of the two's seconds per epoch, measured here
         ratio = epoch_seconds(space.resolved, data, steps=5) / epoch_seconds(options, data, steps=5)
         epochs = max(1, round(long * ratio))
-        values, _, seconds = trained(with_epochs(options, epochs), test=True) if epochs != long else (values, per_epoch, seconds)
+        values, _, seconds = trained(own_run(options, epochs), test=True) if epochs != long else (values, per_epoch, seconds)
         row["equal_time"] = {"epochs": epochs, "seconds": seconds, **values}
     else:
         row["equal_time"] = dict(row["equal_epochs"])
@@ -139,6 +149,7 @@ def finished_rows(journal: Path | None, jobs: list[dict]) -> dict[int, dict]:
 
 
 def with_epochs(options: dict, epochs: int) -> dict:
+    """A trial's options at ``epochs``, on the search's schedule (scheduler_epochs: the longer run's start)."""
     options = copy.deepcopy(options)
     options["architecture"]["training"]["num_epochs"] = int(epochs)
     return options
@@ -177,7 +188,9 @@ def main(argv=None) -> None:
     print(f"\n{args.builtin}, {structures or 'template'} structures, {len(rows)} configurations, trials of {args.epochs} epochs, "
           f"converged runs {args.factor}x; {(time.perf_counter() - started) / 60:.0f} min")
     print(f"{'budget':<8} " + " ".join(f"{c + ' ' + t:>28}" for c in ("equal_epochs", "equal_time") for t in TARGETS))
-    for budget in BUDGETS:
+    for budget in TRIALS:
+        if any(budget not in r for r in rows):  # rows of a run before the "start" trials
+            continue
         cells = []
         for converged in ("equal_epochs", "equal_time"):
             for target in TARGETS:
@@ -187,7 +200,7 @@ def main(argv=None) -> None:
     print("\nper configuration: values; trial val gmean (epochs) per budget; converged test gmean, forces, energy (epochs)")
     for r in rows:
         short = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["values"].items())
-        trials = "  ".join(f"{b} {r[b]['val_rmse_gmean']:.3f} ({r[b]['epochs']})" for b in BUDGETS)
+        trials = "  ".join(f"{b} {r[b]['val_rmse_gmean']:.3f} ({r[b]['epochs']})" for b in TRIALS if b in r)
         conv = "  ".join(f"{c} {r[c]['test_rmse_gmean']:.3f} {1000 * r[c]['test_forces_rmse']:.0f} "
                          f"{1000 * r[c]['test_energy_rmse']:.1f} ({r[c]['epochs']})" for c in ("equal_epochs", "equal_time"))
         print(f"{r['config']:>2} {short}\n     {trials}\n     {conv}")

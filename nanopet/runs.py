@@ -62,8 +62,11 @@ def with_seed(options: dict, seed: int) -> dict:
 
 
 def with_epochs(options: dict, epochs: int) -> dict:
+    """``options`` trained for ``epochs``, on a schedule of their own (a search trial's ``scheduler_epochs``, the
+    longer run it was the start of, dropped)."""
     options = copy.deepcopy(options)
     options["architecture"]["training"]["num_epochs"] = int(epochs)
+    options["architecture"]["training"]["scheduler_epochs"] = None
     return options
 
 

@@ -351,6 +351,25 @@ def test_cosine_schedule_length_follows_num_epochs(emt_options, no_test_data, mo
     assert rates[2][0] == 1e-2 and rates[2][-1] < 0.04 * 1e-2
 
 
+def test_scheduler_epochs_makes_a_short_run_the_start_of_a_longer_one(emt_options, no_test_data, monkeypatch):
+    def rates_of(**training):
+        steps = []
+        real_step = torch.optim.Adam.step
+        monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, _s=steps, _r=real_step, **k: (_s.append(self.param_groups[0]["lr"]), _r(self, *a, **k))[1])
+        quiet_train(emt_options(warmup_fraction=0.25, **training), no_test_data)
+        monkeypatch.undo()
+        return steps
+
+    long, short = rates_of(num_epochs=4), rates_of(num_epochs=2, scheduler_epochs=4)
+    # 4 steps an epoch: the short run follows the long one's first 6 steps (its warm-up spans the 4 epochs too), then
+    # anneals over its last fifth (2 steps) towards zero
+    assert len(long) == 16 and len(short) == 8 and short[:6] == pytest.approx(long[:6], rel=1e-12)
+    assert short[6:] == pytest.approx([long[6] * 2 / 3, long[7] / 3], rel=1e-12)
+    assert short[5] > 0.8 * 1e-2 and long[-1] < 0.02 * 1e-2
+    # fewer scheduler_epochs than num_epochs: the run's own schedule, annealed where it ends
+    assert rates_of(num_epochs=2, scheduler_epochs=1) == pytest.approx(rates_of(num_epochs=2), rel=1e-12)
+
+
 def test_batches_per_epoch_counts_the_steps_of_an_epoch():
     class Sized:
         def __init__(self, n):

@@ -8,6 +8,7 @@ from tune_support import REPO, cli, tiny_space, write_space
 
 from nanopet.cli import main
 from nanopet.errors import InputError
+from nanopet.runs import with_epochs
 from nanopet.tune import load_search_space
 from nanopet.tune.space import Driver, Strategy, parameter_path
 from nanopet.tune.plan import plan
@@ -70,6 +71,12 @@ def test_options_for_sets_values_including_mappings(tmp_path):
     assert options["architecture"]["training"]["loss"]["deltas"] == {"forces": 0.1}
     assert options["architecture"]["model"]["zbl"] is True
     assert options["architecture"]["training"]["num_epochs"] == 2  # budget.epochs
+    assert options["architecture"]["training"]["scheduler_epochs"] is None  # each trial anneals in its own epochs ...
+    # ... unless the base hypers make every trial the start of a longer run; retrain's runs anneal in their own
+    raw["architecture"]["training"]["scheduler_epochs"] = 20
+    options = load_search_space(raw, check_data=False).options_for({})
+    assert options["architecture"]["training"]["scheduler_epochs"] == 20
+    assert with_epochs(options, 5)["architecture"]["training"]["scheduler_epochs"] is None
     assert space.defaults() == {"loss.type": "mse", "zbl": False}  # no default delta, heads {} not among the choices
     assert space.max_cutoff == 3.5
 

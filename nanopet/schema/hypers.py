@@ -123,6 +123,7 @@ TRAINING = {
     "learning_rate": PositiveFloat,
     "scheduler": Literal[SCHEDULERS],
     "warmup_fraction": Share,
+    "scheduler_epochs": Union[PositiveInt, None],
     "scheduler_patience": Annotated[int, Number(ge=0, strict=True)],
     "scheduler_factor": Annotated[float, Number(gt=0, lt=1, strict=True)],
     "log_interval": PositiveInt,

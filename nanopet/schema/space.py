@@ -38,7 +38,8 @@ DEFAULT_DATASET = {"systems": {"builtin": "emt-alloy", "n": 1000, "seed": 0}}
 NOT_TUNABLE = {"distributed": "a run setting", "distributed_port": "a run setting", "log_interval": "a run setting",
                "checkpoint_interval": "a run setting", "log_mae": "a run setting",
                "atoms_per_pass": "a speed/memory setting (the same steps either way)",
-               "num_epochs": "set budget.epochs (the epochs of every trial) instead"}
+               "num_epochs": "set budget.epochs (the epochs of every trial) instead",
+               "scheduler_epochs": "a schedule setting of every trial: set it in the base hypers (e.g. retrain's epochs)"}
 
 Count = Annotated[int, Number(ge=0)]
 AtLeastOne = Annotated[int, Number(ge=1)]
