@@ -41,7 +41,8 @@ def add_parsers(commands) -> None:
     dashboard.add_argument("--directory", default="studies", help="where studies live (default: studies)")
 
     studies = commands.add_parser("studies", help="list studies with trial counts by state and best value")
-    studies.add_argument("--storage", help="list the studies of this storage URL instead of studies/*/")
+    studies.add_argument("--storage", help="list the studies of this storage URL instead of the study folders under "
+                                            "--directory")
     studies.add_argument("--directory", default="studies", help="where studies live (default: studies)")
 
 
