@@ -59,9 +59,9 @@ from nanopet.errors import InputError
 from nanopet.options import resolve_options, write_options
 from nanopet.runs import (RunSet, describe_metric, mean_of, metric_names, run_key, shared_data, shown, spread, train_sets, unit_of,
                           with_epochs, write_rows)
+from nanopet.tune.space import RETRAIN_EPOCH_FACTOR  # default --epochs: this many times the search's epochs
 from nanopet.tune.storage import choose_trial, defaults_options, open_study, trial_labels
 
-RETRAIN_EPOCH_FACTOR = 10  # default --epochs: this many times the search's epochs
 EQUAL_TIME_TOLERANCE = 0.1  # seconds per epoch within this share of each other: equal epochs are equal time
 
 

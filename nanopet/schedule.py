@@ -2,12 +2,11 @@
 
 - ``cosine`` (the default): a linear warm-up over ``warmup_fraction`` of the run's optimizer steps, then half a
   cosine down to zero at ``num_epochs``, stepped after every optimizer step: the schedule ends where training ends;
-  ``scheduler_epochs`` stretches it over more epochs than the run trains: the run (e.g. a search trial, where
-  the base hypers set it) trains as the first epochs of that longer run, near the peak rate, and anneals linearly
-  over its last fifth. Measured on the molecules template's 10-epoch trials: fully annealed they stayed on the
-  force plateau (validation forces 1.175 eV/A at 3e-4), as the start of a 100-epoch schedule they left it
-  (0.92-0.96) but their energies were no better than the composition baseline and jumped by up to 2x from epoch
-  to epoch, final anneal or not, so the search does not set it by default;
+  ``scheduler_epochs`` stretches it over more epochs than the run trains: the run (a search trial: the search
+  sets it to retrain's epochs) trains as the first epochs of that longer run, near the peak rate, and anneals
+  linearly over its last fifth. On the molecules template's 10-epoch trials, fully annealed ones stayed on the
+  force plateau (validation forces 1.175 eV/A at 3e-4) and ranked configurations unlike converged runs, the
+  start of a longer schedule left it (0.92-0.96) and ranked them best (benchmarks/results/budget.txt);
 - ``plateau`` (upstream NanoPET): ReduceLROnPlateau on the validation loss after every epoch; the trainer restarts
   from the best state on each drop and stops once the rate falls below ``MIN_LEARNING_RATE``.
 """

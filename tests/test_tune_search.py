@@ -322,6 +322,7 @@ def test_best_yaml_of_a_relative_dataset_mapping_trains_where_it_lies(tmp_path):
     result, _ = search(path)
     best = read_yaml(result.best_options)
     assert best["training_set"]["systems"]["read_from"] == str((search_dir / "rel.xyz").resolve())
+    assert "scheduler_epochs" not in best["architecture"]["training"]  # the search's own: best.yaml anneals in its epochs
     # what `nanopet-tune train studies/<name>/best.yaml` does: dataset paths against the file's folder
     trained = train(best, output_dir=tmp_path / "run", base_dir=result.best_options.parent)
     assert len(trained.history) == 1

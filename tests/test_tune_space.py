@@ -71,12 +71,12 @@ def test_options_for_sets_values_including_mappings(tmp_path):
     assert options["architecture"]["training"]["loss"]["deltas"] == {"forces": 0.1}
     assert options["architecture"]["model"]["zbl"] is True
     assert options["architecture"]["training"]["num_epochs"] == 2  # budget.epochs
-    assert options["architecture"]["training"]["scheduler_epochs"] is None  # each trial anneals in its own epochs ...
-    # ... unless the base hypers make every trial the start of a longer run; retrain's runs anneal in their own
-    raw["architecture"]["training"]["scheduler_epochs"] = 20
-    options = load_search_space(raw, check_data=False).options_for({})
+    # every trial trains as the first budget.epochs of retrain's run (10 x budget.epochs) ...
     assert options["architecture"]["training"]["scheduler_epochs"] == 20
+    # ... which trains on a schedule of its own; a value the user gives is kept
     assert with_epochs(options, 5)["architecture"]["training"]["scheduler_epochs"] is None
+    raw["architecture"]["training"]["scheduler_epochs"] = 7
+    assert load_search_space(raw, check_data=False).options_for({})["architecture"]["training"]["scheduler_epochs"] == 7
     assert space.defaults() == {"loss.type": "mse", "zbl": False}  # no default delta, heads {} not among the choices
     assert space.max_cutoff == 3.5
 

@@ -39,7 +39,8 @@ NOT_TUNABLE = {"distributed": "a run setting", "distributed_port": "a run settin
                "checkpoint_interval": "a run setting", "log_mae": "a run setting",
                "atoms_per_pass": "a speed/memory setting (the same steps either way)",
                "num_epochs": "set budget.epochs (the epochs of every trial) instead",
-               "scheduler_epochs": "a schedule setting of every trial: set it in the base hypers (e.g. retrain's epochs)"}
+               "scheduler_epochs": "the search sets it to retrain's epochs (a trial is the start of that run); "
+                                   "a value in the base hypers replaces that"}
 
 Count = Annotated[int, Number(ge=0)]
 AtLeastOne = Annotated[int, Number(ge=1)]

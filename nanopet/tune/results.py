@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
-from nanopet.tune.space import SearchSpace, _set
+from nanopet.tune.space import RETRAIN_EPOCH_FACTOR, SearchSpace, _set
 from nanopet.data.splits import absolute_datasets
 from nanopet.tune.storage import masked, open_storage, storage_url
 from nanopet.tune.studies import best_trial, chosen_trial, created_stages
@@ -119,6 +119,9 @@ def write_best_options(space: SearchSpace, result: SearchResult) -> Path:
     for name, value in result.best_config.items():
         if name in space.parameters:
             _set(options, space.parameters[name].path, value)
+    training = options["architecture"]["training"]
+    if training.get("scheduler_epochs") == RETRAIN_EPOCH_FACTOR * space.budget.epochs:  # the search's, not the user's:
+        del training["scheduler_epochs"]  # best.yaml's run anneals over its own epochs
     path = space.study.path / "best.yaml"
     header = (f"# best configuration of study {space.study.name}, chosen by objective.metric {space.objective.metric}: "
               f"{result.best_value:.6g} (trial {result.best_trial}, {space.budget.epochs} epochs, budget.equal "

@@ -40,6 +40,10 @@ SAMPLERS = {section.model_fields["type"].default: tuple(section.model_fields)[1:
 PRUNERS = {section.model_fields["type"].default: tuple(section.model_fields)[1:] for section in schema.PRUNER_SECTIONS}
 # budget.data_shares (a data-size fidelity): the pruners that decide on the rungs' steps
 DATA_SHARE_PRUNERS = ("successive_halving", "hyperband", "median", "none")
+# retrain trains this many times budget.epochs by default, and every trial trains as the first budget.epochs epochs of
+# such a run, annealed over its last fifth (architecture.training.scheduler_epochs, unless the base hypers set it):
+# on the molecules its ranking agreed best with the converged runs' (benchmarks/results/budget.txt)
+RETRAIN_EPOCH_FACTOR = 10
 DEFAULT_SAMPLER = {"type": "tpe", "seed": 0}
 DEFAULT_PRUNER = {"type": "median", "n_startup_trials": 5}
 DEFAULT_WARM_UP_SHARE = 0.2  # of budget.epochs, at least 2: docs/explanation/search.md (the trials' first epochs rank them by chance)
@@ -362,7 +366,8 @@ def parse(raw: dict, base_dir: Path, source: Path | None = None, default_name: s
     options.setdefault("training_set", copy.deepcopy(DEFAULT_DATASET))
     budget = _budget(file.budget or schema.Budget(), options)
     options["architecture"] = dict(options.get("architecture") or {})
-    options["architecture"]["training"] = {**(options["architecture"].get("training") or {}), "num_epochs": budget.epochs}
+    training = {"scheduler_epochs": RETRAIN_EPOCH_FACTOR * budget.epochs, **(options["architecture"].get("training") or {})}
+    options["architecture"]["training"] = {**training, "num_epochs": budget.epochs}
     if resolve_options(options)["architecture"]["training"]["distributed"]:
         raise InputError("architecture.training.distributed: a search trains one trial per worker process; "
                          "set it to false and use --workers / --gpus")
