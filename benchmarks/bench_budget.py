@@ -149,9 +149,10 @@ def finished_rows(journal: Path | None, jobs: list[dict]) -> dict[int, dict]:
 
 
 def with_epochs(options: dict, epochs: int) -> dict:
-    """A trial's options at ``epochs``, on the search's schedule (scheduler_epochs: the longer run's start)."""
+    """A trial's options at ``epochs``, annealed in those epochs (scheduler_epochs unset; "start" sets it)."""
     options = copy.deepcopy(options)
     options["architecture"]["training"]["num_epochs"] = int(epochs)
+    options["architecture"]["training"]["scheduler_epochs"] = None
     return options
 
 
