@@ -88,7 +88,7 @@ def run_config(job: dict) -> dict:
 
     from nanopet.data.splits import load_data
     from nanopet.runs import median_epoch_seconds
-    from nanopet.runs import with_epochs as own_run
+    from nanopet.runs import with_epochs  # annealed over its own epochs ("start" stretches it)
     from nanopet.train import epoch_seconds, train
     from nanopet.tune.space import Budget
     from nanopet.tune.trial import EpochBudget
@@ -119,12 +119,12 @@ def run_config(job: dict) -> dict:
     values, _, seconds = trained(start, test=False)
     row["start"] = {"epochs": space.budget.epochs, "seconds": seconds, **values}
     long = job["epochs"] * job["factor"]
-    values, per_epoch, seconds = trained(own_run(options, long), test=True)  # annealed over its own epochs
+    values, per_epoch, seconds = trained(with_epochs(options, long), test=True)
     row["equal_epochs"] = {"epochs": long, "seconds": seconds, "epoch_seconds": per_epoch, **values}
     if job["values"] != space.defaults():  # the base hypers' time: the ratio of the two's seconds per epoch, measured here
         ratio = epoch_seconds(space.resolved, data, steps=5) / epoch_seconds(options, data, steps=5)
         epochs = max(1, round(long * ratio))
-        values, _, seconds = trained(own_run(options, epochs), test=True) if epochs != long else (values, per_epoch, seconds)
+        values, _, seconds = trained(with_epochs(options, epochs), test=True) if epochs != long else (values, per_epoch, seconds)
         row["equal_time"] = {"epochs": epochs, "seconds": seconds, **values}
     else:
         row["equal_time"] = dict(row["equal_epochs"])
@@ -147,13 +147,6 @@ def finished_rows(journal: Path | None, jobs: list[dict]) -> dict[int, dict]:
             rows[row["config"]] = row
     return rows
 
-
-def with_epochs(options: dict, epochs: int) -> dict:
-    """A trial's options at ``epochs``, annealed in those epochs (scheduler_epochs unset; "start" sets it)."""
-    options = copy.deepcopy(options)
-    options["architecture"]["training"]["num_epochs"] = int(epochs)
-    options["architecture"]["training"]["scheduler_epochs"] = None
-    return options
 
 
 def main(argv=None) -> None:
