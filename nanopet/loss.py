@@ -23,6 +23,7 @@ from nanopet.options import loss_type
 EV_PER_A3_IN_GPA = 160.21766208
 # how metrics are printed (files keep eV/atom, eV/A, GPa): the unit and the factor from the file's value
 GMEAN_TERMS = ("energy", "forces", "stress")  # the targets of <split>_rmse_gmean (virial repeats stress)
+NO_SKILL_GMEAN = 1.0  # <split>_rmse_gmean of a model that predicts each target's mean over the set: RMSE = spread
 SHOWN_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("meV/A", 1000.0), "virial": ("meV/atom", 1000.0), "stress": ("GPa", 1.0)}
 
 

@@ -269,6 +269,18 @@ def test_a_stage_keeps_its_starting_values_when_its_best_is_within_the_noise(tmp
     values, trial, line = chosen_values(space, stage, {}, clear)
     assert trial.number == 1 and values["learning_rate"] == pytest.approx(2e-3) and "5.0% better than the starting" in line
     assert chosen_trial(clear).number == 1
+    # val_rmse_gmean 1 is the score of predicting each target's mean: a start above it (1.16, noise on the force
+    # plateau) does not make a best of 1.0 a 14% gain
+    gmean = load_search_space(tiny_space(tmp_path, objective={"metric": "val_rmse_gmean"},
+                                         strategy={"type": "joint", "min_improvement": 0.03}))
+    values, trial, line = chosen_values(gmean, plan(gmean)[0], {}, study_with([1.16, 1.0, 1.3]))
+    assert trial.number == 0 and "no better than predicting each target's mean" in line
+    # 10% below the no-skill score: learned something, chosen
+    values, trial, line = chosen_values(gmean, plan(gmean)[0], {}, study_with([1.16, 0.9, 1.3]))
+    assert trial.number == 1 and "22.4% better than the starting" in line
+    # a metric in units (this space's val_forces_rmse) has no such score: the raw values decide
+    values, trial, line = chosen_values(space, stage, {}, study_with([1.16, 1.0, 1.3]))
+    assert trial.number == 1
 
 
 def test_budget_equal_gives_each_trial_the_base_hypers_steps_or_time(tmp_path):
