@@ -60,11 +60,13 @@ def test_init_writes_a_space_that_loads_with_the_data_keys_a_test_set_and_reason
     assert 0 < space.budget.predicted_seconds <= FILL * day
     assert space.options["architecture"]["training"]["initialisation"] == "torch"  # bulk
     cutoff = space.parameters["cutoff"]
-    assert (cutoff.low, cutoff.high, cutoff.step) == (3.5, 5.5, 0.5)  # 20 neighbours within 4.48 A, 1 A either side
+    # 20 neighbours within 4.48 A, 1 A either side, floored at the second shell's end (4.2 A, 3.5 A without the floor)
+    assert (cutoff.low, cutoff.high, cutoff.step) == (4.0, 5.5, 0.5)
     assert space.strategy.stages[:2] == (("cutoff",), ("learning_rate",))
     text = result.text
     for reason in ("# keys: energy 'energy' (12 frames), forces 'force'", "unit: eV assumed", "# splits by size:",
-                   "the median atom has 20 neighbours within", "initialisation: torch (bulk)", "# sized here: one epoch",
+                   "the median atom has 20 neighbours within",
+                   "not below the second neighbour shell's end (4.2 A)", "initialisation: torch (bulk)", "# sized here: one epoch",
                    "pruner: median from epoch", f"#   nanopet-tune {result.path} --workers 1"):
         assert reason in text, reason
     assert result.command == f"nanopet-tune {result.path} --workers 1"

@@ -53,6 +53,10 @@ def test_clean_builtin_emt_finds_keys_and_nothing_suspicious(tmp_path, emt):
     rows = {row.cutoff: row for row in report.neighbours.rows}
     assert abs(rows[3.0].mean - 12.0) < 1.0  # fcc: 12 nearest neighbours
     assert 4.0 < report.neighbours.cutoff_for_20 < 5.0 and rows[4.0].mean < 20 < rows[5.0].mean
+    # fcc Cu-Au: nearest neighbours at 2.55-2.88 A, the second shell at 3.61-4.08 A, the third from 4.42 A
+    first, second = report.neighbours.shell_ends
+    assert 3.0 < first < 3.6 and 4.05 < second < 4.45
+    assert f"neighbour shells (peaks of the pair distribution) end at {first:g} and {second:g} A" in render_report(report)
     assert report.neighbours.sampled == 12
     assert report.atoms_per_pass(16, 5.0) > report.atoms_per_pass(16, 6.0) > 0
     assert report.targets() == {"energy": {"key": "energy", "unit": "eV", "forces": {"key": "forces"},
@@ -162,3 +166,18 @@ def test_slabs_boxed_molecules_unusable_values_and_short_stresses(tmp_path):
     assert report.geometry == {"slab": 1, "molecule": 1}
     assert kinds(report)["unusable values"] == [FrameRef(0, 1)]
     assert any("'stress' is given as 6 numbers" in note for note in report.notes)
+
+
+def test_neighbour_shells_end_between_the_shells_of_a_crystal():
+    from ase.build import bulk
+
+    from nanopet.data.inspection.neighbours import neighbour_counts
+
+    frames = []
+    for seed in range(4):
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+        atoms.rattle(0.05, seed=seed)
+        frames.append(atoms)
+    first, second = neighbour_counts(frames).shell_ends
+    # diamond silicon: 4 nearest neighbours at 2.35 A, 12 second neighbours at 3.84 A, 12 third at 4.50 A
+    assert 2.4 < first < 3.8 and 3.9 < second < 4.5

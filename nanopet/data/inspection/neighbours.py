@@ -2,7 +2,9 @@
 
 Counts are of the full list (a pair counts for both of its atoms; a periodic image counts too), as the model
 sees them. The cutoff that gives the median atom ``TARGET_NEIGHBOURS`` neighbours is the median, over atoms,
-of each atom's ``TARGET_NEIGHBOURS``-th nearest neighbour distance.
+of each atom's ``TARGET_NEIGHBOURS``-th nearest neighbour distance. The neighbour shells are the peaks of the pair
+distribution (pairs per atom per 0.1 A, smoothed over three bins); a shell ends at the first local minimum after its
+peak that lies below ``SHELL_DIP`` of it (fcc Cu-Au: 3.3 and 4.2 A; silicon 3.2-3.5 and 4.2 A).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .report import NeighbourRow, Neighbours
 CANDIDATE_CUTOFFS = (3.0, 4.0, 5.0, 6.0, 7.0)  # A
 TARGET_NEIGHBOURS = 20
 GRID_STEP = 0.1  # A, of the curve kept for ``Neighbours.mean_at``
+SHELLS = 2  # neighbour shells whose ends are kept (``Neighbours.shell_ends``)
+SHELL_DIP = 0.9  # a shell ends where the pair distribution falls below this share of its peak, then rises
 
 
 def neighbour_counts(frames, cutoffs=CANDIDATE_CUTOFFS) -> Neighbours | None:
@@ -49,8 +53,24 @@ def neighbour_counts(frames, cutoffs=CANDIDATE_CUTOFFS) -> Neighbours | None:
     rows = [NeighbourRow(c, mean(c), int(m)) for c, m in zip(cutoffs, largest_counts)]
     median = float(np.median(np.concatenate(nth)))
     radii = np.round(np.arange(0.0, largest + GRID_STEP / 2, GRID_STEP), 6)
-    return Neighbours(used, rows, median if np.isfinite(median) else None, diameter, radii.tolist(),
-                      [mean(r) for r in radii])
+    counts = [mean(r) for r in radii]
+    return Neighbours(used, rows, median if np.isfinite(median) else None, diameter, radii.tolist(), counts,
+                      shell_ends(radii, counts))
+
+
+def shell_ends(radii, counts, shells: int = SHELLS) -> list:
+    """Where the first ``shells`` peaks of the pair distribution end (A), from the mean neighbours within each radius
+    of an even grid; fewer where the grid ends first."""
+    density = np.convolve(np.diff(np.asarray(counts, dtype=float)), np.ones(3) / 3, mode="same")
+    ends, peak = [], 0.0
+    for k in range(1, len(density) - 1):
+        peak = max(peak, density[k])
+        if density[k] <= density[k - 1] and density[k] < density[k + 1] and density[k] < SHELL_DIP * peak:
+            ends.append(float(radii[k + 1]))
+            peak = 0.0
+            if len(ends) == shells:
+                break
+    return ends
 
 
 def _nth_distances(centres: np.ndarray, distances: np.ndarray, n_atoms: int, nth: int) -> np.ndarray:

@@ -66,6 +66,8 @@ class Neighbours:
     # cutoff, its largest atom-atom distance: every atom sees its whole molecule within it
     radii: list = field(default_factory=list)  # A, a fine grid up to the largest cutoff ...
     mean_counts: list = field(default_factory=list)  # ... and the mean neighbours per atom within each radius
+    shell_ends: list = field(default_factory=list)  # A: where the first two neighbour shells end (peaks of the pair
+    # distribution; fewer when they do not end within the largest cutoff)
 
     def mean_at(self, cutoff: float) -> float:
         """Mean neighbours per atom within ``cutoff`` (interpolated on the grid; at most the largest row's)."""

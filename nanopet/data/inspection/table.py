@@ -82,6 +82,9 @@ def _neighbours(report: DataReport, memory_gb: float) -> list:
         lines.append(f"  the median atom has 20 neighbours within {neighbours.cutoff_for_20:.2f} A")
     else:
         lines.append(f"  the median atom has fewer than 20 neighbours within {neighbours.rows[-1].cutoff:g} A")
+    if neighbours.shell_ends:
+        ends = " and ".join(f"{end:g}" for end in neighbours.shell_ends)
+        lines.append(f"  neighbour shells (peaks of the pair distribution) end at {ends} A")
     if neighbours.molecule_diameter is not None:
         lines.append(f"  every atom sees its whole molecule within {neighbours.molecule_diameter:.2f} A (the widest molecule)")
     lines.append(f"  memory: estimated for the default model (d_pet 128, 2 GNN x 2 attention layers, float32, energy + "
