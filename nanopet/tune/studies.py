@@ -227,7 +227,8 @@ def chosen_values(space: SearchSpace, stage: Stage, fixed: dict, study: optuna.S
         if no_skill and score(start) == no_skill:
             line = (f"{stage.label}: best {shown(best)} ({best.values[0]:.4g}) and the starting {shown(start)} "
                     f"({start.values[0]:.4g}) are no better than predicting each target's mean (val_rmse_gmean "
-                    f"{no_skill:g}, within {100 * margin:g}%): nothing learned to rank them by, keeping {shown(start)}")
+                    f"{no_skill:g}, within {100 * margin:g}%): nothing learned to rank them by, keeping {shown(start)}; "
+                    f"longer trials (a larger budget.epochs) could leave the plateau")
         else:
             line = (f"{stage.label}: best {shown(best)} ({best.values[0]:.4g}) is within {100 * margin:g}% of the starting "
                     f"{shown(start)} ({start.values[0]:.4g}): indistinguishable, keeping {shown(start)}")
