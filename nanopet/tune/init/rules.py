@@ -176,7 +176,7 @@ def cutoff_range(report) -> Reasoned:
         low = max(_half(centre) - BULK_CUTOFF_SPAN, low_bound)
         floor = _half(neighbours.shell_ends[1]) if len(neighbours.shell_ends) > 1 else None
         floored = floor is not None and floor > low
-        low = min(max(low, floor) if floored else low, high_bound - 2 * CUTOFF_STEP)
+        low = min(floor if floored else low, high_bound - 2 * CUTOFF_STEP)
         high = max(min(_half(centre) + BULK_CUTOFF_SPAN, high_bound), low + 2 * CUTOFF_STEP)
         reason = (f"cutoff {low:g}-{high:g} A: {why}; {BULK_CUTOFF_SPAN:g} A either side of it, within "
                   f"{low_bound:g}-{high_bound:g} A (a trial's cost grows with its neighbours)")
@@ -184,7 +184,7 @@ def cutoff_range(report) -> Reasoned:
             reason += (f", and not below the second neighbour shell's end ({neighbours.shell_ends[1]:g} A): a cutoff "
                        "that sees only the nearest neighbours learns fastest in a short trial and converges worse (the "
                        "EMT alloy: cutoff 3 won 10-epoch trials by 71%, then had 76% worse test forces than cutoff 4 "
-                       "after 100 epochs; floored at 4 A the search's winner was 24% better; benchmarks/results/winner.txt)")
+                       "after 100 epochs; floored at 4 A the winners were 24% and 41% better; benchmarks/results/winner.txt)")
     return Reasoned({"low": float(low), "high": float(high)}, f"{reason}. Neighbours per atom: {table}")
 
 
