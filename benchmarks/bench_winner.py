@@ -77,10 +77,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from nanopet.options import read_yaml
-    from nanopet.retrain import retrain
+    from nanopet.retrain import finalize, retrain
     from nanopet.runs import RunSet, mean_of, shared_data, train_sets, with_epochs
     from nanopet.tune import load_search_space, run
-    from nanopet.tune.storage import choose_trial, open_study
+    from nanopet.tune.storage import choose_trial, defaults_options, open_study
 
     raw = read_yaml(args.space)
     for item in args.set:
@@ -129,10 +129,10 @@ def main(argv=None) -> None:
             base_seed = options["seed"]
             rows[(strategy, seed)] = train_sets([RunSet("best", options, folder)], [base_seed + s for s in seeds], data, out)
         print(f"retrained {strategy} seed {seed}", flush=True)
-    if "defaults" not in rows:  # no staged search: train the defaults here
-        space = load_search_space(raw, base_dir=base_dir)
-        options = with_epochs(space.resolved, args.retrain_epochs)
-        data = shared_data([options], cutoff=space.max_cutoff)
+    if "defaults" not in rows:  # no staged search: train the defaults here, from the options retrain would use
+        found = open_study(next(iter(searches.values()))["study"], directory)
+        options = finalize(defaults_options(found)[0], args.retrain_epochs, None, None)
+        data = shared_data([options], cutoff=found.space.max_cutoff if found.space else 0.0)
         rows["defaults"] = train_sets([RunSet("defaults", options, defaults_folder)], [options["seed"] + s for s in seeds], data, out)
 
     defaults = rows["defaults"]
